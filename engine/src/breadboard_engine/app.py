@@ -1,0 +1,214 @@
+"""The HTTP protocol 1.0 surface (see docs/protocol.md). Field names follow the upstream BreadBoard engine."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .ray_runtime import RayRuntime
+from .sessions import ResumeWindowExceeded, SessionClosed, SessionManager, SessionNotFound
+from .settings import Settings
+from .version import PROTOCOL_VERSION, engine_version
+
+
+class CreateSession(BaseModel):
+    task: str
+    config_path: str | None = None
+    metadata: dict | None = None
+    provider: str | None = None
+    # Accepted for upstream compatibility; not used by this engine yet.
+    overrides: dict | None = None
+    workspace: str | None = None
+    max_steps: int | None = None
+    permission_mode: str | None = None
+    stream: bool = True
+
+
+class SessionInput(BaseModel):
+    content: str = Field(..., description="the user's message; must not be blank")
+    attachments: list[str] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("content must not be blank")
+        return value
+
+
+def error(status: int, code: str, detail, path: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, "path": path}, status_code=status)
+
+
+STATUS_CODES = {401: "unauthorized", 404: "not_found", 409: "conflict"}
+
+
+class BearerAuth:
+    """Pure ASGI middleware (BaseHTTPMiddleware would buffer and slow the SSE streams): every route needs the token."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+                break
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        if len(given) > 7 and given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:], self.expected[7:]):
+            return await self.app(scope, receive, send)
+        response = error(401, "unauthorized", "missing or wrong bearer token", scope.get("path"))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+
+class Identity:
+    def __init__(self, settings: Settings, started_at: float):
+        self.started_at = started_at
+        self.doc = {
+            "protocol_version": PROTOCOL_VERSION,
+            "version": engine_version(),
+            "engine_version": engine_version(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+            "started_at_unix": started_at,
+            "pid": os.getpid(),
+            "instance_id": settings.instance_id,
+        }
+
+
+def create_app(
+    settings: Settings, manager: SessionManager, ray: RayRuntime, started_at: float, request_exit
+) -> FastAPI:
+    identity = Identity(settings, started_at)
+    app = FastAPI(title="BreadBoard engine", version=identity.doc["engine_version"])
+    health_body = json.dumps({"status": "ok", **identity.doc}).encode()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = STATUS_CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "invalid_request")
+        return error(exc.status_code, code, exc.detail, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        # default=str: pydantic puts the raised ValueError in `ctx`, which upstream failed to serialise (a 500).
+        errors = json.loads(json.dumps(exc.errors(), default=str))
+        return error(422, "invalid_request", {"errors": errors}, request.url.path)
+
+    @app.get("/health")
+    async def health():
+        return Response(health_body, media_type="application/json")
+
+    @app.get("/ready")
+    async def ready():
+        ray_status = ray.status()
+        is_ready = manager.store_open and ray_status["state"] in ("connected", "off", "pending")
+        return {"status": "ok", "ready": is_ready, **identity.doc, "ray": ray_status}
+
+    async def status():
+        return {
+            "status": "ok",
+            "uptime_s": time.time() - identity.started_at,
+            **identity.doc,
+            "ray": ray.status(),
+            **manager.status(),
+        }
+
+    app.get("/status")(status)
+    app.get("/v1/status")(status)
+
+    @app.post("/v1/sessions")
+    async def create_session(body: CreateSession):
+        try:
+            session = manager.create(body.task, body.config_path, body.metadata, body.provider)
+        except ValueError as exc:
+            return error(400, "invalid_request", str(exc), "/v1/sessions")
+        return {
+            "session_id": session.id,
+            "status": session.row.status,
+            "created_at": session.row.created_at,
+            "logging_dir": None,
+        }
+
+    @app.get("/v1/sessions")
+    async def list_sessions():
+        return [s.summary() for s in manager.list()]
+
+    @app.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str, request: Request):
+        try:
+            return manager.get(session_id).summary()
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", request.url.path)
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204)
+    async def delete_session(session_id: str, request: Request):
+        try:
+            await manager.delete(session_id)
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", request.url.path)
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{session_id}/input", status_code=202)
+    async def post_input(session_id: str, body: SessionInput, request: Request):
+        try:
+            manager.post_input(session_id, body.content)
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", request.url.path)
+        except SessionClosed as exc:
+            return error(409, "conflict", str(exc), request.url.path)
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    @app.get("/v1/sessions/{session_id}/events")
+    async def events(
+        session_id: str,
+        request: Request,
+        replay: bool = False,
+        limit: int | None = None,
+        from_id: str | None = None,
+        from_seq: str | None = None,
+    ):
+        try:
+            session = manager.get(session_id)
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", request.url.path)
+        resume_from = from_id or from_seq or request.headers.get("last-event-id")
+        try:
+            after = manager.resolve_resume(session, resume_from)
+        except ResumeWindowExceeded as exc:
+            return JSONResponse(
+                {
+                    "error": "resume_window_exceeded",
+                    "detail": "resume window exceeded or event id not found",
+                    "path": request.url.path,
+                    "last_event_id": exc.last_event_id,
+                    "last_seq": exc.last_seq,
+                },
+                status_code=409,
+            )
+        stream = manager.follow(session, after, replay or resume_from is not None, limit)
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/shutdown", status_code=202)
+    async def shutdown():
+        request_exit()
+        return JSONResponse({"status": "shutting_down", "pid": os.getpid()}, status_code=202)
+
+    if settings.token:
+        app.add_middleware(BearerAuth, token=settings.token)
+    return app

@@ -1,0 +1,42 @@
+"""Linux process-table helpers (read from /proc, no dependencies)."""
+
+from __future__ import annotations
+
+import os
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (which may contain spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2 :].split()
+
+
+def start_time(pid: int) -> str | None:
+    fields = stat_fields(pid)
+    # Field 22 of stat is starttime; after the name, index 19 (state is field 3 -> index 0).
+    return fields[19] if fields else None
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, starttime) of every live descendant of `root`."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = stat_fields(int(entry))
+        if not fields or fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        starts[int(entry)] = fields[19]
+    found: list[tuple[int, str]] = []
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found.append((pid, starts[pid]))
+        stack.extend(children.get(pid, []))
+    return found

@@ -1,0 +1,251 @@
+"""Where session turns run: a local Ray started by the engine, an existing Ray cluster, or (Ray off) a thread.
+
+Ray is started from one long-lived owner thread, for two reasons found the hard way:
+- Ray's child processes (gcs_server, raylet) get PR_SET_PDEATHSIG tied to the *thread* that spawned them, so a
+  short-lived init thread that exits takes the whole local cluster down with it (prctl(2); supervisors.md C0).
+- `ray.init` on the main thread replaces the process's SIGTERM handler with one that skips uvicorn's graceful
+  shutdown; off the main thread it leaves signals to us ("SIGTERM handler is not set because current thread is not
+  the main thread").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from . import providers
+from .procs import descendants
+
+log = logging.getLogger("breadboard_engine.ray")
+
+# AF_UNIX socket paths are limited to 107 bytes and Ray appends about 60 ("session_<date>_<pid>/sockets/raylet").
+MAX_RAY_TEMP_DIR = 40
+TURN_CPUS = 0.25
+
+
+def ray_temp_dir(data_dir: Path) -> Path:
+    preferred = data_dir / "ray"
+    if len(str(preferred)) <= MAX_RAY_TEMP_DIR:
+        return preferred
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"bbray-{os.getuid()}-{digest}"
+
+
+def _enable_cluster_token_auth() -> None:
+    """Ray >= 2.5x clusters require a token by default, but a driver that joins one only sends it when
+    RAY_AUTH_MODE=token; without it the join fails with "Authentication token is missing or incorrect"."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    default = Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or default.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+class RayRuntime:
+    def __init__(self, mode: str, address: str | None, data_dir: Path):
+        self.start_mode = mode  # background | lazy | off
+        self.address = address
+        self.temp_dir = None if address else ray_temp_dir(data_dir)
+        self.state = "off" if mode == "off" else "pending"
+        self.error: str | None = None
+        self.nodes = 0
+        self.started_at: float | None = None
+        self.connected_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected: asyncio.Future | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._remote = None
+        self._inflight: set = set()
+        self._reaper: subprocess.Popen | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start connecting in the background; returns at once. Idempotent."""
+        if self.state != "pending":
+            return
+        self._loop = asyncio.get_running_loop()
+        self._connected = self._loop.create_future()
+        self.state = "starting"
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._own_ray, name="ray-owner", daemon=True)
+        self._thread.start()
+
+    def _own_ray(self) -> None:
+        try:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault("RAY_DISABLE_DASHBOARD", "1")
+            if self.address:
+                _enable_cluster_token_auth()  # before the import: Ray reads it once
+            import ray
+
+            kwargs = dict(
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                namespace="breadboard",
+            )
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                self.temp_dir.mkdir(parents=True, exist_ok=True)
+                self._start_reaper()
+                ray.init(address="local", _temp_dir=str(self.temp_dir), **kwargs)
+            self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
+            self._remote = ray.remote(num_cpus=TURN_CPUS, max_retries=0)(providers.turn_batches)
+            self.state = "connected"
+            self.connected_at = time.time()
+            log.info("ray connected (%s) in %.1fs", self.address or "local", self.connected_at - self.started_at)
+            self._resolve(None)
+            if not self.address:
+                self._record_for_reaper()
+                # The raylet starts its agents a little after init returns; record them too.
+                if not self._stop.wait(5.0):
+                    self._record_for_reaper()
+            self._stop.wait()
+            ray.shutdown()
+            self.state = "stopped"
+        except BaseException as exc:  # noqa: BLE001 - reported through /ready and to every waiting turn
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("ray failed to start: %s", self.error)
+            self._resolve(exc)
+
+    def _resolve(self, exc: BaseException | None) -> None:
+        def settle() -> None:
+            if self._connected.done():
+                return
+            if exc is None:
+                self._connected.set_result(True)
+            else:
+                self._connected.set_exception(RuntimeError(f"Ray is unavailable: {self.error}"))
+                self._connected.exception()  # mark retrieved: turns re-raise it themselves
+
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # loop already closed at shutdown
+
+    def _start_reaper(self) -> None:
+        # Ray's agents outlive a SIGKILLed driver (seen with ray 2.60: DashboardAgent and RuntimeEnvAgent reparent to
+        # init). The reaper holds the read end of a pipe only we write to; when we die, it kills what we recorded.
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "breadboard_engine.reaper"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _record_for_reaper(self) -> None:
+        if self._reaper is None or self._reaper.stdin is None:
+            return
+        try:
+            lines = "".join(f"{pid} {start}\n" for pid, start in descendants(os.getpid()) if pid != self._reaper.pid)
+            self._reaper.stdin.write(lines.encode())
+            self._reaper.stdin.flush()
+        except OSError:
+            pass
+
+    async def ensure(self, timeout: float = 120.0) -> None:
+        if self.state == "off":
+            return
+        if self.state == "pending":
+            self.start()
+        await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel work we started and stop (local) or disconnect from (cluster) Ray. Blocking; call off the loop."""
+        for gen in list(self._inflight):
+            self._cancel(gen)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._reaper is not None and self._reaper.stdin is not None:
+            self._reaper.stdin.close()  # nothing left to reap after a clean ray.shutdown(); the reaper exits
+            try:
+                self._reaper.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def status(self) -> dict:
+        doc = {
+            "available": self._importable(),
+            "initialized": self.state == "connected",
+            "state": self.state,
+            "mode": "off" if self.start_mode == "off" else ("cluster" if self.address else "local"),
+            "start": self.start_mode,
+            "address": self.address,
+            "nodes": self.nodes,
+        }
+        if self.temp_dir is not None and self.start_mode != "off":
+            doc["temp_dir"] = str(self.temp_dir)
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+    @staticmethod
+    def _importable() -> bool:
+        if "ray" in sys.modules:
+            return True
+        import importlib.util
+
+        return importlib.util.find_spec("ray") is not None
+
+    # -- running turns ---------------------------------------------------------------------------------------------
+    async def run_turn(self, provider: str, request: dict) -> AsyncIterator[list[dict]]:
+        """Batches of events from one turn, as the provider produced them."""
+        if self.state == "off":
+            async for batch in self._run_inline(provider, request):
+                yield batch
+            return
+        await self.ensure()
+        gen = self._remote.options(num_returns="streaming").remote(provider, request)
+        self._inflight.add(gen)
+        finished = False
+        try:
+            async for ref in gen:
+                yield await ref
+            finished = True
+        finally:
+            self._inflight.discard(gen)
+            if not finished:  # the turn was cancelled (session deleted, engine stopping): stop the Ray task too
+                self._cancel(gen)
+
+    @staticmethod
+    def _cancel(gen) -> None:
+        import ray
+
+        try:
+            ray.cancel(gen, force=True)
+        except Exception:  # noqa: BLE001 - best effort: the task may have finished meanwhile
+            pass
+
+    async def _run_inline(self, provider: str, request: dict) -> AsyncIterator[list[dict]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                for batch in providers.turn_batches(provider, request):
+                    loop.call_soon_threadsafe(queue.put_nowait, batch)
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the loop
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        threading.Thread(target=work, daemon=True, name="turn-inline").start()
+        while True:
+            item = await queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item

@@ -1,0 +1,141 @@
+"""Runs the engine: settings, logging, the store, Ray in the background, uvicorn, and a clean exit.
+
+Shutdown paths, all ending in the same place (streams closed, runners stopped, sessions left resumable, Ray we
+started shut down): POST /v1/shutdown (exit 0), SIGTERM or SIGINT (uvicorn's graceful path; a second SIGINT forces).
+Open SSE streams are closed *before* uvicorn waits for connections, so they never hold the exit up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+
+import uvicorn
+
+STARTED_AT = time.time()
+
+log = logging.getLogger("breadboard_engine")
+
+
+def _logging_config(level: str) -> dict:
+    # Everything to stderr: a supervisor routes it to the log file, and nothing may land on a client's stdout.
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    fmt = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": fmt},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "breadboard_engine": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+        },
+    }
+
+
+def serve(args) -> int:
+    from .settings import SettingsError, load
+
+    try:
+        settings = load(args)
+    except SettingsError as exc:
+        print(f"breadboard-engine: {exc}", file=sys.stderr)
+        return 2
+
+    from .app import create_app
+    from .ray_runtime import RayRuntime
+    from .sessions import SessionManager
+
+    ray = RayRuntime(settings.ray_start, settings.ray_address, settings.data_dir)
+    manager = SessionManager(settings, ray)
+    server_box: dict = {}
+
+    def request_exit() -> None:
+        manager.stopping = True
+        for session in manager.sessions.values():
+            manager._close_streams(session)
+        server = server_box.get("server")
+        if server is not None:
+            server.should_exit = True
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            manager.open()
+        except Exception as exc:  # noqa: BLE001 - a store that cannot open is fatal, with a message that says where
+            log.error("cannot open the session store in %s: %s", settings.data_dir, exc)
+            raise
+        starter = asyncio.get_running_loop().create_task(start_ray_when_serving(server_box, ray))
+        log.info(
+            "engine %s (protocol %s) instance %s, data %s, ray %s",
+            app.version,
+            "1.0",
+            settings.instance_id,
+            settings.data_dir,
+            settings.ray_address or settings.ray_start,
+        )
+        yield
+        starter.cancel()
+        await manager.shutdown()
+        await asyncio.to_thread(ray.shutdown)
+        log.info("engine stopped")
+
+    app = create_app(settings, manager, ray, STARTED_AT, request_exit)
+    app.router.lifespan_context = lifespan
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        fd=settings.fd,
+        log_config=_logging_config(settings.log_level),
+        log_level=settings.log_level,
+        access_log=os.environ.get("BREADBOARD_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on"),
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+        server_header=False,
+    )
+    server = EngineServer(config, request_exit)
+    server_box["server"] = server
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        code = 130
+    else:
+        code = 0 if server.started else 1
+    # Everything is closed and synced by now. Skip interpreter teardown: Ray's atexit hooks alone take seconds.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class EngineServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit):
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None):
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame):
+        # Runs in a signal handler: hand the stream closing to the loop rather than touching queues here.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
+        super().handle_exit(sig, frame)
+
+
+async def start_ray_when_serving(server_box: dict, ray) -> None:
+    """A local Ray costs seconds of CPU: start it only once the port is open, so /health is never held up."""
+    if ray.start_mode != "background":
+        return
+    while not getattr(server_box.get("server"), "started", False):  # noqa: ASYNC110 - uvicorn exposes a flag only
+        await asyncio.sleep(0.02)
+    ray.start()

@@ -1,0 +1,524 @@
+"""Sessions: creation, turns, the event pipeline (log first, then fan-out) and recovery after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from . import providers
+from .ray_runtime import RayRuntime
+from .settings import Settings
+from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, remove_session_dir
+from .version import PROTOCOL_VERSION
+
+log = logging.getLogger("breadboard_engine.sessions")
+
+CLOSED = ("completed", "failed", "stopped")  # will never run again
+LIVE = ("starting", "running")  # a runner owns the session
+REPLAY_BLOCK = 4096  # events read from disk per hop to the reader thread
+KICK_GRACE_S = 1.0
+WRITE_CAP = 64 * 1024
+_END = object()
+_KICKED = object()
+
+
+class SessionNotFound(Exception):
+    pass
+
+
+class SessionClosed(Exception):
+    pass
+
+
+class ResumeWindowExceeded(Exception):
+    def __init__(self, last_event_id: str, last_seq: int):
+        super().__init__(last_event_id)
+        self.last_event_id = last_event_id
+        self.last_seq = last_seq
+
+
+class Subscriber:
+    """One SSE client. Its queue is bounded: a client that falls that far behind is disconnected, not waited for."""
+
+    __slots__ = ("queue", "kicked", "task")
+
+    def __init__(self, size: int):
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self.kicked = False
+        self.task: asyncio.Task | None = None
+
+    def offer(self, frame) -> bool:
+        try:
+            self.queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def end(self, marker=_END) -> None:
+        if not self.offer(marker):
+            self._drain()
+            self.queue.put_nowait(marker)
+
+    def _drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+class Session:
+    def __init__(self, row: SessionRow, directory: Path, fsync: str):
+        self.row = row
+        self.dir = directory
+        self._fsync = fsync
+        self._log: EventLog | None = None
+        self.subscribers: set[Subscriber] = set()
+        self.inputs: asyncio.Queue = asyncio.Queue()
+        self.runner: asyncio.Task | None = None
+        self.turn = 0
+        self.in_turn = False
+        self.history: list[tuple[str, str]] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+    @property
+    def log(self) -> EventLog:
+        if self._log is None:
+            self._log = EventLog(self.dir / "events.jsonl", self._fsync)
+            if self._log.repaired_bytes:
+                log.warning(
+                    "session %s: cut a torn tail of %d bytes from its event log", self.id, self._log.repaired_bytes
+                )
+            self.row.last_seq = self._log.last_seq
+            last = self._log.last_event()
+            self.turn = (last or {}).get("turn") or 0
+        return self._log
+
+    @property
+    def oneshot(self) -> bool:
+        meta = self.row.metadata or {}
+        return meta.get("cli_session_kind") == "oneshot" or bool(meta.get("non_interactive_cli_session"))
+
+    @property
+    def streaming(self) -> bool:
+        """Whether more events can come without a new input (a runner is alive)."""
+        return self.runner is not None and not self.runner.done()
+
+    def summary(self) -> dict:
+        meta = self.row.metadata or {}
+        return {
+            "session_id": self.id,
+            "status": self.row.status,
+            "created_at": self.row.created_at,
+            "last_activity_at": self.row.updated_at,
+            "updated_at": self.row.updated_at,
+            "model": meta.get("model"),
+            "mode": meta.get("mode"),
+            "provider": self.row.provider,
+            "completion_summary": self.row.completion_summary,
+            "reward_summary": None,
+            "logging_dir": None,
+            "metadata": meta,
+            "last_seq": self.row.last_seq,
+            "protocol_version": self.row.protocol_version,
+            "config_hash": self.row.config_hash,
+        }
+
+
+class SessionManager:
+    def __init__(self, settings: Settings, ray: RayRuntime):
+        self.settings = settings
+        self.ray = ray
+        self.sessions: dict[str, Session] = {}
+        self.index: SessionIndex | None = None
+        self.store_open = False
+        self.stopping = False
+
+    # -- start-up and recovery -------------------------------------------------------------------------------------
+    def open(self) -> None:
+        root = self.settings.sessions_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.index = SessionIndex(self.settings.data_dir / "sessions.sqlite3")
+        rows = {row.id: row for row in self.index.all()}
+        for entry in sorted(os.listdir(root)):
+            directory = root / entry
+            if (directory / TOMBSTONE).exists():  # a delete that a crash interrupted: finish it
+                self.index.delete(entry)
+                rows.pop(entry, None)
+                remove_session_dir(directory)
+            elif entry not in rows and (directory / "events.jsonl").exists():
+                rows[entry] = self._rehydrate(entry, directory)
+        for row in rows.values():
+            session = Session(row, root / row.id, self.settings.fsync)
+            self.sessions[row.id] = session
+            if row.status in LIVE:
+                self._mark_interrupted(session)
+        self.store_open = True
+
+    def _rehydrate(self, session_id: str, directory: Path) -> SessionRow:
+        """A log without an index row (the index was lost): rebuild the row from the log."""
+        events = EventLog(directory / "events.jsonl", "never")
+        first = next((json.loads(line) for _, line in events.read(1, min(1, events.last_seq))), None)
+        events.close()
+        created = iso_from_ms(first["timestamp_ms"]) if first else iso_now()
+        row = SessionRow(id=session_id, status="running", created_at=created, updated_at=created)
+        self.index.upsert(row)
+        return row
+
+    def _mark_interrupted(self, session: Session) -> None:
+        """The engine stopped (or died) while this session's runner was alive."""
+        last = session.log.last_event()
+        if last is not None and last.get("type") != "run_finished" and last.get("type") != "turn_end":
+            # Close the cut turn so a client waiting for run_finished is not left hanging.
+            turn = last.get("turn") or session.turn
+            reason = "interrupted"
+            self._publish(session, "error", {"message": "the engine stopped during this turn", "reason": reason}, turn)
+            self._publish(session, "completion", {"summary": {"completed": False, "reason": reason}}, turn)
+            self._publish(session, "run_finished", {"eventCount": 0, "completed": False, "reason": reason}, turn)
+            session.log.sync()
+        self._set_status(session, "interrupted")
+
+    # -- sessions --------------------------------------------------------------------------------------------------
+    def create(self, task: str, config_path: str | None, metadata: dict | None, provider: str | None) -> Session:
+        if provider is not None and provider not in ("echo", "openai", "replay"):
+            raise ValueError(f"unknown provider {provider!r} (known: echo, openai, replay)")
+        now = iso_now()
+        metadata = dict(metadata or {})
+        if config_path:
+            metadata.setdefault("config_path", config_path)
+        config = json.dumps({"config_path": config_path, "provider": provider, "model": metadata.get("model")})
+        row = SessionRow(
+            id=str(uuid.uuid4()),
+            status="starting",
+            created_at=now,
+            updated_at=now,
+            task=task,
+            provider=provider,
+            config_path=config_path,
+            config_hash=hashlib.sha256(config.encode()).hexdigest()[:16],
+            metadata=metadata,
+        )
+        session = Session(row, self.settings.sessions_dir / row.id, self.settings.fsync)
+        session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
+        self.index.upsert(row)
+        self.sessions[row.id] = session
+        self._start_runner(session, task if task.strip() else None)
+        return session
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+
+    def list(self) -> list[Session]:
+        return sorted(self.sessions.values(), key=lambda s: s.row.created_at)
+
+    def post_input(self, session_id: str, content: str) -> None:
+        session = self.get(session_id)
+        if session.row.status in CLOSED:
+            raise SessionClosed(f"session is {session.row.status}")
+        if session.streaming:
+            session.inputs.put_nowait(content)
+        else:  # interrupted by a restart: pick the conversation up again
+            self._start_runner(session, content)
+
+    async def delete(self, session_id: str) -> None:
+        session = self.get(session_id)
+        await self._stop_runner(session)
+        self._close_streams(session)
+        (session.dir / TOMBSTONE).touch()
+        self.index.delete(session.id)
+        if session._log is not None:
+            session._log.close()
+        del self.sessions[session.id]
+        await asyncio.to_thread(remove_session_dir, session.dir)
+
+    # -- the runner ------------------------------------------------------------------------------------------------
+    def _start_runner(self, session: Session, first_input: str | None) -> None:
+        self._set_status(session, "running")
+        session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input))
+
+    async def _run(self, session: Session, first_input: str | None) -> None:
+        failed = False
+        try:
+            if first_input is not None:
+                failed = not await self._turn(session, first_input)
+            if session.oneshot:
+                self._set_status(session, "failed" if failed else "completed")
+                return
+            while True:
+                content = await session.inputs.get()
+                await self._turn(session, content)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - a bug in the runner must not take the engine down
+            log.exception("session %s: runner failed", session.id)
+            self._set_status(session, "failed")
+        finally:
+            self._close_streams(session)
+
+    def _plan(self, session: Session, content: str) -> tuple[str, dict]:
+        meta = session.row.metadata or {}
+        request: dict = {"content": content, "echo_delay_ms": meta.get("echo_delay_ms")}
+        path = providers.replay_path(content)
+        if path is not None:
+            request["replay_path"] = path
+            return "replay", request
+        provider = session.row.provider or self.settings.provider
+        if provider == "openai":
+            if session.history is None:
+                session.history = history_from_log(session.log)
+            request["history"] = list(session.history)
+            request["openai"] = {
+                "base_url": os.environ.get("BREADBOARD_OPENAI_BASE_URL")
+                or os.environ.get("OPENAI_BASE_URL")
+                or "https://api.openai.com/v1",
+                "api_key": os.environ.get("BREADBOARD_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+                "model": meta.get("model") or os.environ.get("BREADBOARD_OPENAI_MODEL") or "gpt-4o-mini",
+            }
+        return provider, request
+
+    async def _turn(self, session: Session, content: str) -> bool:
+        session.log  # noqa: B018 - loads the turn counter after a restart
+        session.turn += 1
+        turn = session.turn
+        session.in_turn = True
+        provider, request = self._plan(session, content)
+        self._publish(session, "user_message", {"text": content}, turn)
+        self._publish(session, "turn_start", {"turn": turn, "mode": provider}, turn)
+        count, error, reply = 2, None, None
+        seen: set[str] = set()
+        try:
+            async for batch in self.ray.run_turn(provider, request):
+                for event in batch:
+                    kind = event["type"]
+                    seen.add(kind)
+                    payload = event.get("payload") or {}
+                    if kind == "assistant_message":
+                        reply = payload.get("text")
+                    self._publish(session, kind, payload, event.get("turn", turn))
+                    count += 1
+                # Let followers drain between batches: a burst published in one go would overflow every queue.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            session.in_turn = False
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
+            error = str(exc) or type(exc).__name__
+            self._publish(session, "error", {"message": error}, turn)
+            count += 1
+        completed = error is None and "error" not in seen
+        reason = "error" if not completed else ("replay" if provider == "replay" else "completed")
+        if "completion" not in seen:
+            summary = {"completed": completed, "reason": reason}
+            self._publish(session, "completion", {"summary": summary, "mode": provider}, turn)
+            count += 1
+        if "run_finished" not in seen:
+            finished = {"eventCount": count + 1, "completed": completed, "reason": reason, "logging_dir": None}
+            self._publish(session, "run_finished", finished, turn)
+        session.row.completion_summary = {"completed": completed, "reason": reason, "turn": turn}
+        if session.history is not None:
+            session.history.append(("user", content))
+            if reply is not None:
+                session.history.append(("assistant", reply))
+        session.in_turn = False
+        self._set_status(session, session.row.status)  # persists last_seq and the summary
+        if self.settings.fsync == "turn":
+            await asyncio.to_thread(session.log.sync)
+        return completed
+
+    async def _stop_runner(self, session: Session) -> None:
+        if session.runner is not None and not session.runner.done():
+            session.runner.cancel()
+            try:
+                await session.runner
+            except asyncio.CancelledError:
+                pass
+
+    # -- events ----------------------------------------------------------------------------------------------------
+    def _publish(self, session: Session, kind: str, payload: dict, turn: int | None) -> None:
+        """Append to the log, then hand to followers. Runs on the loop with no await: seq order is write order."""
+        events = session.log
+        seq = events.last_seq + 1
+        now_ms = int(time.time() * 1000)
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "seq": seq,
+            "type": kind,
+            "session_id": session.id,
+            "turn": turn,
+            "timestamp": now_ms,
+            "timestamp_ms": now_ms,
+            "protocol_version": PROTOCOL_VERSION,
+            "payload": payload,
+        }
+        line = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+        events.append(line + b"\n")
+        session.row.last_seq = seq
+        if session.subscribers:
+            frame = b"id: %d\ndata: %s\n\n" % (seq, line)
+            for sub in list(session.subscribers):
+                if not sub.offer(frame):
+                    self._kick(session, sub)
+
+    def _kick(self, session: Session, sub: Subscriber) -> None:
+        """Disconnect a follower that fell a whole queue behind; it resumes from its last id."""
+        session.subscribers.discard(sub)
+        log.warning("session %s: a follower fell %d events behind and was disconnected", session.id, sub.queue.qsize())
+        sub.kicked = True
+        sub.end(_KICKED)
+        task = sub.task
+
+        def cancel_if_stuck() -> None:
+            # A client that stopped reading blocks its response in send(); only cancelling frees it.
+            if task is not None and not task.done():
+                task.cancel()
+
+        asyncio.get_running_loop().call_later(KICK_GRACE_S, cancel_if_stuck)
+
+    def _close_streams(self, session: Session) -> None:
+        for sub in list(session.subscribers):
+            sub.end()
+        session.subscribers.clear()
+
+    def _set_status(self, session: Session, status: str) -> None:
+        session.row.status = status
+        session.row.updated_at = iso_now()
+        self.index.upsert(session.row)
+
+    def resolve_resume(self, session: Session, last_event_id: str | None) -> int:
+        """The seq a stream resumes after. A resume point that does not exist is a 409."""
+        events = session.log
+        if last_event_id is None:
+            return 0
+        value = last_event_id.strip()
+        if value.isdigit():
+            seq = int(value)
+            if seq <= events.last_seq:
+                return seq
+        else:
+            found = events.find_event_id(value)
+            if found is not None:
+                return found
+        raise ResumeWindowExceeded(last_event_id, events.last_seq)
+
+    async def follow(self, session: Session, after: int, replay: bool, limit: int | None) -> AsyncIterator[bytes]:
+        """SSE frames: the stored events after `after` (when replaying), then live ones until the session stops."""
+        events = session.log
+        sub = Subscriber(self.settings.client_queue)
+        sub.task = asyncio.current_task()
+        # Register and take the snapshot with no await in between: every event is either replayed or queued.
+        snapshot = events.last_seq
+        # Only a closed session's stream ends after its replay; an interrupted one can take input again.
+        live = session.row.status not in CLOSED and not self.stopping
+        if live:
+            session.subscribers.add(sub)
+        try:
+            first = after + 1 if replay else snapshot + 1
+            if limit is not None and limit > 0:
+                first = max(first, snapshot - limit + 1)
+            while first <= snapshot:
+                last = min(snapshot, first + REPLAY_BLOCK - 1)
+                yield await asyncio.to_thread(read_frames, events, first, last)
+                first = last + 1
+            if not live:
+                return
+            keepalive = self.settings.keepalive_s
+            while True:
+                item = sub.queue.get_nowait() if not sub.queue.empty() else None
+                if item is None:
+                    try:
+                        item = (
+                            await asyncio.wait_for(sub.queue.get(), keepalive)
+                            if keepalive > 0
+                            else await sub.queue.get()
+                        )
+                    except asyncio.TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                if item is _END or item is _KICKED:
+                    return
+                # Coalesce what is queued into one write, capped: after a kick, uvicorn can only close() the
+                # transport, which keeps unsent bytes until the peer reads; the cap bounds what a stuck peer pins.
+                frames, size = [item], len(item)
+                while size < WRITE_CAP and not sub.queue.empty():
+                    nxt = sub.queue.get_nowait()
+                    if nxt is _END or nxt is _KICKED:
+                        yield b"".join(frames)
+                        return
+                    frames.append(nxt)
+                    size += len(nxt)
+                yield b"".join(frames)
+        finally:
+            session.subscribers.discard(sub)
+
+    # -- shutdown --------------------------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Close every stream, stop runners, and leave each session resumable (interrupted) on disk."""
+        self.stopping = True
+        for session in self.sessions.values():
+            self._close_streams(session)
+        live = [s for s in self.sessions.values() if s.streaming]
+        for session in live:
+            await self._stop_runner(session)
+        for session in live:
+            if session.row.status in LIVE:
+                self._mark_interrupted(session)
+        for session in self.sessions.values():
+            if session._log is not None:
+                session._log.sync()
+                session._log.close()
+        if self.index is not None:
+            self.index.close()
+
+    def status(self) -> dict:
+        total_bytes = 0
+        root = self.settings.sessions_dir
+        try:
+            for entry in os.scandir(root):
+                try:
+                    total_bytes += os.stat(os.path.join(entry.path, "events.jsonl")).st_size
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return {
+            "eventlog": {
+                "enabled": True,
+                "dir": str(root),
+                "sessions": len(self.sessions),
+                "bytes": total_bytes,
+                "fsync": self.settings.fsync,
+            },
+            "sessions": {
+                "total": len(self.sessions),
+                "running": sum(1 for s in self.sessions.values() if s.in_turn),
+                "live": sum(1 for s in self.sessions.values() if s.streaming),
+            },
+        }
+
+
+def read_frames(events: EventLog, first: int, last: int) -> bytes:
+    return b"".join(b"id: %d\ndata: %s\n\n" % (seq, line) for seq, line in events.read(first, last))
+
+
+def history_from_log(events: EventLog) -> list[tuple[str, str]]:
+    history: list[tuple[str, str]] = []
+    for _, line in events.read(1, events.last_seq):
+        if b'"type":"user_message"' in line or b'"type":"assistant_message"' in line:
+            event = json.loads(line)
+            role = "user" if event["type"] == "user_message" else "assistant"
+            history.append((role, event["payload"].get("text", "")))
+    return history
+
+
+def iso_from_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}000Z"

@@ -1,0 +1,155 @@
+"""Engine settings: command-line flags over environment over defaults.
+
+The environment contract is shared with the upstream BreadBoard engine (BREADBOARD_CLI_HOST, BREADBOARD_CLI_PORT,
+BREADBOARD_API_TOKEN, BREADBOARD_ALLOW_INSECURE_REMOTE); the rest is ours. Every name is listed in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+TRUTHY = {"1", "true", "yes", "on"}
+RAY_START_MODES = ("background", "lazy", "off")
+
+
+class SettingsError(Exception):
+    """A configuration the engine refuses to start with; the message says why and how to fix it."""
+
+
+@dataclass
+class Settings:
+    host: str
+    port: int
+    fd: int | None
+    token: str | None
+    data_dir: Path
+    ray_address: str | None
+    ray_start: str
+    instance_id: str
+    log_level: str
+    keepalive_s: float
+    client_queue: int
+    fsync: str
+    provider: str
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_token() -> str | None:
+    path = _env("BREADBOARD_API_TOKEN_FILE")
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot read the API token file {path}: {exc.strerror}.\n"
+                "Fix the path in BREADBOARD_API_TOKEN_FILE, or unset it to run without a token on loopback."
+            ) from exc
+        if not token:
+            raise SettingsError(f"the API token file {path} is empty.")
+        return token
+    return _env("BREADBOARD_API_TOKEN")
+
+
+def _int(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _float(name: str, raw: str | None, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def fd_bound_host(fd: int) -> tuple[str, int]:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        host, port = sock.getsockname()[:2]
+    finally:
+        sock.close()
+    return host, port
+
+
+def load(args) -> Settings:
+    fd = getattr(args, "fd", None)
+    host = getattr(args, "host", None) or _env("BREADBOARD_CLI_HOST") or "127.0.0.1"
+    port = getattr(args, "port", None)
+    if port is None:
+        port = _int("BREADBOARD_CLI_PORT", _env("BREADBOARD_CLI_PORT"), 9099)
+    if fd is not None:
+        try:
+            host, port = fd_bound_host(fd)
+        except OSError as exc:
+            raise SettingsError(f"--fd {fd} is not a usable listening socket: {exc.strerror}") from exc
+
+    token = _read_token()
+    if not is_loopback(host) and not token:
+        allow = (_env("BREADBOARD_ALLOW_INSECURE_REMOTE") or "").lower() in TRUTHY
+        if not allow:
+            # Same wording as upstream, so users of either engine recognise it.
+            raise SettingsError(
+                "Refusing to start BreadBoard engine on a non-local bind without auth.\n"
+                f"Host: {host}\n"
+                "Set BREADBOARD_API_TOKEN_FILE (or BREADBOARD_API_TOKEN) to require a Bearer token for all requests, "
+                "or bind locally (BREADBOARD_CLI_HOST=127.0.0.1).\n"
+                "To override (unsafe), set BREADBOARD_ALLOW_INSECURE_REMOTE=1."
+            )
+
+    data_dir = getattr(args, "data_dir", None) or _env("BREADBOARD_DATA_DIR")
+    if data_dir is None:
+        home = _env("BREADBOARD_HOME") or str(Path.home() / ".breadboard")
+        data_dir = str(Path(home) / "data")
+
+    ray_address = getattr(args, "ray_address", None) or _env("BREADBOARD_RAY_ADDRESS")
+    ray_start = getattr(args, "ray", None) or _env("BREADBOARD_RAY_START") or "background"
+    if ray_start not in RAY_START_MODES:
+        raise SettingsError(f"BREADBOARD_RAY_START must be one of {', '.join(RAY_START_MODES)}, got {ray_start!r}")
+
+    fsync = _env("BREADBOARD_EVENTLOG_FSYNC") or "turn"
+    if fsync not in ("always", "turn", "never"):
+        raise SettingsError(f"BREADBOARD_EVENTLOG_FSYNC must be always, turn or never, got {fsync!r}")
+
+    return Settings(
+        host=host,
+        port=port,
+        fd=fd,
+        token=token,
+        data_dir=Path(data_dir).expanduser().absolute(),
+        ray_address=ray_address,
+        ray_start=ray_start,
+        instance_id=_env("BREADBOARD_INSTANCE_ID") or str(uuid.uuid4()),
+        log_level=(getattr(args, "log_level", None) or _env("BREADBOARD_CLI_LOG_LEVEL") or "info").lower(),
+        keepalive_s=_float("BREADBOARD_SSE_KEEPALIVE_S", _env("BREADBOARD_SSE_KEEPALIVE_S"), 15.0),
+        client_queue=_int("BREADBOARD_SSE_CLIENT_QUEUE", _env("BREADBOARD_SSE_CLIENT_QUEUE"), 16384),
+        fsync=fsync,
+        provider=_env("BREADBOARD_PROVIDER") or "echo",
+    )

@@ -1,0 +1,241 @@
+"""Test harness: runs the real engine (`python -m breadboard_engine serve`) on 127.0.0.1 and talks HTTP to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+DEADLINE_S = 60.0
+
+
+def wait_until(predicate, timeout: float = DEADLINE_S, interval: float = 0.02, what: str = "condition"):
+    """Poll with a deadline (never a bare sleep as synchronisation)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Engine:
+    """One engine process. The harness binds the port and hands the socket over with --fd, as the supervisor does."""
+
+    def __init__(
+        self, data_dir: Path, env: dict | None = None, token: str | None = None, args: list[str] | None = None
+    ):
+        self.data_dir = data_dir
+        self.token = token
+        self.extra_env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = data_dir.parent / f"engine-{id(self)}.log"
+
+    def start(self, ray: str = "off", wait: bool = True) -> Engine:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BREADBOARD_", "RAY_"))}
+        env.update({"BREADBOARD_DATA_DIR": str(self.data_dir), "BREADBOARD_RAY_START": ray})
+        if self.token:
+            token_file = self.data_dir.parent / "token"
+            token_file.write_text(self.token)
+            token_file.chmod(0o600)
+            env["BREADBOARD_API_TOKEN_FILE"] = str(token_file)
+        env.update(self.extra_env)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "breadboard_engine", "serve", "--fd", str(listener.fileno()), *self.args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            pass_fds=[listener.fileno()],
+            start_new_session=True,
+        )
+        listener.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+
+    def wait_healthy(self, timeout: float = 30.0) -> dict:
+        def probe():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"engine exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                r = httpx.get(self.url + "/health", headers=self.headers, timeout=1.0)
+                return r.json() if r.status_code == 200 else None
+            except httpx.TransportError:
+                return None
+
+        return wait_until(probe, timeout, what="/health")
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        def probe():
+            body = self.client().get("/ready").json()
+            if body["ray"]["state"] == "failed":
+                raise AssertionError(f"ray failed: {body['ray']}\n{self.log_text()}")
+            return body if body["ready"] else None
+
+        return wait_until(probe, timeout, interval=0.1, what="/ready")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def shutdown(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        try:
+            self.client().post("/v1/shutdown")
+        except httpx.TransportError:
+            pass
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.shutdown(timeout=15)
+            except (subprocess.TimeoutExpired, httpx.HTTPError):
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+    # -- protocol helpers ----------------------------------------------------------------------------------------
+    def create(self, task: str = "", **body) -> str:
+        r = self.client().post("/v1/sessions", json={"task": task, **body})
+        assert r.status_code == 200, r.text
+        return r.json()["session_id"]
+
+    def send(self, session_id: str, content: str) -> None:
+        r = self.client().post(f"/v1/sessions/{session_id}/input", json={"content": content})
+        assert r.status_code == 202, r.text
+
+    def events(self, session_id: str, **params) -> list[dict]:
+        """A finished-stream read: replays and returns when the server ends the stream."""
+        headers = dict(self.headers)
+        if "last_event_id" in params:
+            headers["Last-Event-ID"] = str(params.pop("last_event_id"))
+        with httpx.stream(
+            "GET", f"{self.url}/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=60
+        ) as r:
+            assert r.status_code == 200, r.read()
+            return [e for e in parse_sse(r.iter_bytes()) if "data" in e]
+
+    def wait_status(self, session_id: str, *statuses: str, timeout: float = DEADLINE_S) -> dict:
+        def probe():
+            body = self.client().get(f"/v1/sessions/{session_id}").json()
+            return body if body["status"] in statuses else None
+
+        return wait_until(probe, timeout, what=f"session {session_id} status in {statuses}")
+
+    def wait_seq(self, session_id: str, seq: int, timeout: float = DEADLINE_S) -> dict:
+        def probe():
+            body = self.client().get(f"/v1/sessions/{session_id}").json()
+            return body if body["last_seq"] >= seq else None
+
+        return wait_until(probe, timeout, what=f"session {session_id} to reach seq {seq}")
+
+
+def parse_sse(chunks):
+    """Yield SSE frames as dicts: {"id": str, "data": dict} for events, {"comment": str} for comments."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        if b"\n\n" not in buffer:
+            continue
+        *complete, buffer = buffer.split(b"\n\n")
+        for raw in complete:
+            frame: dict = {}
+            for line in raw.decode().split("\n"):
+                if line.startswith(":"):
+                    frame["comment"] = line[1:].strip()
+                elif line.startswith("id: "):
+                    frame["id"] = line[4:]
+                elif line.startswith("data: "):
+                    frame["data"] = json.loads(line[6:])
+                else:
+                    frame.setdefault("unknown", []).append(line)
+            yield frame
+
+
+@pytest.fixture
+def engine_factory(tmp_path):
+    engines: list[Engine] = []
+
+    def make(data_dir: Path | None = None, **kwargs) -> Engine:
+        engine = Engine(data_dir or tmp_path / "data", **kwargs)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop_quietly()
+
+
+@pytest.fixture
+def engine(engine_factory) -> Engine:
+    return engine_factory().start()
+
+
+def turn_done(engine: Engine, session_id: str, turns: int = 1) -> list[dict]:
+    """Wait until `turns` turns have finished; return every stored event."""
+
+    def probe():
+        events = replay_all(engine, session_id)
+        return events if sum(e["data"]["type"] == "run_finished" for e in events) >= turns else None
+
+    return wait_until(probe, what=f"{turns} run_finished events")
+
+
+def replay_all(engine: Engine, session_id: str) -> list[dict]:
+    """All stored events, read as a replay that stops at the current end (from a finished or live session)."""
+    last = engine.client().get(f"/v1/sessions/{session_id}").json()["last_seq"]
+    if last == 0:
+        return []
+    return read_until_seq(engine, session_id, last, replay="true")
+
+
+def read_until_seq(engine: Engine, session_id: str, seq: int, **params) -> list[dict]:
+    headers = dict(engine.headers)
+    if "last_event_id" in params:
+        headers["Last-Event-ID"] = str(params.pop("last_event_id"))
+    out = []
+    with httpx.stream(
+        "GET", f"{engine.url}/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=60
+    ) as r:
+        assert r.status_code == 200, r.read()
+        for frame in parse_sse(r.iter_bytes()):
+            if "data" in frame:
+                out.append(frame)
+                if frame["data"]["seq"] >= seq:
+                    break
+    return out

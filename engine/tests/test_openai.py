@@ -1,0 +1,76 @@
+"""The `openai` provider against an OpenAI-compatible /v1/chat/completions stream served on 127.0.0.1.
+
+The server here stands in for a real API (no network beyond loopback): it speaks the chat-completions streaming wire
+format and records what it was sent, so the test checks both directions.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import turn_done
+
+
+@pytest.fixture
+def chat_server():
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            if body["model"] == "broken":
+                self.send_response(500)
+                self.end_headers()
+                self.wfile.write(b'{"error": "model exploded"}')
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            reply = "echo of " + body["messages"][-1]["content"]
+            for word in reply.split(" "):
+                chunk = {"choices": [{"delta": {"content": word + " "}}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+            self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    server.shutdown()
+
+
+def test_openai_provider_streams_and_keeps_history(engine_factory, chat_server):
+    base_url, requests = chat_server
+    env = {"BREADBOARD_OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-test"}
+    engine = engine_factory(env=env).start()
+    sid = engine.create("hello model", provider="openai", metadata={"model": "tiny"})
+    events = turn_done(engine, sid)
+    deltas = [e["data"]["payload"]["text"] for e in events if e["data"]["type"] == "assistant_delta"]
+    assert "".join(deltas) == "echo of hello model "
+    message = next(e["data"]["payload"] for e in events if e["data"]["type"] == "assistant_message")
+    assert message["model"] == "tiny" and message["usage"]["completion_tokens"] == 4
+    assert requests[0]["path"] == "/v1/chat/completions" and requests[0]["auth"] == "Bearer sk-test"
+    assert requests[0]["body"]["stream"] is True
+
+    engine.send(sid, "second")
+    turn_done(engine, sid, 2)
+    history = requests[1]["body"]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    assert history[0]["content"] == "hello model" and history[2]["content"] == "second"
+
+
+def test_openai_error_ends_the_turn_with_an_error_event(engine_factory, chat_server):
+    base_url, _ = chat_server
+    engine = engine_factory(env={"BREADBOARD_OPENAI_BASE_URL": base_url}).start()
+    sid = engine.create("hi", provider="openai", metadata={"model": "broken", "cli_session_kind": "oneshot"})
+    engine.wait_status(sid, "failed")
+    events = turn_done(engine, sid)
+    error = next(e["data"]["payload"] for e in events if e["data"]["type"] == "error")
+    assert "500" in error["message"] and "model exploded" in error["message"]
+    assert events[-1]["data"]["payload"]["completed"] is False

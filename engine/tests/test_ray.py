@@ -1,0 +1,141 @@
+"""Session turns on a real Ray: a local one the engine starts, and an existing cluster it joins. Nothing orphaned."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import turn_done, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from breadboard_engine.procs import descendants, start_time  # noqa: E402
+
+
+def alive(procs):
+    return [(pid, start) for pid, start in procs if start_time(pid) == start and not _zombie(pid)]
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def comm(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def run_turn_on_ray(engine):
+    sid = engine.create("on ray", metadata={"cli_session_kind": "oneshot"})
+    engine.wait_status(sid, "completed", timeout=120)
+    events = turn_done(engine, sid)
+    message = next(e["data"] for e in events if e["data"]["type"] == "assistant_message")
+    worker = message["payload"]["worker_pid"]
+    assert worker != engine.proc.pid, "the turn ran in the engine process, not on Ray"
+    return worker
+
+
+def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory):
+    engine = engine_factory().start(ray="background")
+    ready = engine.wait_ready()
+    assert ready["ray"]["state"] == "connected" and ready["ray"]["mode"] == "local"
+    worker = run_turn_on_ray(engine)
+    assert "ray::" in comm(worker) or "default_worker" in comm(worker)
+    status = engine.client().get("/v1/status").json()["ray"]
+    assert status["initialized"] is True and status["nodes"] == 1
+    assert len(status["temp_dir"]) <= 40  # AF_UNIX path limit leaves Ray ~60 bytes
+    family = descendants(engine.proc.pid)
+    assert any(b"raylet" in comm(pid).encode() for pid, _ in family)
+    started = time.monotonic()
+    assert engine.shutdown(timeout=30) == 0
+    assert time.monotonic() - started < 10
+    wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
+
+
+def test_lazy_ray_and_kill_9_leaves_no_orphans(engine_factory):
+    engine = engine_factory().start(ray="lazy")
+    ready = engine.client().get("/ready").json()
+    assert ready["ready"] is True and ready["ray"]["state"] == "pending"  # Ray not started before it is needed
+    run_turn_on_ray(engine)
+    assert engine.client().get("/ready").json()["ray"]["state"] == "connected"
+    # Let the raylet's agents start and be recorded, then kill the engine outright.
+    wait_until(lambda: any("DashboardAgent" in comm(p) for p, _ in descendants(engine.proc.pid)), 30, what="agents")
+    family = descendants(engine.proc.pid)
+    wait_until(lambda: _reaper_knows(engine), 30, interval=0.2, what="the reaper to record Ray's agents")
+    engine.kill9()
+    wait_until(lambda: not alive(family), 30, interval=0.1, what=f"orphans to be reaped: {alive(family)}")
+
+
+def _reaper_knows(engine):
+    """The engine records Ray's processes for its reaper at init and again 5 s later (the raylet's agents)."""
+    for line in engine.log_text().splitlines():
+        if "ray connected" in line:
+            stamp = time.mktime(time.strptime(line.split(",")[0], "%Y-%m-%d %H:%M:%S"))
+            return time.time() - stamp > 6
+    return False
+
+
+@pytest.fixture
+def ray_cluster():
+    ray_bin = Path(sys.executable).parent / "ray"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="bbc", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    subprocess.run(
+        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env, timeout=180,
+    )  # fmt: skip
+    try:
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        # Stop only this cluster (never `ray stop`, which kills every Ray on the machine): its processes name temp.
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if str(temp) in comm(pid):
+                    os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def cluster_processes(temp):
+    found = []
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if str(temp) in comm(pid) and "gcs_server" in comm(pid):
+                found.append((pid, start_time(pid)))
+        except OSError:
+            pass
+    return found
+
+
+def test_joins_an_existing_cluster_and_leaves_it_running(engine_factory, ray_cluster):
+    address, temp = ray_cluster
+    gcs = cluster_processes(temp)
+    assert gcs, "the test cluster has no gcs_server"
+    engine = engine_factory(env={"BREADBOARD_RAY_ADDRESS": address}).start(ray="background")
+    ready = engine.wait_ready()
+    assert ready["ray"]["mode"] == "cluster" and ready["ray"]["address"] == address
+    worker = run_turn_on_ray(engine)
+    assert worker not in [pid for pid, _ in descendants(engine.proc.pid)], "the turn did not run on the cluster"
+    assert engine.client().get("/v1/status").json()["ray"]["nodes"] >= 1
+    assert engine.shutdown(timeout=30) == 0
+    assert alive(gcs) == gcs, "stopping the engine stopped the cluster"
+    # The cluster still takes a new driver.
+    code = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len(ray.nodes()))"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip().endswith("1"), probe.stderr[-2000:]

@@ -1,0 +1,83 @@
+//! `breadboard engine list` (alias `versions`): installed engine versions, which is current, and their receipts.
+//! Reads only the filesystem (no Python, no network), so it stays in the low milliseconds.
+
+use serde::Serialize;
+
+use crate::paths::Paths;
+use crate::printer::{Printer, Style};
+use crate::venv_store::{Installed, Store};
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON: {current, previous, versions: [{version, path, current, previous, complete, broken?, receipt?}]}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ListJson {
+    current: Option<String>,
+    previous: Option<String>,
+    versions: Vec<Installed>,
+}
+
+pub fn run(paths: &Paths, printer: &Printer, args: &ListArgs) -> anyhow::Result<u8> {
+    let store = Store::new(paths);
+    let versions = store.list()?;
+    if args.json {
+        printer.json(&ListJson {
+            current: store.current(),
+            previous: store.previous(),
+            versions,
+        });
+        return Ok(0);
+    }
+    if versions.is_empty() {
+        printer.info("no engine versions installed; install one with `breadboard engine install`");
+        return Ok(0);
+    }
+    for item in &versions {
+        let marker = if item.current { "*" } else { " " };
+        let mut tags = Vec::new();
+        if item.current {
+            tags.push("current".to_owned());
+        }
+        if item.previous {
+            tags.push("previous".to_owned());
+        }
+        if !item.complete {
+            tags.push("incomplete".to_owned());
+        }
+        if item.broken.is_some() {
+            tags.push("broken".to_owned());
+        }
+        let tags = if tags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", tags.join(", "))
+        };
+        let detail = match &item.receipt {
+            Some(r) => format!(
+                "  python {} {}  {}  {}",
+                r.python.version,
+                r.python.path.display(),
+                r.installer,
+                r.installed_at
+            ),
+            None => String::new(),
+        };
+        let version = if item.current {
+            printer.style(Style::Bold, &item.version)
+        } else {
+            item.version.clone()
+        };
+        printer.result(&format!("{marker} {version}{tags}{detail}"));
+        if let Some(why) = &item.broken {
+            printer.warn(&format!(
+                "engine {} is broken: {why}; rebuild it with `breadboard engine install --version {} --force`",
+                item.version, item.version
+            ));
+        }
+    }
+    Ok(0)
+}

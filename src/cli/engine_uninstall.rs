@@ -1,0 +1,82 @@
+//! `breadboard engine uninstall [--purge]`: remove the engine venvs and the current/previous links; `--purge` also
+//! deletes the engine's data dir, after a confirmation on a terminal or with `--yes`.
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::error::{CliError, ErrorKind};
+use crate::fsutil;
+use crate::lock::ControlLock;
+use crate::venv_store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Also delete the engine's data (sessions, logs of runs) under BREADBOARD_HOME/data
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Print the result as JSON: {removed_versions, purged_data}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct UninstallJson {
+    removed_versions: Vec<String>,
+    purged_data: bool,
+}
+
+pub fn run(ctx: &Ctx, args: &UninstallArgs) -> anyhow::Result<u8> {
+    let data = ctx.paths.data_dir();
+    // Ask before taking the lock: a prompt must not block other commands.
+    if args.purge && !args.yes && data.exists() {
+        if !ctx.printer.interactive() {
+            return Err(CliError::new(
+                ErrorKind::Usage,
+                format!(
+                    "refusing to delete {} without confirmation (not a terminal)",
+                    data.display()
+                ),
+            )
+            .hint("breadboard engine uninstall --purge --yes")
+            .into());
+        }
+        if !ctx.printer.confirm(&format!(
+            "Delete the engine's data in {}? This cannot be undone.",
+            data.display()
+        )) {
+            return Err(CliError::new(ErrorKind::Usage, "aborted: nothing was removed").into());
+        }
+    }
+    let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine uninstall", ctx.printer)?;
+    let store = Store::new(&ctx.paths);
+    let removed: Vec<String> = store.list()?.into_iter().map(|i| i.version).collect();
+    // Links first: a crash midway then leaves no link to a half-deleted venv.
+    store.unlink_current()?;
+    fsutil::remove_file_if_exists(&ctx.paths.previous_link())?;
+    fsutil::remove_dir_if_exists(&ctx.paths.versions_dir())?;
+    let purged = args.purge && data.exists();
+    if purged {
+        fsutil::remove_dir_if_exists(&data)?;
+    }
+    if args.json {
+        ctx.printer.json(&UninstallJson {
+            removed_versions: removed,
+            purged_data: purged,
+        });
+    } else {
+        if removed.is_empty() {
+            ctx.printer.result("no engine versions were installed");
+        } else {
+            ctx.printer
+                .result(&format!("removed engine versions: {}", removed.join(", ")));
+        }
+        if purged {
+            ctx.printer
+                .result(&format!("deleted engine data in {}", data.display()));
+        }
+    }
+    Ok(0)
+}

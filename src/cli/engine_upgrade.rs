@@ -1,0 +1,162 @@
+//! `breadboard engine upgrade`: install the newest engine version in range side by side, then switch to it.
+//! `--check` only reports: exit 0 when up to date, 100 when an upgrade is available (rustup `check` convention).
+//! Restarting a running engine onto the new version belongs to the supervisor issue.
+
+use std::path::PathBuf;
+
+use semver::Version;
+use serde::Serialize;
+
+use super::engine_install::{self, Plan};
+use super::{Ctx, SourceArgs};
+use crate::compat::{self, SUPPORTED_ENGINE};
+use crate::config;
+use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
+use crate::lock::ControlLock;
+use crate::package_index;
+use crate::venv_store::{InstallerKind, Store};
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Upgrade (or move) to exactly this version instead of the newest in range
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Only report whether an upgrade is available (exit 0: up to date, 100: available)
+    #[arg(long)]
+    pub check: bool,
+    /// Base Python for the new venv (default: the current engine's)
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Force the installer back end
+    #[arg(long, value_enum)]
+    pub installer: Option<InstallerKind>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct CheckJson {
+    current: String,
+    latest: String,
+    upgrade_available: bool,
+}
+
+pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
+    let store = Store::new(&ctx.paths);
+    if args.check {
+        // Read-only: no lock, so a check never waits behind a long install.
+        return check(ctx, &store, args.json);
+    }
+    let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine upgrade", ctx.printer)?;
+    store.clean_leftovers(ctx.printer)?;
+    let current = current_or_error(&store)?;
+    let (source, _) = engine_install::resolve_source(
+        ctx,
+        &engine_install::source_from_flags(&SourceArgs::default())?,
+        &store,
+    );
+    let requested = match &args.version {
+        Some(v) => Some(compat::parse_engine_version(v).ok_or_else(|| {
+            CliError::new(
+                ErrorKind::Usage,
+                format!("--version {v:?} is not a release version like 0.1.1"),
+            )
+        })?),
+        None => {
+            let offered = package_index::available_versions(&source)?;
+            let Some(latest) = newest_in_range(&offered) else {
+                return Err(CliError::new(
+                    ErrorKind::Source,
+                    format!(
+                        "{} offers no engine version in the supported range {SUPPORTED_ENGINE}",
+                        source.describe()
+                    ),
+                )
+                .into());
+            };
+            if Some(&latest) <= compat::parse_engine_version(&current).as_ref()
+                && store.health(&current).is_ok()
+            {
+                if args.json {
+                    // Same document as `install --json`, with action "unchanged".
+                    let unchanged = Plan {
+                        requested: compat::parse_engine_version(&current),
+                        source,
+                        remember_source: false,
+                        python: None,
+                        installer: None,
+                        force: false,
+                    };
+                    let outcome = engine_install::install_locked(ctx, &store, unchanged)?;
+                    engine_install::report(ctx.printer, &outcome, true);
+                } else {
+                    ctx.printer.result(&format!(
+                        "engine {current} is up to date (newest in range: {latest})"
+                    ));
+                }
+                return Ok(0);
+            }
+            Some(latest)
+        }
+    };
+    let plan = Plan {
+        requested,
+        source,
+        remember_source: false,
+        python: config::resolve_python(args.python.as_deref(), &ctx.config),
+        installer: config::resolve_installer(args.installer, &ctx.config)?,
+        force: false,
+    };
+    let outcome = engine_install::install_locked(ctx, &store, plan)?;
+    engine_install::report(ctx.printer, &outcome, args.json);
+    Ok(0)
+}
+
+fn check(ctx: &Ctx, store: &Store, json: bool) -> anyhow::Result<u8> {
+    let current = current_or_error(store)?;
+    let (source, _) = engine_install::resolve_source(ctx, &Default::default(), store);
+    let offered = package_index::available_versions(&source)?;
+    let latest = newest_in_range(&offered);
+    let available = match (&latest, compat::parse_engine_version(&current)) {
+        (Some(l), Some(c)) => *l > c,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let latest_text = latest
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), Version::to_string);
+    if json {
+        ctx.printer.json(&CheckJson {
+            current: current.clone(),
+            latest: latest_text.clone(),
+            upgrade_available: available,
+        });
+    } else if available {
+        ctx.printer.result(&format!(
+            "engine upgrade available: {current} -> {latest_text}"
+        ));
+    } else {
+        ctx.printer
+            .result(&format!("engine {current} is up to date"));
+    }
+    Ok(if available { EXIT_UPGRADE_AVAILABLE } else { 0 })
+}
+
+fn newest_in_range(offered: &[Version]) -> Option<Version> {
+    offered.iter().rev().find(|v| compat::in_range(v)).cloned()
+}
+
+fn current_or_error(store: &Store) -> anyhow::Result<String> {
+    store
+        .current()
+        .filter(|c| store.is_complete(c))
+        .ok_or_else(|| {
+            CliError::new(
+                ErrorKind::Failure,
+                "no engine is installed, so there is nothing to upgrade",
+            )
+            .hint("breadboard engine install")
+            .into()
+        })
+}

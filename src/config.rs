@@ -1,0 +1,322 @@
+//! `config.toml` under `BREADBOARD_HOME`. Read with serde into typed sections; written back with `toml_edit` so the
+//! user's comments and ordering survive when breadboard remembers an install source.
+//!
+//! Precedence for every value: flag > env var > config > default. Unknown keys are warned about, never fatal, so an
+//! older CLI can read a newer config.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::error::{CliError, ErrorKind};
+use crate::printer::Printer;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub python: PythonConfig,
+    /// Read by the supervisor issue; declared here so it is not reported as unknown.
+    pub protocol: ProtocolConfig,
+    /// Read by the supervisor issue; declared here so it is not reported as unknown.
+    pub ray: RayConfig,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    pub index_url: Option<String>,
+    pub extra_index_urls: Vec<String>,
+    pub find_links: Option<String>,
+    pub source: Option<PathBuf>,
+    /// `uv` or `pip`.
+    pub installer: Option<String>,
+    /// Supervisor issue: the command that runs the engine.
+    pub command: Option<toml::Value>,
+    /// Supervisor issue: restart policy.
+    pub restart: Option<toml::Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PythonConfig {
+    pub path: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ProtocolConfig {
+    /// `strict` or `soft`.
+    pub mode: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RayConfig {
+    pub address: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Config {
+    /// Loads `path`; a missing file is an empty config. Warns once per unknown key.
+    pub fn load(path: &Path, printer: &Printer) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
+        for key in config.unknown_keys() {
+            printer.warn(&format!(
+                "unknown key `{key}` in {} (ignored)",
+                path.display()
+            ));
+        }
+        Ok(config)
+    }
+
+    fn unknown_keys(&self) -> Vec<String> {
+        let sections: [(&str, &BTreeMap<String, toml::Value>); 4] = [
+            ("engine.", &self.engine.unknown),
+            ("python.", &self.python.unknown),
+            ("protocol.", &self.protocol.unknown),
+            ("ray.", &self.ray.unknown),
+        ];
+        let mut keys: Vec<String> = self.unknown.keys().cloned().collect();
+        for (prefix, map) in sections {
+            keys.extend(map.keys().map(|k| format!("{prefix}{k}")));
+        }
+        keys
+    }
+}
+
+fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> anyhow::Error {
+    let location = match err.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!(" at line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    let detail = err.message().trim();
+    CliError::new(
+        ErrorKind::Config,
+        format!("could not parse {}{location}: {detail}", path.display()),
+    )
+    .hint(format!(
+        "fix the file, or move it aside to start from defaults: mv {0} {0}.bak",
+        path.display()
+    ))
+    .into()
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Sets (or, with `None`, removes) `[section] key` in the config file, preserving everything else.
+pub fn write_keys(
+    path: &Path,
+    section: &str,
+    values: &[(&str, Option<toml_edit::Value>)],
+) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        CliError::new(
+            ErrorKind::Config,
+            format!("could not parse {}: {e}", path.display()),
+        )
+    })?;
+    let table = doc
+        .entry(section)
+        .or_insert_with(toml_edit::table)
+        .as_table_mut()
+        .with_context(|| format!("`{section}` in {} is not a table", path.display()))?;
+    for (key, value) in values {
+        match value {
+            Some(v) => {
+                table.insert(key, toml_edit::Item::Value(v.clone()));
+            }
+            None => {
+                table.remove(key);
+            }
+        }
+    }
+    crate::fsutil::write_atomic(path, doc.to_string().as_bytes())
+}
+
+/// A setting together with where it came from, for messages (and later `engine doctor`).
+#[derive(Debug, Clone)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: crate::python::Origin,
+}
+
+/// The engine source: flags as a set, else env vars as a set, else config, else PyPI. A source is resolved as a unit
+/// (not key by key) so `--find-links DIR` alone means offline even when config remembers an index.
+pub fn resolve_source(
+    flags: &crate::package_index::EngineSource,
+    config: &Config,
+) -> (crate::package_index::EngineSource, &'static str) {
+    use crate::env_vars as ev;
+    use crate::package_index::EngineSource;
+    if !flags.is_empty() {
+        return (flags.clone(), "flags");
+    }
+    let env = EngineSource {
+        index_url: ev::get(ev::BREADBOARD_INDEX_URL),
+        extra_index_urls: ev::get(ev::BREADBOARD_EXTRA_INDEX_URL)
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        find_links: ev::get(ev::BREADBOARD_FIND_LINKS),
+        path: ev::get(ev::BREADBOARD_ENGINE_SOURCE).map(PathBuf::from),
+    };
+    if !env.is_empty() {
+        return (env, "environment");
+    }
+    let cfg = EngineSource {
+        index_url: config.engine.index_url.clone(),
+        extra_index_urls: config.engine.extra_index_urls.clone(),
+        find_links: config.engine.find_links.clone(),
+        path: config.engine.source.clone(),
+    };
+    if !cfg.is_empty() {
+        return (cfg, "config");
+    }
+    (EngineSource::default(), "default")
+}
+
+/// Remembers `source` in `[engine]` so a later `engine upgrade` uses the same one.
+pub fn remember_source(
+    path: &Path,
+    source: &crate::package_index::EngineSource,
+) -> anyhow::Result<()> {
+    let s = |v: &Option<String>| v.as_ref().map(|v| toml_edit::Value::from(v.as_str()));
+    let extra = (!source.extra_index_urls.is_empty()).then(|| {
+        toml_edit::Value::Array(source.extra_index_urls.iter().map(String::as_str).collect())
+    });
+    write_keys(
+        path,
+        "engine",
+        &[
+            ("index_url", s(&source.index_url)),
+            ("extra_index_urls", extra),
+            ("find_links", s(&source.find_links)),
+            (
+                "source",
+                source
+                    .path
+                    .as_ref()
+                    .map(|p| toml_edit::Value::from(p.display().to_string())),
+            ),
+        ],
+    )
+}
+
+/// The requested interpreter: flag > BREADBOARD_PYTHON > `[python] path`; `None` means discover.
+pub fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
+    use crate::python::Origin;
+    if let Some(p) = flag {
+        return Some(Sourced {
+            value: p.to_owned(),
+            origin: Origin::Flag,
+        });
+    }
+    if let Some(p) = crate::env_vars::get(crate::env_vars::BREADBOARD_PYTHON) {
+        return Some(Sourced {
+            value: PathBuf::from(p),
+            origin: Origin::Env,
+        });
+    }
+    config.python.path.clone().map(|p| Sourced {
+        value: p,
+        origin: Origin::Config,
+    })
+}
+
+/// The forced installer: flag > BREADBOARD_INSTALLER > `[engine] installer`; `None` means uv when found, else pip.
+pub fn resolve_installer(
+    flag: Option<crate::venv_store::InstallerKind>,
+    config: &Config,
+) -> anyhow::Result<Option<crate::venv_store::InstallerKind>> {
+    use crate::venv_store::InstallerKind;
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    let parse = |v: &str, origin: &str| match v {
+        "uv" => Ok(Some(InstallerKind::Uv)),
+        "pip" => Ok(Some(InstallerKind::Pip)),
+        "auto" | "" => Ok(None),
+        other => Err(anyhow::Error::from(
+            CliError::new(
+                ErrorKind::Config,
+                format!("{origin} is {other:?}; expected \"uv\", \"pip\" or \"auto\""),
+            )
+            .hint("set it to uv or pip"),
+        )),
+    };
+    if let Some(v) = crate::env_vars::get(crate::env_vars::BREADBOARD_INSTALLER) {
+        return parse(&v, crate::env_vars::BREADBOARD_INSTALLER);
+    }
+    match &config.engine.installer {
+        Some(v) => parse(v, "[engine] installer in config.toml"),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        let text = "a = 1\nb = [x\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 11), (2, 6));
+    }
+
+    #[test]
+    fn write_keys_preserves_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "# mine\n[python]\npath = \"/usr/bin/python3\" # keep\n",
+        )
+        .unwrap();
+        write_keys(
+            &path,
+            "engine",
+            &[
+                ("index_url", Some("http://x/simple/".into())),
+                ("find_links", None),
+            ],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# mine") && text.contains("# keep"), "{text}");
+        assert!(
+            text.contains("[engine]\nindex_url = \"http://x/simple/\""),
+            "{text}"
+        );
+    }
+}

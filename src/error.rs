@@ -1,0 +1,92 @@
+//! The error type every command returns to `main`: a message, an optional hint naming the command that fixes it, and
+//! a stable exit code. Inside modules `anyhow` carries context; at the boundary `main` downcasts to [`CliError`]
+//! (uv pattern: `crates/uv/src/commands/mod.rs` `ExitStatus` plus hints on errors).
+
+use std::fmt;
+
+/// Exit codes are part of the CLI's contract and documented in `docs/cli.md`. Never renumber them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 1: anything not covered below.
+    Failure,
+    /// 2: bad usage (also what clap exits with on a parse error), including a refused confirmation.
+    Usage,
+    /// 3: `config.toml` does not parse or holds an invalid value.
+    Config,
+    /// 4: the control lock stayed busy past the deadline.
+    Lock,
+    /// 5: no usable Python interpreter.
+    Python,
+    /// 6: the package source is unreachable, or does not offer a (compatible) engine version.
+    Source,
+    /// 7: an engine venv failed validation or is broken.
+    Validation,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failure => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Config => 3,
+            ErrorKind::Lock => 4,
+            ErrorKind::Python => 5,
+            ErrorKind::Source => 6,
+            ErrorKind::Validation => 7,
+        }
+    }
+}
+
+/// Exit code of `engine upgrade --check` when a newer engine is available (rustup `check` convention).
+pub const EXIT_UPGRADE_AVAILABLE: u8 = 100;
+
+#[derive(Debug)]
+pub struct CliError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        CliError {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Shorthand for returning a [`CliError`] through an `anyhow::Result`.
+pub fn fail<T>(
+    kind: ErrorKind,
+    message: impl Into<String>,
+    hint: Option<String>,
+) -> anyhow::Result<T> {
+    let mut e = CliError::new(kind, message);
+    e.hint = hint;
+    Err(e.into())
+}
+
+/// The exit code and hint for any error: the outermost [`CliError`] in the chain decides, else 1.
+pub fn classify(err: &anyhow::Error) -> (u8, Option<&str>) {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return (e.kind.exit_code(), e.hint.as_deref());
+        }
+    }
+    (ErrorKind::Failure.exit_code(), None)
+}

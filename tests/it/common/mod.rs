@@ -1,0 +1,322 @@
+//! Test harness: the real `breadboard` binary, a temp `BREADBOARD_HOME` per test, and a real PEP 503 index served
+//! from `target/fixtures/` on 127.0.0.1 by a small std-thread HTTP server.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_breadboard");
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn target_dir() -> PathBuf {
+    repo_root().join("target")
+}
+
+/// Builds the fixtures once (the script is idempotent and returns at once when up to date), under a file lock so
+/// parallel test processes and benchmarks do not race it.
+pub fn fixtures() -> &'static Path {
+    static FIXTURES: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let target = target_dir();
+        std::fs::create_dir_all(&target).unwrap();
+        let lock = File::create(target.join("fixtures.lock")).unwrap();
+        lock.lock().unwrap();
+        let status = Command::new(repo_root().join("scripts/fixtures"))
+            .status()
+            .expect("run scripts/fixtures");
+        assert!(status.success(), "scripts/fixtures failed");
+        let dir = target.join("fixtures");
+        assert!(
+            dir.join(".stamp").is_file(),
+            "scripts/fixtures did not write {}",
+            dir.join(".stamp").display()
+        );
+        dir
+    })
+}
+
+pub fn wheelhouse() -> PathBuf {
+    fixtures().join("wheelhouse")
+}
+
+pub fn uv() -> PathBuf {
+    let uv = repo_root().join(".venv-dev/bin/uv");
+    fixtures(); // builds .venv-dev too
+    assert!(
+        uv.is_file(),
+        "{} is missing; run scripts/dev-env",
+        uv.display()
+    );
+    uv
+}
+
+/// A Python 3.11 interpreter (the fixture wheelhouse holds cp311 wheels), as its real executable path.
+pub fn python311() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        for candidate in ["python3.11", "python3"] {
+            let Ok(out) = Command::new(candidate)
+                .args([
+                    "-c",
+                    "import sys; print(sys.executable if sys.version_info[:2] == (3, 11) else '')",
+                ])
+                .output()
+            else {
+                continue;
+            };
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && !path.is_empty() {
+                return PathBuf::from(path);
+            }
+        }
+        panic!("the integration tests need Python 3.11 (the fixture wheels are cp311)");
+    })
+}
+
+/// The index server, shared by all tests of the process. Returns the simple index URL.
+pub fn index_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| format!("{}/simple/", serve(fixtures().to_owned(), FIXTURE_PORT)))
+        .clone()
+}
+
+/// uv keys its wheel cache by index URL: a stable port keeps the shared test cache warm across runs instead of
+/// adding a copy of every wheel per run. Falls back to any free port when it is taken (e.g. two runs at once).
+const FIXTURE_PORT: u16 = 47653;
+
+/// Serves `root` over HTTP/1.1 with `Connection: close`; directories serve their `index.html`.
+pub fn serve(root: PathBuf, preferred_port: u16) -> String {
+    let listener = TcpListener::bind(("127.0.0.1", preferred_port))
+        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let _ = handle(stream, &root);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn handle(stream: TcpStream, root: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("/");
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let rel = percent_decode(path.trim_start_matches('/'));
+    let mut file = root.join(&rel);
+    if rel.split('/').any(|c| c == "..") {
+        file = root.join("\0invalid");
+    }
+    if file.is_dir() {
+        file = file.join("index.html");
+    }
+    let mut out = stream;
+    match std::fs::read(&file) {
+        Ok(body) => {
+            let ctype = if file.extension().is_some_and(|e| e == "html") {
+                "text/html"
+            } else {
+                "application/octet-stream"
+            };
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            if method != "HEAD" {
+                out.write_all(&body)?;
+            }
+        }
+        Err(_) => {
+            out.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
+        }
+    }
+    out.flush()
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One test's world: a temp dir holding `home/` (BREADBOARD_HOME) and scratch space.
+pub struct TestContext {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+}
+
+impl TestContext {
+    pub fn new() -> TestContext {
+        let base = target_dir().join("it-tmp");
+        std::fs::create_dir_all(&base).unwrap();
+        // Under target/ (same filesystem as the shared uv cache) so uv hardlinks instead of copying.
+        let dir = tempfile::Builder::new()
+            .prefix("t")
+            .tempdir_in(base)
+            .unwrap();
+        let home = dir.path().join("home");
+        TestContext { dir, home }
+    }
+
+    /// A scrubbed environment: no outside BREADBOARD_* settings, uv from the dev env, shared caches.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("BREADBOARD_") || key.starts_with("UV_") || key.starts_with("PIP_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("BREADBOARD_HOME", &self.home)
+            .env("HOME", self.dir.path())
+            .env("BREADBOARD_UV", uv())
+            .env("BREADBOARD_PYTHON", python311())
+            .env("UV_CACHE_DIR", target_dir().join("test-cache/uv"))
+            .env("PIP_CACHE_DIR", target_dir().join("test-cache/pip"))
+            .env("NO_COLOR", "1")
+            .env("BREADBOARD_LOCK_TIMEOUT", "300")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::from_std(self.command());
+        cmd.args(args).timeout(Duration::from_secs(240));
+        cmd
+    }
+
+    /// `engine install` from the local index with uv, plus `extra` args.
+    pub fn install(&self, extra: &[&str]) -> assert_cmd::assert::Assert {
+        let url = index_url();
+        let mut args = vec!["engine", "install", "--index-url", url.as_str()];
+        args.extend_from_slice(extra);
+        self.cmd(&args).assert()
+    }
+
+    pub fn engine_dir(&self) -> PathBuf {
+        self.home.join("engine")
+    }
+
+    pub fn link(&self, name: &str) -> Option<String> {
+        let target = std::fs::read_link(self.engine_dir().join(name)).ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// Installed version dirs with and without receipts.
+    pub fn version_dirs(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = std::fs::read_dir(self.engine_dir().join("versions"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            e.path().join("receipt.json").is_file(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    pub fn list_json(&self) -> serde_json::Value {
+        let out = self
+            .cmd(&["engine", "list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// `current` resolves to a complete venv (receipt present) whose engine answers `version --json`.
+    pub fn assert_current_complete(&self, version: &str) {
+        assert_eq!(self.link("current").as_deref(), Some(version));
+        let dir = self.engine_dir().join("current");
+        assert!(dir.join("receipt.json").is_file(), "current has no receipt");
+        let out = Command::new(dir.join("bin/python"))
+            .args(["-m", "breadboard_engine", "version", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["engine_version"], version);
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stdout(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
+}
+
+pub fn stderr(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
+/// Pids of live processes whose command line mentions `needle` (Linux /proc).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            // Zombies keep their cmdline empty; anything listed here is still running.
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,147 @@
+use crate::common::*;
+
+#[test]
+fn install_newest_in_range_with_uv() {
+    let ctx = TestContext::new();
+    let assert = ctx.install(&[]).success();
+    // stdout carries only the result line; progress and messages go to stderr.
+    let out = stdout(&assert);
+    assert_eq!(out.lines().count(), 1, "stdout: {out}");
+    assert!(
+        out.starts_with("installed breadboard-engine 0.1.1"),
+        "stdout: {out}"
+    );
+    ctx.assert_current_complete("0.1.1");
+    assert_eq!(ctx.link("previous"), None);
+
+    let receipt: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ctx.engine_dir().join("versions/0.1.1/receipt.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt["schema"], 1);
+    assert_eq!(receipt["requirement"], "breadboard-engine==0.1.1");
+    assert_eq!(receipt["installer"], "uv");
+    assert_eq!(receipt["source"]["kind"], "index");
+    assert_eq!(receipt["source"]["url"], index_url());
+    assert_eq!(receipt["python"]["path"], python311().display().to_string());
+    assert!(receipt["installed_at"].as_str().unwrap().ends_with('Z'));
+
+    // The source is remembered, so a later upgrade uses the same index.
+    let config = std::fs::read_to_string(ctx.home.join("config.toml")).unwrap();
+    assert!(
+        config.contains(&format!("index_url = \"{}\"", index_url())),
+        "{config}"
+    );
+
+    // run/ is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ctx.home.join("run"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Installing again is a no-op that needs no network (index_url remembered but not contacted for a pinned version).
+    let again = ctx
+        .cmd(&["engine", "install", "--version", "0.1.1", "--json"])
+        .assert()
+        .success();
+    let doc: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
+    assert_eq!(doc["action"], "unchanged");
+}
+
+#[test]
+fn install_pinned_version() {
+    let ctx = TestContext::new();
+    let assert = ctx.install(&["--version", "0.1.0", "--json"]).success();
+    let doc: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(doc["action"], "installed");
+    assert_eq!(doc["version"], "0.1.0");
+    assert_eq!(doc["receipt"]["engine_version"], "0.1.0");
+    ctx.assert_current_complete("0.1.0");
+}
+
+#[test]
+fn install_offline_with_find_links() {
+    let ctx = TestContext::new();
+    let wheels = wheelhouse();
+    // No index server involved: --find-links alone means --no-index.
+    ctx.cmd(&[
+        "engine",
+        "install",
+        "--find-links",
+        wheels.to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    ctx.assert_current_complete("0.1.1");
+    let json = ctx.list_json();
+    let source = &json["versions"][0]["receipt"]["source"];
+    assert_eq!(source["kind"], "find_links");
+    assert_eq!(source["find_links"], wheels.display().to_string());
+}
+
+#[test]
+fn install_from_local_wheel_source() {
+    let ctx = TestContext::new();
+    let wheel = wheelhouse().join("breadboard_engine-0.1.0-py3-none-any.whl");
+    let wheels = wheelhouse();
+    ctx.cmd(&[
+        "engine",
+        "install",
+        "--source",
+        wheel.to_str().unwrap(),
+        "--find-links",
+        wheels.to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    ctx.assert_current_complete("0.1.0");
+    let config = std::fs::read_to_string(ctx.home.join("config.toml")).unwrap();
+    assert!(config.contains("source = "), "{config}");
+}
+
+/// The pip back end, chosen automatically when no uv is in view, gives the same distributions as the uv back end.
+#[test]
+fn pip_and_uv_build_the_same_venv() {
+    let uv_ctx = TestContext::new();
+    uv_ctx.install(&["--version", "0.1.0"]).success();
+
+    let pip_ctx = TestContext::new();
+    let url = index_url();
+    let mut cmd = pip_ctx.cmd(&[
+        "engine",
+        "install",
+        "--version",
+        "0.1.0",
+        "--index-url",
+        &url,
+    ]);
+    cmd.env_remove("BREADBOARD_UV"); // uv is not on PATH in the test environment either
+    cmd.env("PATH", "/usr/bin:/bin");
+    let assert = cmd.assert().success();
+    assert!(stdout(&assert).contains("pip"), "{}", stdout(&assert));
+    pip_ctx.assert_current_complete("0.1.0");
+    assert_eq!(
+        pip_ctx.list_json()["versions"][0]["receipt"]["installer"],
+        "pip"
+    );
+
+    let dists = |ctx: &TestContext| -> Vec<String> {
+        let out = std::process::Command::new(ctx.engine_dir().join("current/bin/python"))
+            .args([
+                "-c",
+                "import importlib.metadata as m\n\
+                 names = sorted({d.metadata['Name'].lower().replace('_', '-') + '==' + d.version for d in m.distributions()})\n\
+                 print('\\n'.join(n for n in names if n.split('==')[0] not in ('pip', 'setuptools', 'wheel')))",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(dists(&uv_ctx), dists(&pip_ctx));
+}

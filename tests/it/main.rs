@@ -1,0 +1,11 @@
+//! Integration tests: the real binary against real venvs, real uv and pip, and a real index on 127.0.0.1.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // test diagnostics may print
+
+mod common;
+
+mod broken;
+mod concurrency;
+mod discovery;
+mod errors;
+mod install;
+mod lifecycle;
