@@ -145,3 +145,39 @@ fn pip_and_uv_build_the_same_venv() {
     };
     assert_eq!(dists(&uv_ctx), dists(&pip_ctx));
 }
+
+/// The README's quickstart path: the engine built from this checkout's project dir, offline (the wheelhouse carries
+/// the engine's dependencies and its build backend, hatchling).
+#[test]
+fn install_from_project_dir_source_offline() {
+    let ctx = TestContext::new();
+    let project = repo_root().join("engine");
+    let wheels = wheelhouse();
+    let assert = ctx
+        .cmd(&[
+            "engine",
+            "install",
+            "--source",
+            project.to_str().unwrap(),
+            "--find-links",
+            wheels.to_str().unwrap(),
+            "--json",
+        ])
+        .assert()
+        .success();
+    let doc: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let version = doc["version"].as_str().unwrap().to_owned();
+    ctx.assert_current_complete(&version);
+    let receipt = &ctx.list_json()["versions"][0]["receipt"];
+    assert_eq!(receipt["source"]["kind"], "path");
+    // The venv holds a regular install of the project (not an editable link back into the checkout).
+    let out = std::process::Command::new(ctx.engine_dir().join("current/bin/python"))
+        .args([
+            "-c",
+            "import breadboard_engine, sys; print(breadboard_engine.__file__)",
+        ])
+        .output()
+        .unwrap();
+    let location = String::from_utf8_lossy(&out.stdout);
+    assert!(location.contains("site-packages"), "{location}");
+}
