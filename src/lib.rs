@@ -1,5 +1,6 @@
 //! `breadboard`: installs, supervises and talks to the BreadBoard agent engine.
 
+pub mod build_info;
 pub mod cli;
 pub mod compat;
 pub mod config;

@@ -199,7 +199,7 @@ fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("breadboard/", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("breadboard/{}", crate::build_info::VERSION))
         .build()
         .context("could not set up the HTTP client")
 }

@@ -336,7 +336,7 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
             python: interpreter.clone(),
             installer: installer.kind,
             protocol_version: identity.protocol_version,
-            cli_version: env!("CARGO_PKG_VERSION").to_owned(),
+            cli_version: crate::build_info::VERSION.to_owned(),
             installed_at: fsutil::now_rfc3339(),
         })
     })();

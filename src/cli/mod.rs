@@ -17,7 +17,7 @@ pub mod engine_upgrade;
 #[derive(Debug, Parser)]
 #[command(
     name = "breadboard",
-    version,
+    version = crate::build_info::VERSION,
     about = "Install, supervise and talk to the BreadBoard agent engine"
 )]
 pub struct Cli {
