@@ -1,6 +1,7 @@
 """Restart loses nothing: clean stops, kill -9 at random moments, torn tails, a lost index, interrupted deletes."""
 
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -157,3 +158,26 @@ def test_event_log_lines_are_the_sse_payloads(engine):
     engine.wait_status(sid, "completed")
     lines = (engine.data_dir / "sessions" / sid / "events.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [f["data"] for f in replay_all(engine, sid)]
+
+
+def test_stored_sessions_hold_no_file_descriptors(engine):
+    sids = [engine.create(f"task {i}", metadata={"cli_session_kind": "oneshot"}) for i in range(30)]
+    for sid in sids:
+        engine.wait_status(sid, "completed")
+        replay_all(engine, sid)  # reading history must not pin a descriptor either
+
+    def open_logs():
+        fd_dir = f"/proc/{engine.proc.pid}/fd"
+        targets = []
+        for fd in os.listdir(fd_dir):
+            try:
+                targets.append(os.readlink(f"{fd_dir}/{fd}"))
+            except OSError:
+                pass
+        return [t for t in targets if t.endswith("events.jsonl")]
+
+    wait_until(lambda: not open_logs(), 10, what="event logs of closed sessions to be closed")
+    live = engine.create("")
+    engine.send(live, "x")
+    turn_done(engine, live)
+    assert len(open_logs()) == 1  # only the live session's log is open for appends

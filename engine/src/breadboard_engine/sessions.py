@@ -184,6 +184,7 @@ class SessionManager:
             self._publish(session, "run_finished", {"eventCount": 0, "completed": False, "reason": reason}, turn)
             session.log.sync()
         self._set_status(session, "interrupted")
+        session.log.close()  # no runner now; the next input reopens it
 
     # -- sessions --------------------------------------------------------------------------------------------------
     def create(self, task: str, config_path: str | None, metadata: dict | None, provider: str | None) -> Session:
@@ -264,6 +265,9 @@ class SessionManager:
             self._set_status(session, "failed")
         finally:
             self._close_streams(session)
+            if session.row.status in CLOSED:
+                session.log.sync()
+                session.log.close()
 
     def _plan(self, session: Session, content: str) -> tuple[str, dict]:
         meta = session.row.metadata or {}

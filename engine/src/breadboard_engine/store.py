@@ -32,7 +32,9 @@ class EventLog:
         self.repaired_bytes = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Opened at the first append and closed when the session closes: reading a session's history holds no
+        # descriptor, so thousands of stored sessions cost no file handles.
+        self.fd: int | None = None
 
     @property
     def last_seq(self) -> int:
@@ -46,6 +48,7 @@ class EventLog:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            self.path.touch(mode=0o600)
             return
         good = len(data)
         # A torn last line (crash mid-write, or power loss with the tail unflushed) is cut off, never fatal.
@@ -70,6 +73,8 @@ class EventLog:
             pos = data.find(b"\n", pos + 1, good)
 
     def append(self, line: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         view = memoryview(line)
         while view:
             written = os.write(self.fd, view)
@@ -79,14 +84,13 @@ class EventLog:
             os.fsync(self.fd)
 
     def sync(self) -> None:
-        if self.fsync_policy != "never":
+        if self.fsync_policy != "never" and self.fd is not None:
             os.fsync(self.fd)
 
     def close(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     def offset_of(self, seq: int) -> int:
         """Byte offset where the line of `seq` starts."""
