@@ -5,3 +5,6 @@ pub const VERSION: &str = match option_env!("BREADBOARD_BUILD_VERSION") {
     Some(version) => version,
     None => env!("CARGO_PKG_VERSION"),
 };
+
+/// The target triple this binary was built for (set by build.rs); `breadboard upgrade` downloads exactly this one.
+pub const TARGET: &str = env!("BREADBOARD_TARGET");

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub command: Option<toml::Value>,
     /// Supervisor issue: restart policy.
     pub restart: Option<toml::Value>,
+    /// The port `engine start` serves on (as `--port`; env `BREADBOARD_CLI_PORT`).
+    pub port: Option<u16>,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -86,7 +88,16 @@ impl Config {
         Ok(config)
     }
 
-    fn unknown_keys(&self) -> Vec<String> {
+    /// Parses without printing warnings (for doctor, which reports unknown keys as a finding).
+    pub fn load_quiet(path: &Path) -> anyhow::Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| parse_error(path, &text, &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+        }
+    }
+
+    pub fn unknown_keys(&self) -> Vec<String> {
         let sections: [(&str, &BTreeMap<String, toml::Value>); 4] = [
             ("engine.", &self.engine.unknown),
             ("python.", &self.python.unknown),

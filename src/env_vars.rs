@@ -25,6 +25,29 @@ pub const NO_COLOR: &str = "NO_COLOR";
 pub const HOME: &str = "HOME";
 
 /// The value of an env var, treating an empty value as unset (so `FOO= breadboard ...` clears an override).
+/// The engine's port (upstream BreadBoard's variable): `engine start` serves there, doctor checks it.
+pub const BREADBOARD_CLI_PORT: &str = "BREADBOARD_CLI_PORT";
+
 pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
+
+/// `0` or `1`: soft or strict engine handshake (same as `--protocol soft|strict`; config `protocol.mode`).
+pub const BREADBOARD_PROTOCOL_STRICT: &str = "BREADBOARD_PROTOCOL_STRICT";
+/// Run this command instead of the installed engine (a development checkout or the upstream `cli_bridge` server);
+/// it gets its address and token by env (`BREADBOARD_CLI_HOST`, `BREADBOARD_CLI_PORT`, `BREADBOARD_API_TOKEN`).
+pub const BREADBOARD_ENGINE_CMD: &str = "BREADBOARD_ENGINE_CMD";
+
+/// The first delay before an automatic restart (`engine.restart = "on-failure"`), in milliseconds (default 1000).
+/// Each crash doubles it, up to 30 s; it resets after 30 s of stable uptime. Meant for tests and impatient
+/// development loops.
+pub const BREADBOARD_RESTART_BACKOFF_MS: &str = "BREADBOARD_RESTART_BACKOFF_MS";
+/// Set by the npm launcher (`npm`, `pnpm`, `yarn` or `bun`): this copy belongs to that package manager, so
+/// `breadboard upgrade` prints its command instead of replacing the binary.
+pub const BREADBOARD_MANAGED_BY: &str = "BREADBOARD_MANAGED_BY";
+/// Base of a release tree (`<base>/latest/manifest.json`, `<base>/<version>/...`), as for install.sh.
+pub const BREADBOARD_RELEASES_URL: &str = "BREADBOARD_RELEASES_URL";
+/// One release version's directory (`<dir>/manifest.json`); wins over `BREADBOARD_RELEASES_URL`, as for install.sh.
+pub const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
+/// Set by CI systems; `breadboard upgrade` then never asks for confirmation (as without a terminal).
+pub const CI: &str = "CI";

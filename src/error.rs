@@ -17,10 +17,17 @@ pub enum ErrorKind {
     Lock,
     /// 5: no usable Python interpreter.
     Python,
-    /// 6: the package source is unreachable, or does not offer a (compatible) engine version.
+    /// 6: the engine's package source or the release server is unreachable (or a download broke off), or does not
+    /// offer the (compatible) version, or a build for this platform.
     Source,
-    /// 7: an engine venv failed validation or is broken.
+    /// 7: an engine venv failed validation or is broken; or a downloaded breadboard binary does not run here or
+    /// reports the wrong version.
     Validation,
+    /// 8: `breadboard upgrade` will not replace this copy: a package manager owns it (npm), or it is not the copy
+    /// install.sh installed. The message names the command that upgrades it.
+    NotSelfUpdatable,
+    /// 9: a download failed its integrity check (sha256 or size differs from the release manifest).
+    Integrity,
 }
 
 impl ErrorKind {
@@ -33,11 +40,13 @@ impl ErrorKind {
             ErrorKind::Python => 5,
             ErrorKind::Source => 6,
             ErrorKind::Validation => 7,
+            ErrorKind::NotSelfUpdatable => 8,
+            ErrorKind::Integrity => 9,
         }
     }
 }
 
-/// Exit code of `engine upgrade --check` when a newer engine is available (rustup `check` convention).
+/// Exit code of `engine upgrade --check` and `upgrade --check` when an upgrade is available (rustup `check` convention).
 pub const EXIT_UPGRADE_AVAILABLE: u8 = 100;
 
 #[derive(Debug)]

@@ -109,7 +109,7 @@ impl Drop for ControlLock {
     }
 }
 
-fn lock_timeout() -> anyhow::Result<Duration> {
+pub(crate) fn lock_timeout() -> anyhow::Result<Duration> {
     match env_vars::get(env_vars::BREADBOARD_LOCK_TIMEOUT) {
         None => Ok(DEFAULT_TIMEOUT),
         Some(v) => v

@@ -246,7 +246,7 @@ fn http_get_with(
 }
 
 /// reqwest's Display hides the cause ("error sending request"); the innermost source says "Connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {

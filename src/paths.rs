@@ -63,6 +63,29 @@ impl Paths {
     pub fn control_lock_holder(&self) -> PathBuf {
         self.run_dir().join("control.lock.holder")
     }
+    /// Instance lock: held by the supervisor exactly as long as the engine (and anything it spawned) lives.
+    pub fn engine_lock(&self) -> PathBuf {
+        self.run_dir().join("engine.lock")
+    }
+    /// The running engine's registration (0600).
+    pub fn registration(&self) -> PathBuf {
+        self.run_dir().join("engine.json")
+    }
+    /// The engine's bearer token (0600); never in argv or output.
+    pub fn token_file(&self) -> PathBuf {
+        self.run_dir().join("engine.token")
+    }
+    /// How the last engine ended, written by the supervisor.
+    pub fn last_exit(&self) -> PathBuf {
+        self.run_dir().join("last-exit.json")
+    }
+    /// Instance id of the last crash already shown to the user (so a crash report is shown once).
+    pub fn crash_ack(&self) -> PathBuf {
+        self.run_dir().join("last-exit.ack")
+    }
+    pub fn engine_log(&self) -> PathBuf {
+        self.logs_dir().join("engine.log")
+    }
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")
     }

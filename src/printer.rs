@@ -100,6 +100,25 @@ impl Printer {
         }
     }
 
+    /// A message on stderr shown even with `-q` (crash reports: the user must see them).
+    pub fn info_always(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+
+    /// Asks a yes/no question on stderr whose default is yes; only call when [`Printer::interactive`].
+    pub fn confirm_default_yes(&self, question: &str) -> bool {
+        eprint!("{question} [Y/n] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() {
+            return false;
+        }
+        matches!(
+            answer.trim().to_ascii_lowercase().as_str(),
+            "" | "y" | "yes"
+        )
+    }
+
     /// Detail shown with `-v` only.
     pub fn debug(&self, msg: &str) {
         if self.verbose() {

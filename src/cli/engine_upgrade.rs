@@ -108,9 +108,79 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
         installer: config::resolve_installer(args.installer, &ctx.config)?,
         force: false,
     };
+    // A running engine is restarted onto the new version (and rolled back if that fails its handshake).
+    let running = match crate::instance::probe(&ctx.paths, Some(ctx.printer), false)? {
+        crate::instance::Probe::Live { reg: Some(reg), .. } => Some(reg),
+        _ => None,
+    };
     let outcome = engine_install::install_locked(ctx, &store, plan)?;
     engine_install::report(ctx.printer, &outcome, args.json);
+    if let Some(reg) = running {
+        return restart_onto_new(ctx, &store, &reg, &current, args.json);
+    }
     Ok(0)
+}
+
+/// Restarts the running engine onto the new current version; if the new one fails to start or to pass its
+/// handshake, switches back to `old` and starts it again (exit 1, naming the log).
+fn restart_onto_new(
+    ctx: &Ctx,
+    store: &Store,
+    reg: &crate::registration::Registration,
+    old: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
+    use crate::instance::{self, PortSpec, ProtocolMode, StartOpts};
+    let opts = StartOpts {
+        port: PortSpec::Fixed(reg.port),
+        host: reg.host.clone(),
+        ray_address: reg.ray_address.clone(),
+        timeout: std::time::Duration::from_secs(60),
+        foreground: false,
+        protocol: ProtocolMode::Strict,
+        allow_remote: !instance::is_loopback(&reg.host),
+    };
+    let new = store.current().unwrap_or_default();
+    ctx.printer
+        .info(&format!("restarting the running engine onto {new}"));
+    instance::stop_locked(ctx, std::time::Duration::from_secs(20), false, true)?;
+    let log = ctx.paths.engine_log();
+    match instance::start_locked(ctx, &opts) {
+        Ok(started) => {
+            let line = format!(
+                "engine restarted at {} (pid {}, engine {new})",
+                started.reg.url, started.reg.pid
+            );
+            // With --json, stdout holds exactly one document (the install report above).
+            if json {
+                ctx.printer.info(&line);
+            } else {
+                ctx.printer.result(&line);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            ctx.printer.error(&e, None);
+            ctx.printer.warn(&format!(
+                "engine {new} failed to start; rolling back to {old}"
+            ));
+            // The failed start's log is rotated away by the next start: name where it went.
+            store.swap(old, Some(&new))?;
+            let failed_log = std::path::PathBuf::from(format!("{}.1", log.display()));
+            let started = instance::start_locked(ctx, &opts)?;
+            Err(CliError::new(
+                ErrorKind::Failure,
+                format!(
+                    "upgrade to {new} rolled back: engine {old} is running again at {} (pid {}); the failed start's log is {}",
+                    started.reg.url,
+                    started.reg.pid,
+                    failed_log.display()
+                ),
+            )
+            .hint(format!("breadboard engine logs -n 200; inspect {}", failed_log.display()))
+            .into())
+        }
+    }
 }
 
 fn check(ctx: &Ctx, store: &Store, json: bool) -> anyhow::Result<u8> {

@@ -8,11 +8,19 @@ use crate::config::Config;
 use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
 
+pub mod engine_doctor;
 pub mod engine_install;
 pub mod engine_list;
+pub mod engine_logs;
+pub mod engine_restart;
 pub mod engine_rollback;
+pub mod engine_start;
+pub mod engine_status;
+pub mod engine_stop;
 pub mod engine_uninstall;
 pub mod engine_upgrade;
+pub mod supervise;
+pub mod upgrade;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,8 +54,13 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage the engine: install, upgrade, roll back, uninstall, list
+    /// Manage the engine: install, upgrade, roll back, uninstall, list, start, stop, status, logs
     Engine(EngineArgs),
+    /// Upgrade breadboard itself (when install.sh installed it), then the engine
+    Upgrade(upgrade::UpgradeArgs),
+    /// Internal: the engine supervisor spawned by `engine start`
+    #[command(name = "__supervise", hide = true)]
+    Supervise(supervise::SuperviseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +82,18 @@ pub enum EngineCommand {
     /// List installed engine versions
     #[command(visible_alias = "versions")]
     List(engine_list::ListArgs),
+    /// Start the engine in the background (idempotent)
+    Start(engine_start::StartArgs),
+    /// Stop the engine and everything it started (idempotent)
+    Stop(engine_stop::StopArgs),
+    /// Stop and start the engine under one lock
+    Restart(engine_restart::RestartArgs),
+    /// Show whether the engine runs (exit code per state)
+    Status(engine_status::StatusArgs),
+    /// Find what is broken in the setup and say the command that fixes it
+    Doctor(engine_doctor::DoctorArgs),
+    /// Show (or follow) the engine log
+    Logs(engine_logs::LogsArgs),
 }
 
 impl Cli {
@@ -92,7 +117,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn load(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {
+    pub fn load(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {
         let paths = Paths::from_env()?;
         let config = Config::load(&paths.config_file(), printer)?;
         Ok(Ctx {
@@ -115,7 +140,16 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             EngineCommand::Upgrade(args) => engine_upgrade::run(&Ctx::load(printer)?, &args),
             EngineCommand::Rollback(args) => engine_rollback::run(&Ctx::load(printer)?, &args),
             EngineCommand::Uninstall(args) => engine_uninstall::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Start(args) => engine_start::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Stop(args) => engine_stop::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Restart(args) => engine_restart::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Status(args) => engine_status::run(&Ctx::load(printer)?, &args),
+            // Doctor loads the config itself: a broken config is one of its findings, not a reason to stop.
+            EngineCommand::Doctor(args) => engine_doctor::run(&Paths::from_env()?, printer, &args),
+            EngineCommand::Logs(args) => engine_logs::run(&Ctx::load(printer)?, &args),
         },
+        Command::Upgrade(args) => upgrade::run(printer, &cli.global, &args),
+        Command::Supervise(args) => supervise::run(&args),
     }
 }
 

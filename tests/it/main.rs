@@ -5,7 +5,10 @@ mod common;
 
 mod broken;
 mod concurrency;
+mod crash;
 mod discovery;
+mod doctor;
 mod errors;
 mod install;
 mod lifecycle;
+mod supervisor;

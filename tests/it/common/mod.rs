@@ -320,3 +320,113 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     }
     out
 }
+
+/// One HTTP/1.1 request (`Connection: close`) to `base` (`http://host:port`) with an optional bearer token and JSON
+/// body: (status, body). De-chunks a chunked body; reads until the server closes (an SSE stream of a closed session
+/// ends by itself). Panics on I/O errors: the tests only call it where an answer is expected.
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::Read;
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    parse_http(&raw).unwrap_or_else(|| panic!("{method} {path}: malformed response {raw:?}"))
+}
+
+/// Reads an SSE stream (`GET path`, replayed from the start) until an event's data contains `until`, or panics at
+/// `timeout`. Returns the `data:` payloads parsed as JSON. For live sessions, whose streams stay open.
+pub fn sse_until(
+    base: &str,
+    path: &str,
+    token: &str,
+    until: &str,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    use std::io::Read;
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let (_, body) = parse_http(&raw).unwrap_or_default();
+        let events: Vec<serde_json::Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect();
+        if events.iter().any(|e| e.to_string().contains(until)) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {until:?} on {path}; got {body}"
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("{path}: the stream ended before {until:?}: {body}"),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+}
+
+/// Status and body of a raw HTTP/1.1 response (a chunked body de-chunked, a partial last chunk left out).
+fn parse_http(raw: &[u8]) -> Option<(u16, String)> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = &raw[split + 4..];
+    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some((code, String::from_utf8_lossy(rest).into_owned()));
+    }
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let data = &rest[eol + 2..];
+        if n == 0 || data.len() < n {
+            break;
+        }
+        out.extend_from_slice(&data[..n]);
+        rest = data[n..].strip_prefix(b"\r\n").unwrap_or(&data[n..]);
+    }
+    Some((code, String::from_utf8_lossy(&out).into_owned()))
+}

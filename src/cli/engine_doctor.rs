@@ -1,0 +1,173 @@
+//! `breadboard engine doctor [--json] [--strict] [--fix] [-v]`: find what is broken and say the command that fixes it.
+//! Exit codes (docs/cli.md): 0 no errors (warnings allowed), 1 errors found (with `--strict`, warnings count too).
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::doctor::{self, Finding, Repair, Setup, Status};
+use crate::lock::ControlLock;
+use crate::paths::Paths;
+use crate::printer::{Printer, Style};
+use crate::venv_store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print `{summary, checks}` as JSON on stdout (nothing else goes there)
+    #[arg(long)]
+    pub json: bool,
+    /// Count warnings as errors for the exit code
+    #[arg(long)]
+    pub strict: bool,
+    /// Perform the safe repairs doctor knows (each is reported), then check again
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    errors: usize,
+    warnings: usize,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    summary: Summary,
+    checks: &'a [Finding],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repairs: Vec<String>,
+}
+
+/// Doctor loads the config itself: a config that does not parse is a finding here, not a fatal error.
+pub fn run(paths: &Paths, printer: &Printer, args: &DoctorArgs) -> anyhow::Result<u8> {
+    let mut findings = check(paths);
+    let mut repairs = Vec::new();
+    if args.fix {
+        repairs = repair(paths, printer, &findings)?;
+        if !repairs.is_empty() {
+            findings = check(paths);
+        }
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.status == Status::Error)
+        .count();
+    let warnings = findings.iter().filter(|f| f.status == Status::Warn).count();
+    if args.json {
+        printer.json(&Report {
+            summary: Summary { errors, warnings },
+            checks: &findings,
+            repairs,
+        });
+    } else {
+        print_human(printer, &findings, errors, warnings);
+    }
+    let failed = errors > 0 || (args.strict && warnings > 0);
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn check(paths: &Paths) -> Vec<Finding> {
+    let config = Config::load_quiet(&paths.config_file()).map_err(|e| format!("{e:#}"));
+    let setup = Setup { paths, config };
+    doctor::all_checks(&setup)
+}
+
+fn print_human(printer: &Printer, findings: &[Finding], errors: usize, warnings: usize) {
+    let mut section = "";
+    for f in findings {
+        if f.section != section {
+            section = f.section;
+            printer.info(&printer.style(Style::Bold, section));
+        }
+        let mark = match f.status {
+            Status::Ok => printer.style(Style::Green, "[✓]"),
+            Status::Warn => printer.style(Style::Yellow, "[!]"),
+            Status::Error => printer.style(Style::Red, "[✗]"),
+        };
+        printer.info(&format!("  {mark} {}", f.title));
+        // Passing checks are one line; their details only with -v (flutter doctor style).
+        if (f.status != Status::Ok || printer.verbose()) && !f.detail.is_empty() {
+            printer.info(&format!("      {}", f.detail));
+        }
+        if let Some(fix) = &f.fix {
+            printer.info(&format!(
+                "      You can solve this by running: {}",
+                printer.style(Style::Bold, fix)
+            ));
+        }
+    }
+    let summary = match (errors, warnings) {
+        (0, 0) => "No issues found.".to_owned(),
+        (e, w) => format!("Doctor found {e} error(s) and {w} warning(s)."),
+    };
+    printer.info("");
+    printer.info(&summary);
+}
+
+/// The safe repairs, each reported. File repairs run under the control lock; a venv rebuild runs this binary's own
+/// `engine install --force` afterwards, which takes the lock itself.
+fn repair(paths: &Paths, printer: &Printer, findings: &[Finding]) -> anyhow::Result<Vec<String>> {
+    let mut repairs: Vec<Repair> = Vec::new();
+    for repair in findings
+        .iter()
+        .filter(|f| f.status != Status::Ok)
+        .filter_map(|f| f.repair.clone())
+    {
+        if !repairs.contains(&repair) {
+            repairs.push(repair);
+        }
+    }
+    if repairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut done = Vec::new();
+    {
+        let _lock = ControlLock::acquire(paths, "breadboard engine doctor --fix", printer)?;
+        for repair in &repairs {
+            let what = match repair {
+                Repair::ChmodPrivate(path) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = if path.is_dir() { 0o700 } else { 0o600 };
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                    format!("chmod {mode:o} {}", path.display())
+                }
+                Repair::CleanLeftovers => {
+                    Store::new(paths).clean_leftovers(printer)?;
+                    "removed half-installed engine versions".to_owned()
+                }
+                Repair::RemoveStale(path) => {
+                    std::fs::remove_file(path)?;
+                    format!("removed stale {}", path.display())
+                }
+                Repair::RebuildVenv { .. } => continue,
+            };
+            printer.info(&format!("fixed: {what}"));
+            done.push(what);
+        }
+    }
+    for repair in &repairs {
+        if let Repair::RebuildVenv { version } = repair {
+            let what = rebuild(printer, version)?;
+            printer.info(&format!("fixed: {what}"));
+            done.push(what);
+        }
+    }
+    Ok(done)
+}
+
+/// Rebuilds a venv from its receipt (same Python, installer and source) with this binary's own install.
+fn rebuild(printer: &Printer, version: &str) -> anyhow::Result<String> {
+    printer.info(&format!("rebuilding engine {version} from its receipt..."));
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["engine", "install", "--force", "--version", version])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        anyhow::bail!(
+            "rebuilding engine {version} failed ({status}); run `breadboard engine install --force --version {version} -v`"
+        );
+    }
+    Ok(format!(
+        "rebuilt engine {version} (breadboard engine install --force --version {version})"
+    ))
+}

@@ -1,0 +1,44 @@
+//! `breadboard engine restart`: stop + start under one control lock; never reuses the incumbent.
+
+use super::engine_start::{self, StartArgs};
+use super::Ctx;
+use crate::instance;
+use crate::lock::ControlLock;
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Seconds for the stop ladder
+    #[arg(long, value_name = "S", default_value_t = 20.0)]
+    pub stop_timeout: f64,
+    /// Kill the running engine instead of asking it to stop
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
+    let mut opts = engine_start::opts(ctx, &args.start)?;
+    // Keep the running engine's port and Ray cluster unless told otherwise.
+    if let Some(prev) = crate::registration::peek(&ctx.paths) {
+        if args.start.port.is_none() {
+            opts.port = instance::PortSpec::Fixed(prev.port);
+        }
+        if opts.ray_address.is_none() {
+            opts.ray_address = prev.ray_address;
+        }
+    }
+    let t = super::engine_stop::timeout(args.stop_timeout)?;
+    let lock = ControlLock::acquire(&ctx.paths, "breadboard engine restart", ctx.printer)?;
+    if let instance::Stopped::Stopped { pid, .. } = instance::stop_locked(ctx, t, args.force, true)?
+    {
+        ctx.printer.info(&format!("stopped engine pid {pid}"));
+    }
+    let started = instance::start_locked(ctx, &opts)?;
+    drop(lock);
+    if started.foreground.is_some() {
+        return instance::run_foreground(ctx, started);
+    }
+    engine_start::report(ctx, &started, args.start.json, "restarted");
+    Ok(0)
+}

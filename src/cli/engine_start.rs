@@ -1,0 +1,123 @@
+//! `breadboard engine start`: spawns the supervisor (detached) which spawns the engine; waits for the handshake.
+//! Idempotent: a healthy, compatible engine already running is reported and left alone.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::error::{CliError, ErrorKind};
+use crate::instance::{self, PortSpec, ProtocolMode, StartOpts, Started};
+use crate::lock::ControlLock;
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct StartArgs {
+    /// Port to serve on, or `auto` for a free one
+    #[arg(long, value_name = "P|auto")]
+    pub port: Option<PortSpec>,
+    /// Address to bind (loopback by default; anything else needs --allow-remote)
+    #[arg(long, value_name = "H", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Join this existing Ray cluster instead of starting a local Ray (config ray.address)
+    #[arg(long, value_name = "ADDR")]
+    pub ray_address: Option<String>,
+    /// Run attached: logs to the terminal, Ctrl-C stops it
+    #[arg(long)]
+    pub foreground: bool,
+    /// Seconds to wait for the engine's handshake
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Handshake mode: strict fails on a version mismatch, soft warns
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolMode>,
+    /// Confirm serving on a non-loopback address (the engine always requires its token)
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+pub struct StartJson<'a> {
+    pub action: &'a str,
+    pub url: &'a str,
+    pub pid: i32,
+    pub supervisor_pid: i32,
+    pub instance_id: &'a str,
+    pub engine_version: Option<&'a str>,
+    pub log_path: String,
+}
+
+pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        return Err(CliError::new(
+            ErrorKind::Usage,
+            "--timeout must be a positive number of seconds",
+        )
+        .into());
+    }
+    Ok(StartOpts {
+        port: match &args.port {
+            Some(port) => port.clone(),
+            None => PortSpec::Fixed(instance::configured_port(&ctx.config)?),
+        },
+        host: args.host.clone(),
+        ray_address: args
+            .ray_address
+            .clone()
+            .or_else(|| ctx.config.ray.address.clone())
+            .filter(|a| !a.is_empty()),
+        timeout: Duration::from_secs_f64(args.timeout),
+        foreground: args.foreground,
+        protocol: instance::protocol_mode(args.protocol, ctx)?,
+        allow_remote: args.allow_remote,
+    })
+}
+
+pub fn report(ctx: &Ctx, started: &Started, json: bool, verb: &str) {
+    let r = &started.reg;
+    let action = if started.already_running {
+        "already_running"
+    } else {
+        verb
+    };
+    if json {
+        ctx.printer.json(&StartJson {
+            action,
+            url: &r.url,
+            pid: r.pid,
+            supervisor_pid: r.supervisor_pid,
+            instance_id: &r.instance_id,
+            engine_version: started.version.as_deref(),
+            log_path: r.log_path.display().to_string(),
+        });
+        return;
+    }
+    let version = started.version.as_deref().unwrap_or("(command override)");
+    if started.already_running {
+        ctx.printer.result(&format!(
+            "engine already running at {} (pid {}, engine {version})",
+            r.url, r.pid
+        ));
+    } else {
+        ctx.printer.result(&format!(
+            "engine {verb} at {} (pid {}, engine {version})",
+            r.url, r.pid
+        ));
+        ctx.printer.info(&format!("log: {}", r.log_path.display()));
+    }
+}
+
+pub fn run(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
+    let opts = opts(ctx, args)?;
+    let lock = ControlLock::acquire(&ctx.paths, "breadboard engine start", ctx.printer)?;
+    let started = instance::start_locked(ctx, &opts)?;
+    // The control lock covers the start only; the instance lock covers the engine's life.
+    drop(lock);
+    if started.foreground.is_some() {
+        return instance::run_foreground(ctx, started);
+    }
+    report(ctx, &started, args.json, "started");
+    Ok(0)
+}

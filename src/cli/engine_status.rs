@@ -1,0 +1,325 @@
+//! `breadboard engine status [--json]`: stopped, starting, running, unhealthy, incompatible, crashed or errored,
+//! each with its own exit code. Fast: a lock probe, a file read and loopback HTTP requests (`/health`, and `/ready`
+//! for Ray's state when the engine answers); no Python.
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::crash::{self, LastExit};
+use crate::fsutil;
+use crate::instance::{self, Probe, State};
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Default)]
+struct StatusJson {
+    state: String,
+    exit_code: u8,
+    url: Option<String>,
+    pid: Option<i32>,
+    supervisor_pid: Option<i32>,
+    instance_id: Option<String>,
+    engine_version: Option<String>,
+    pinned_version: Option<String>,
+    protocol_version: Option<String>,
+    uptime_s: Option<f64>,
+    started_at: Option<String>,
+    ray: Option<RayJson>,
+    log_path: String,
+    detail: Option<String>,
+    last_exit: Option<LastExit>,
+    /// The supervisor's restart policy (`no` | `on-failure`) and the automatic restarts it made so far.
+    restart_policy: Option<String>,
+    restarts: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct RayJson {
+    /// `cluster` (joined an existing cluster), `local (background|lazy)` or `off`.
+    mode: String,
+    address: Option<String>,
+    /// As the engine reports it (`GET /ready`), when it answers: pending | starting | connected | failed | off.
+    state: Option<String>,
+    nodes: Option<u64>,
+    error: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
+    let paths = &ctx.paths;
+    let mut out = StatusJson {
+        log_path: paths.engine_log().display().to_string(),
+        pinned_version: instance::pinned_version(paths),
+        ..Default::default()
+    };
+    let mut crash_info = None;
+    let state = match instance::probe(paths, Some(ctx.printer), false)? {
+        Probe::Down { stale, crash } => match crash {
+            Some(exit) => {
+                let state = match &exit.crash_loop {
+                    Some(cl) => {
+                        out.detail = Some(format!(
+                            "{}; the last one: {}",
+                            cl.summary(exit.restarts),
+                            exit.how()
+                        ));
+                        State::Errored
+                    }
+                    None => {
+                        out.detail = Some(format!("died without a stop request: {}", exit.how()));
+                        State::Crashed
+                    }
+                };
+                out.last_exit = Some(exit.clone());
+                if let Some(r) = &stale {
+                    fill(&mut out, r);
+                    out.uptime_s = None;
+                }
+                crash_info = Some((stale, exit));
+                state
+            }
+            None => State::Stopped,
+        },
+        Probe::Live { reg: None, .. } => {
+            out.detail =
+                Some("the supervisor holds the instance lock and has not registered yet".into());
+            State::Starting
+        }
+        Probe::Live {
+            reg: Some(reg),
+            health,
+        } => {
+            fill(&mut out, &reg);
+            if reg.restarts > 0 {
+                // How the engine last crashed (it was restarted since).
+                out.last_exit = crash::read(paths).filter(|e| e.instance_id == reg.instance_id);
+            }
+            match health {
+                Some(Ok(h)) if instance::identity_ok(&h, &reg) => {
+                    out.engine_version = Some(h.engine_version.clone());
+                    out.protocol_version = Some(h.protocol_version.clone());
+                    fill_ray_state(&mut out, &reg);
+                    let pinned = reg.engine_version.as_ref().and(out.pinned_version.clone());
+                    let problems = instance::handshake_problems(&h, pinned.as_deref());
+                    if problems.is_empty() {
+                        if reg.restarts > 0 {
+                            out.detail = Some(restarted_detail(&reg, out.last_exit.as_ref()));
+                        }
+                        State::Running
+                    } else {
+                        out.detail = Some(problems.join("; "));
+                        State::Incompatible
+                    }
+                }
+                Some(Err(e)) if reg.restart_pending.is_some() => {
+                    let p = reg.restart_pending.clone().unwrap_or_default();
+                    let wait = (p.at_unix - fsutil::unix_now()).max(0.0);
+                    out.detail = Some(format!(
+                        "the engine crashed ({}); the supervisor restarts it in {wait:.1}s (restart = \"on-failure\", {} restart{} so far; {e})",
+                        p.after,
+                        reg.restarts,
+                        if reg.restarts == 1 { "" } else { "s" }
+                    ));
+                    State::Starting
+                }
+                Some(Ok(h)) => {
+                    out.detail = Some(format!(
+                        "{} answers as pid {} instance {}, not the registered engine",
+                        reg.url, h.pid, h.instance_id
+                    ));
+                    State::Unhealthy
+                }
+                Some(Err(e)) if reg.ready_at.is_none() => {
+                    out.detail = Some(format!("waiting for the handshake ({e})"));
+                    State::Starting
+                }
+                Some(Err(e)) => {
+                    out.detail = Some(format!("alive but not answering: {e}"));
+                    State::Unhealthy
+                }
+                None => State::Unhealthy,
+            }
+        }
+    };
+    out.state = state.name().to_owned();
+    out.exit_code = state.exit_code();
+    if args.json {
+        ctx.printer.json(&out);
+    } else {
+        print_human(ctx, &out, state);
+    }
+    if let Some((stale, exit)) = crash_info {
+        if instance::report_crash_once(paths, ctx.printer, stale.as_ref(), &exit)
+            && ctx.printer.interactive()
+            && !args.json
+        {
+            if ctx.printer.confirm_default_yes("Restart the engine now?") {
+                let start = super::engine_start::StartArgs {
+                    port: stale.as_ref().map(|r| instance::PortSpec::Fixed(r.port)),
+                    host: stale
+                        .as_ref()
+                        .map_or_else(|| "127.0.0.1".to_owned(), |r| r.host.clone()),
+                    ray_address: stale.as_ref().and_then(|r| r.ray_address.clone()),
+                    foreground: false,
+                    timeout: 60.0,
+                    protocol: None,
+                    allow_remote: stale
+                        .as_ref()
+                        .is_some_and(|r| !instance::is_loopback(&r.host)),
+                    json: false,
+                };
+                return super::engine_start::run(ctx, &start);
+            }
+            ctx.printer
+                .info("not restarted; start it later with: breadboard engine start");
+        }
+    }
+    Ok(state.exit_code())
+}
+
+fn fill(out: &mut StatusJson, r: &crate::registration::Registration) {
+    out.url = Some(r.url.clone());
+    out.pid = Some(r.pid);
+    out.supervisor_pid = Some(r.supervisor_pid);
+    out.instance_id = Some(r.instance_id.clone());
+    out.engine_version = r.engine_version.clone();
+    out.protocol_version = Some(r.protocol_version.clone());
+    out.uptime_s = Some((fsutil::unix_now() - r.started_at_unix).max(0.0));
+    out.restart_policy = r.restart_policy.clone();
+    out.restarts = r.restart_policy.as_ref().map(|_| r.restarts);
+    out.started_at = Some(r.started_at.clone());
+    out.log_path = r.log_path.display().to_string();
+    out.ray = Some(RayJson {
+        mode: if r.ray_address.is_some() {
+            "cluster".into()
+        } else {
+            r.ray_start
+                .clone()
+                .map_or("local".into(), |s| match s.as_str() {
+                    "off" => "off".into(),
+                    other => format!("local ({other})"),
+                })
+        },
+        address: r.ray_address.clone(),
+        state: None,
+        nodes: None,
+        error: None,
+    });
+}
+
+/// Ray as the engine reports it (`GET /ready`: mode, address, state, nodes). One more loopback request, made only
+/// when the engine answered `/health`; an engine without `/ready` (a command override) keeps the registration's view.
+fn fill_ray_state(out: &mut StatusJson, reg: &crate::registration::Registration) {
+    let Some(client) = instance::client_for(reg, std::time::Duration::from_millis(300)) else {
+        return;
+    };
+    let Ok(doc) = client.get_json::<serde_json::Value>("/ready") else {
+        return;
+    };
+    let Some(ray) = doc.get("ray").filter(|r| r.is_object()) else {
+        return;
+    };
+    let Some(r) = out.ray.as_mut() else {
+        return;
+    };
+    let text = |k: &str| ray.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    if let Some(mode) = text("mode") {
+        r.mode = match (mode.as_str(), text("start")) {
+            ("local", Some(start)) => format!("local ({start})"),
+            _ => mode,
+        };
+    }
+    if let Some(addr) = text("address") {
+        r.address = Some(addr);
+    }
+    r.state = text("state");
+    r.nodes = ray.get("nodes").and_then(serde_json::Value::as_u64);
+    r.error = text("error");
+}
+
+fn restarted_detail(reg: &crate::registration::Registration, last: Option<&LastExit>) -> String {
+    let n = reg.restarts;
+    let mut d = format!(
+        "restarted {n} time{} after crashes (restart = \"on-failure\")",
+        if n == 1 { "" } else { "s" }
+    );
+    if let Some(e) = last {
+        d.push_str(&format!(
+            "; the last crash: {} at {} (breadboard engine logs -n 200)",
+            e.how(),
+            e.ended_at
+        ));
+    }
+    d
+}
+
+fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
+    let mut line = format!("engine: {}", state.name());
+    if let (Some(url), Some(pid)) = (&s.url, s.pid) {
+        if !matches!(state, State::Crashed | State::Errored) {
+            line.push_str(&format!(
+                " at {url} (pid {pid}, supervisor {})",
+                s.supervisor_pid.unwrap_or(0)
+            ));
+        }
+    }
+    ctx.printer.result(&line);
+    let mut details = Vec::new();
+    if let Some(v) = &s.engine_version {
+        details.push(format!(
+            "  engine {v} · protocol {}",
+            s.protocol_version.as_deref().unwrap_or("?")
+        ));
+    }
+    if let (Some(u), true) = (
+        s.uptime_s,
+        !matches!(state, State::Crashed | State::Errored),
+    ) {
+        details.push(format!("  uptime {}", crash::human_duration(u)));
+    }
+    if let Some(r) = &s.ray {
+        let mut live = Vec::new();
+        if let Some(st) = &r.state {
+            live.push(st.clone());
+        }
+        if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
+            live.push(format!("{n} node{}", if n == 1 { "" } else { "s" }));
+        }
+        if let Some(e) = &r.error {
+            live.push(e.clone());
+        }
+        details.push(format!(
+            "  ray: {}{}{}",
+            r.mode,
+            r.address
+                .as_ref()
+                .map(|a| format!(" {a}"))
+                .unwrap_or_default(),
+            if live.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", live.join(", "))
+            }
+        ));
+    }
+    if let Some(d) = &s.detail {
+        details.push(format!("  {d}"));
+    }
+    details.push(format!("  log: {}", s.log_path));
+    match state {
+        State::Errored => details.push(
+            "  next: breadboard engine logs -n 200, then breadboard engine start (starts afresh)"
+                .into(),
+        ),
+        State::Crashed => details.push(
+            "  next: breadboard engine start (breadboard engine logs -n 200 shows why it ended)"
+                .into(),
+        ),
+        _ => {}
+    }
+    ctx.printer.info(&details.join("\n"));
+}

@@ -1,0 +1,1171 @@
+//! `breadboard engine doctor`: every way the setup can be broken, found and explained, each with the command that
+//! fixes it. Anchors: flutter doctor (sections, [✓] [!] [✗], a summary), brew doctor (the fix on every finding),
+//! rustup check (exit codes scripts rely on). Checks never change anything; repairs are separate and opt-in (`--fix`).
+//!
+//! Cheap checks run first and every probe that runs a process has a deadline, so a hung interpreter or engine can
+//! never hang doctor. A broken setup (corrupt config, dangling venv) is a finding, never a crash of doctor itself.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::compat;
+use crate::config::Config;
+use crate::installer;
+use crate::paths::Paths;
+use crate::python;
+use crate::venv_store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Error,
+}
+
+/// A safe repair `--fix` may perform for a finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// chmod 700 a directory, 600 a file.
+    ChmodPrivate(PathBuf),
+    CleanLeftovers,
+    /// A file that describes something no longer there (a stale registration); identity was checked by the finding.
+    RemoveStale(PathBuf),
+    RebuildVenv {
+        version: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub id: &'static str,
+    pub status: Status,
+    pub title: String,
+    pub detail: String,
+    pub fix: Option<String>,
+    #[serde(skip)]
+    pub section: &'static str,
+    #[serde(skip)]
+    pub repair: Option<Repair>,
+}
+
+impl Finding {
+    pub fn ok(
+        section: &'static str,
+        id: &'static str,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Finding {
+            id,
+            status: Status::Ok,
+            title: title.into(),
+            detail: detail.into(),
+            fix: None,
+            section,
+            repair: None,
+        }
+    }
+
+    pub fn warn(
+        section: &'static str,
+        id: &'static str,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Finding {
+            status: Status::Warn,
+            ..Finding::ok(section, id, title, detail)
+        }
+    }
+
+    pub fn error(
+        section: &'static str,
+        id: &'static str,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Finding {
+            status: Status::Error,
+            ..Finding::ok(section, id, title, detail)
+        }
+    }
+
+    pub fn fix(mut self, command: impl Into<String>) -> Self {
+        self.fix = Some(command.into());
+        self
+    }
+
+    pub fn repair(mut self, repair: Repair) -> Self {
+        self.repair = Some(repair);
+        self
+    }
+}
+
+/// Deadlines for the probes that run processes.
+pub const QUICK: Duration = Duration::from_secs(5);
+pub const SLOW: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` with stdin closed and output captured, killing it at the deadline.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run it: {e}"))?;
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe while we wait.
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("it did not finish within {} s", deadline.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("could not wait for it: {e}")),
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// Everything the checks look at, gathered once.
+pub struct Setup<'a> {
+    pub paths: &'a Paths,
+    /// `Err` carries the parse error (with file, line and column).
+    pub config: Result<Config, String>,
+}
+
+const SECTIONS: [&str; 7] = [
+    "CLI",
+    "Home",
+    "Config",
+    "Python",
+    "Engine venv",
+    "Ray",
+    "Engine",
+];
+
+/// Every check, grouped by section. The instance is probed first (milliseconds): when the engine runs and reports
+/// its Ray, that answer replaces importing Ray in a second process. The slow probes (each a Python process with a
+/// deadline) run in parallel, so a healthy setup is checked in well under a second.
+pub fn all_checks(setup: &Setup) -> Vec<Finding> {
+    let runtime = runtime_checks(setup);
+    let engine_has_ray = runtime
+        .iter()
+        .any(|f| f.id == "ray.engine" && f.status == Status::Ok);
+    let mut out = vec![cli_version(setup.paths)];
+    out.extend(home_checks(setup.paths));
+    out.push(config_check(setup));
+    out.push(uv_check());
+    let store = Store::new(setup.paths);
+    let venv = venv_checks(setup.paths, &store);
+    let usable = venv
+        .iter()
+        .any(|f| f.id == "venv.current" && f.status == Status::Ok);
+    out.extend(venv);
+    if usable {
+        std::thread::scope(|scope| {
+            let identity = scope.spawn(|| engine_identity_checks(&store));
+            let deps = scope.spawn(|| store.current().map(|v| pip_check(&store, &v)));
+            let ray = scope.spawn(|| ray_checks(setup, &store, !engine_has_ray));
+            out.extend(identity.join().unwrap_or_default());
+            out.extend(deps.join().ok().flatten());
+            out.extend(ray.join().unwrap_or_default());
+        });
+    }
+    out.extend(runtime);
+    let rank = |f: &Finding| {
+        SECTIONS
+            .iter()
+            .position(|s| *s == f.section)
+            .unwrap_or(SECTIONS.len())
+    };
+    out.sort_by_key(rank); // stable: keeps each section's own order
+    out
+}
+
+/// This binary and how it was installed: the same detection `breadboard upgrade` uses, so the two never disagree.
+fn cli_version(paths: &Paths) -> Finding {
+    use crate::install_receipt::{self, Foreign, InstallMethod};
+    let Ok(exe) = std::env::current_exe() else {
+        return Finding::warn(
+            "CLI",
+            "cli.version",
+            format!("breadboard {}", crate::build_info::VERSION),
+            "the path of this executable is unknown",
+        );
+    };
+    let title = format!("breadboard {}", crate::build_info::VERSION);
+    let range = format!(
+        "engine range {}, protocol {}",
+        compat::SUPPORTED_ENGINE,
+        compat::PROTOCOL_VERSION
+    );
+    match install_receipt::detect(paths, &exe) {
+        InstallMethod::PackageManager { manager, .. } => Finding::ok(
+            "CLI",
+            "cli.version",
+            title,
+            format!(
+                "{} (installed with {manager}: upgrade with `{}`); {range}",
+                exe.display(),
+                install_receipt::package_manager_command(&manager, None)
+            ),
+        ),
+        InstallMethod::SelfManaged { .. } => Finding::ok(
+            "CLI",
+            "cli.version",
+            title,
+            format!(
+                "{} (installed by install.sh: `breadboard upgrade` updates it); {range}",
+                exe.display()
+            ),
+        ),
+        // A second copy shadowing the installed one is the classic "upgrade did nothing" trap (installers.md 3.1).
+        InstallMethod::Foreign {
+            why: Foreign::OtherCopy { installed, .. },
+            ..
+        } if installed.exists() => Finding::warn(
+            "CLI",
+            "cli.version",
+            format!("{title} is not the copy install.sh manages"),
+            format!(
+                "this is {}, install.sh installed {}; `breadboard upgrade` updates only that one",
+                exe.display(),
+                installed.display()
+            ),
+        )
+        .fix(format!(
+            "{} --version   # and put its directory first on PATH",
+            installed.display()
+        )),
+        InstallMethod::Foreign { .. } => Finding::ok(
+            "CLI",
+            "cli.version",
+            title,
+            format!(
+                "{} (installed by hand or by cargo: upgrade it the same way); {range}",
+                exe.display()
+            ),
+        ),
+    }
+}
+
+fn home_checks(paths: &Paths) -> Vec<Finding> {
+    let home = &paths.home;
+    let mut out = Vec::new();
+    if !home.exists() {
+        out.push(
+            Finding::warn(
+                "Home",
+                "home.dirs",
+                "BREADBOARD_HOME does not exist yet",
+                home.display().to_string(),
+            )
+            .fix("breadboard engine install"),
+        );
+        return out;
+    }
+    let probe = home.join(format!(".doctor-probe-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            out.push(Finding::ok(
+                "Home",
+                "home.dirs",
+                "BREADBOARD_HOME is writable",
+                home.display().to_string(),
+            ));
+        }
+        Err(e) => out.push(
+            Finding::error(
+                "Home",
+                "home.dirs",
+                "BREADBOARD_HOME is not writable",
+                format!("{}: {e}", home.display()),
+            )
+            .fix(format!("chown -R \"$(id -un)\" {}", home.display())),
+        ),
+    }
+    let run = paths.run_dir();
+    if let Ok(meta) = std::fs::metadata(&run) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(
+                Finding::warn(
+                    "Home",
+                    "home.run_dir",
+                    "the run directory is readable by others",
+                    format!(
+                        "{} has mode {mode:o}; it holds the engine's token (want 700)",
+                        run.display()
+                    ),
+                )
+                .fix(format!("chmod 700 {}", run.display()))
+                .repair(Repair::ChmodPrivate(run.clone())),
+            );
+        } else {
+            out.push(Finding::ok(
+                "Home",
+                "home.run_dir",
+                "the run directory is private",
+                format!("{} (700)", run.display()),
+            ));
+        }
+    }
+    out.push(filesystem_check(home));
+    out.push(disk_check(home));
+    out
+}
+
+/// Locks need a local filesystem: flock over NFS or SMB is unreliable (supervisors.md C1).
+fn filesystem_check(path: &Path) -> Finding {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mount = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some((point.replace("\\040", " "), fstype.to_owned()))
+        })
+        .filter(|(point, _)| canonical.starts_with(point))
+        .max_by_key(|(point, _)| point.len());
+    match mount {
+        Some((point, fstype))
+            if ["nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p"]
+                .contains(&fstype.as_str()) =>
+        {
+            Finding::warn(
+                "Home",
+                "home.local_fs",
+                "BREADBOARD_HOME is on a network filesystem",
+                format!(
+                    "{} is on {fstype} ({point}); locks may not work there",
+                    path.display()
+                ),
+            )
+            .fix("export BREADBOARD_HOME=/a/local/dir   # e.g. under /var/tmp or a local disk")
+        }
+        Some((point, fstype)) => Finding::ok(
+            "Home",
+            "home.local_fs",
+            "on a local filesystem",
+            format!("{fstype} at {point}"),
+        ),
+        None => Finding::ok(
+            "Home",
+            "home.local_fs",
+            "filesystem not identified",
+            "no /proc/mounts entry matched",
+        ),
+    }
+}
+
+fn disk_check(path: &Path) -> Finding {
+    let mut cmd = Command::new("df");
+    cmd.args(["-Pk"]).arg(path);
+    let avail_kib = run_with_deadline(cmd, QUICK).ok().and_then(|out| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+    });
+    let Some(kib) = avail_kib else {
+        return Finding::ok(
+            "Home",
+            "home.disk",
+            "free disk space unknown",
+            "`df` gave no answer",
+        );
+    };
+    let mib = kib / 1024;
+    let detail = format!("{mib} MiB free on the filesystem of {}", path.display());
+    // An engine venv with Ray is about 400 MB; an upgrade builds a second one beside the first.
+    if mib < 200 {
+        Finding::error("Home", "home.disk", "almost no free disk space", detail)
+            .fix("free some space, then: breadboard engine doctor")
+    } else if mib < 1024 {
+        Finding::warn(
+            "Home",
+            "home.disk",
+            "low free disk space",
+            format!("{detail}; an engine upgrade needs about 500 MiB"),
+        )
+        .fix("free some space before `breadboard engine upgrade`")
+    } else {
+        Finding::ok("Home", "home.disk", "enough free disk space", detail)
+    }
+}
+
+fn config_check(setup: &Setup) -> Finding {
+    let file = setup.paths.config_file();
+    match &setup.config {
+        Ok(config) => {
+            let unknown = config.unknown_keys();
+            if unknown.is_empty() {
+                let detail = if file.exists() {
+                    file.display().to_string()
+                } else {
+                    "no config.toml (defaults)".into()
+                };
+                Finding::ok("Config", "config.parse", "config.toml is valid", detail)
+            } else {
+                Finding::warn(
+                    "Config",
+                    "config.parse",
+                    "config.toml has unknown keys (ignored)",
+                    format!("{}: {}", file.display(), unknown.join(", ")),
+                )
+                .fix(format!(
+                    "remove or fix those keys in {} (see docs/cli.md)",
+                    file.display()
+                ))
+            }
+        }
+        Err(why) => Finding::error(
+            "Config",
+            "config.parse",
+            "config.toml does not parse",
+            why.clone(),
+        )
+        .fix(format!(
+            "fix the file, or move it aside to start from defaults: mv {0} {0}.bak",
+            file.display()
+        )),
+    }
+}
+
+fn uv_check() -> Finding {
+    match installer::find_uv() {
+        Some(uv) => Finding::ok(
+            "Python",
+            "tools.uv",
+            "uv is available",
+            uv.display().to_string(),
+        ),
+        None => Finding::warn(
+            "Python",
+            "tools.uv",
+            "uv not found: installs use pip and are much slower",
+            "looked in BREADBOARD_UV and PATH",
+        )
+        .fix("pip install --user uv   # or see https://docs.astral.sh/uv/"),
+    }
+}
+
+fn venv_checks(paths: &Paths, store: &Store) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let leftovers: Vec<String> = store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !v.complete)
+        .map(|v| v.version)
+        .collect();
+    if !leftovers.is_empty() {
+        out.push(
+            Finding::warn(
+                "Engine venv",
+                "venv.leftovers",
+                "half-installed engine versions are left over",
+                format!(
+                    "{} under {} (an install was interrupted)",
+                    leftovers.join(", "),
+                    paths.versions_dir().display()
+                ),
+            )
+            .fix("breadboard engine doctor --fix")
+            .repair(Repair::CleanLeftovers),
+        );
+    }
+    let Some(version) = store.current() else {
+        out.push(
+            Finding::error(
+                "Engine venv",
+                "venv.current",
+                "no engine is installed",
+                paths.current_link().display().to_string(),
+            )
+            .fix("breadboard engine install"),
+        );
+        return out;
+    };
+    if !store.is_complete(&version) {
+        out.push(
+            Finding::error(
+                "Engine venv",
+                "venv.current",
+                format!("the current engine {version} has no receipt"),
+                format!("{} is incomplete", store.dir(&version).display()),
+            )
+            .fix(format!(
+                "breadboard engine install --force --version {version}"
+            ))
+            .repair(Repair::RebuildVenv { version }),
+        );
+        return out;
+    }
+    let receipt = match store.read_receipt(&version) {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            out.push(
+                Finding::error(
+                    "Engine venv",
+                    "venv.current",
+                    format!("the engine {version} receipt is corrupt"),
+                    format!("{e:#}"),
+                )
+                .fix(format!(
+                    "breadboard engine install --force --version {version}"
+                ))
+                .repair(Repair::RebuildVenv { version }),
+            );
+            return out;
+        }
+    };
+    if let Err(why) = store.health(&version) {
+        out.push(
+            Finding::error(
+                "Engine venv",
+                "venv.current",
+                format!("the engine {version} venv is broken"),
+                why,
+            )
+            .fix(format!(
+                "breadboard engine install --force --version {version}"
+            ))
+            .repair(Repair::RebuildVenv { version }),
+        );
+        return out;
+    }
+    out.push(Finding::ok(
+        "Engine venv",
+        "venv.current",
+        format!("engine {version} is installed"),
+        store.dir(&version).display().to_string(),
+    ));
+    if let Some(receipt) = receipt {
+        out.push(base_python_check(
+            &receipt.python.path,
+            &receipt.python.version,
+            &version,
+        ));
+    }
+    out
+}
+
+fn base_python_check(path: &Path, pinned: &str, version: &str) -> Finding {
+    let rebuild = format!("breadboard engine install --force --version {version}");
+    if std::fs::symlink_metadata(path).is_ok() && std::fs::metadata(path).is_err() {
+        return Finding::error(
+            "Python",
+            "python.interpreter",
+            "the engine's base Python is a dangling link",
+            format!(
+                "{} points nowhere; was that Python removed?",
+                path.display()
+            ),
+        )
+        .fix(format!("{rebuild} --python /path/to/python3"));
+    }
+    match python::query(path) {
+        Ok(found) => {
+            let in_range =
+                python::parse_minor(&found.version).is_some_and(|v| v >= python::MIN_PYTHON);
+            if !in_range {
+                Finding::error(
+                    "Python",
+                    "python.interpreter",
+                    format!("Python {} is too old", found.version),
+                    format!("{} (need 3.10 or newer)", path.display()),
+                )
+                .fix(format!("{rebuild} --python /path/to/python3.12"))
+            } else if found.version != pinned {
+                Finding::ok(
+                    "Python",
+                    "python.interpreter",
+                    format!("Python {} (installed with {pinned})", found.version),
+                    format!(
+                        "{}: a patch upgrade, the venv keeps working",
+                        path.display()
+                    ),
+                )
+            } else {
+                Finding::ok(
+                    "Python",
+                    "python.interpreter",
+                    format!("Python {}", found.version),
+                    path.display().to_string(),
+                )
+            }
+        }
+        Err(why) => Finding::error(
+            "Python",
+            "python.interpreter",
+            "the engine's base Python does not run",
+            format!("{}: {why}", path.display()),
+        )
+        .fix(format!("{rebuild} --python /path/to/python3")),
+    }
+}
+
+fn venv_python(store: &Store, version: &str) -> PathBuf {
+    store.dir(version).join("bin").join("python")
+}
+
+fn engine_identity_checks(store: &Store) -> Vec<Finding> {
+    let Some(version) = store.current() else {
+        return Vec::new();
+    };
+    let python = venv_python(store, &version);
+    let rebuild = format!("breadboard engine install --force --version {version}");
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "breadboard_engine", "version", "--json"]);
+    // Every way the venv fails to answer has the same cure: rebuild it from its receipt.
+    let broken = |title: &str, detail: String| {
+        Finding::error("Engine venv", "venv.engine_version", title, detail)
+            .fix(rebuild.clone())
+            .repair(Repair::RebuildVenv {
+                version: version.clone(),
+            })
+    };
+    let finding = match run_with_deadline(cmd, SLOW) {
+        Ok(output) if output.status.success() => {
+            match serde_json::from_slice::<installer::EngineIdentity>(&output.stdout) {
+                Ok(id)
+                    if compat::parse_engine_version(&id.engine_version)
+                        != compat::parse_engine_version(&version) =>
+                {
+                    broken(
+                        "the installed engine is not the pinned version",
+                        format!(
+                            "the venv holds {} but its receipt pins {version}",
+                            id.engine_version
+                        ),
+                    )
+                }
+                Ok(id) if !compat::protocol_compatible(&id.protocol_version) => Finding::error(
+                    "Engine venv",
+                    "venv.protocol",
+                    format!("engine {version} speaks protocol {}", id.protocol_version),
+                    format!("this CLI speaks {}", compat::PROTOCOL_VERSION),
+                )
+                .fix("breadboard engine install   # the newest engine this CLI supports"),
+                Ok(id) => Finding::ok(
+                    "Engine venv",
+                    "venv.engine_version",
+                    format!(
+                        "breadboard-engine {} runs, protocol {}",
+                        id.engine_version, id.protocol_version
+                    ),
+                    python.display().to_string(),
+                ),
+                Err(e) => broken(
+                    "the engine's version document does not parse",
+                    e.to_string(),
+                ),
+            }
+        }
+        Ok(output) => broken(
+            "the engine does not start in its venv",
+            format!(
+                "`python -m breadboard_engine version` exited with {}: {}",
+                output.status,
+                first_line(&output.stderr)
+            ),
+        ),
+        Err(why) => broken("the engine's Python does not run", why),
+    };
+    vec![finding]
+}
+
+/// `pip check` of the venv's dependencies. uv-built venvs have no pip, so uv does it there.
+fn pip_check(store: &Store, version: &str) -> Finding {
+    let python = venv_python(store, version);
+    // uv's check takes milliseconds where pip's takes over a second; uv-built venvs have no pip at all.
+    let cmd = if let Some(uv) = installer::find_uv() {
+        let mut c = Command::new(uv);
+        c.args(["pip", "check", "--python"]).arg(&python);
+        c
+    } else if store.dir(version).join("bin").join("pip").exists() {
+        let mut c = Command::new(&python);
+        c.args(["-m", "pip", "check", "--disable-pip-version-check"]);
+        c
+    } else {
+        return Finding::ok(
+            "Engine venv",
+            "venv.pip_check",
+            "dependency check skipped",
+            "the venv has no pip and uv is not available",
+        );
+    };
+    match run_with_deadline(cmd, SLOW) {
+        Ok(out) if out.status.success() => Finding::ok(
+            "Engine venv",
+            "venv.pip_check",
+            "dependencies are consistent",
+            "pip check: no broken requirements",
+        ),
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Finding::error(
+                "Engine venv",
+                "venv.pip_check",
+                "the venv has broken requirements",
+                text.trim().lines().take(5).collect::<Vec<_>>().join("; "),
+            )
+            .fix(format!(
+                "breadboard engine install --force --version {version}"
+            ))
+            .repair(Repair::RebuildVenv {
+                version: version.to_owned(),
+            })
+        }
+        Err(why) => Finding::warn(
+            "Engine venv",
+            "venv.pip_check",
+            "dependency check did not finish",
+            why,
+        ),
+    }
+}
+
+fn ray_checks(setup: &Setup, store: &Store, import: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let Some(version) = store.current() else {
+        return out;
+    };
+    let mut cmd = Command::new(venv_python(store, &version));
+    cmd.args(["-c", "import ray; print(ray.__version__)"]);
+    let imported = if import {
+        run_with_deadline(cmd, SLOW)
+    } else {
+        Err(String::new())
+    };
+    match imported {
+        Err(why) if why.is_empty() => {} // the running engine reported its Ray instead (ray.engine)
+        Ok(o) if o.status.success() => out.push(Finding::ok(
+            "Ray",
+            "ray.import",
+            format!("Ray {} imports", first_line(&o.stdout)),
+            "in the engine venv",
+        )),
+        Ok(o) => out.push(
+            Finding::error(
+                "Ray",
+                "ray.import",
+                "Ray does not import in the engine venv",
+                first_line(&o.stderr),
+            )
+            .fix(format!(
+                "breadboard engine install --force --version {version}"
+            ))
+            .repair(Repair::RebuildVenv {
+                version: version.clone(),
+            }),
+        ),
+        Err(why) => out.push(Finding::warn(
+            "Ray",
+            "ray.import",
+            "importing Ray did not finish",
+            why,
+        )),
+    }
+    let data = setup.paths.data_dir();
+    let temp = data.join("ray");
+    out.push(if temp.as_os_str().len() <= 40 {
+        Finding::ok("Ray", "ray.temp_dir", "Ray's temp dir is short enough for Unix sockets", temp.display().to_string())
+    } else {
+        Finding::ok(
+            "Ray",
+            "ray.temp_dir",
+            "Ray's temp dir moves to /tmp",
+            format!("{} is longer than 40 bytes (Unix socket paths are limited to 107), so the engine uses /tmp/bbray-<uid>-<hash>", temp.display()),
+        )
+    });
+    // The same source `engine start` uses (config; a --ray-address flag is per start and not known here).
+    let address = setup
+        .config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.ray.address.clone())
+        .filter(|a| !a.is_empty());
+    if let Some(address) = address {
+        out.push(cluster_check(&address));
+    }
+    out
+}
+
+fn cluster_check(address: &str) -> Finding {
+    use std::net::ToSocketAddrs;
+    let reachable = address
+        .trim_start_matches("ray://")
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| {
+            let addr = addrs.next().ok_or_else(|| "no address".to_owned())?;
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Finding::ok("Ray", "ray.cluster", "the Ray cluster answers", address.to_owned()),
+        Err(why) => Finding::error("Ray", "ray.cluster", "the configured Ray cluster does not answer", format!("{address}: {why}"))
+            .fix("start the cluster (`ray start --head`), or remove ray.address from config.toml to use a local Ray"),
+    }
+}
+
+/// The checks of the running (or dead) instance: registration, the engine's answer, leftovers, crashes, the port.
+/// Read-only: nothing is moved aside or killed here (`engine stop` and `--fix` do that).
+pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
+    use crate::instance::{self, Probe};
+    use crate::procfs;
+
+    let paths = setup.paths;
+    let mut out = Vec::new();
+    for (id, path, what) in [
+        ("run.token_mode", paths.token_file(), "the engine token"),
+        (
+            "run.registration_mode",
+            paths.registration(),
+            "the engine registration",
+        ),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            out.push(if mode & 0o077 != 0 {
+                Finding::error(
+                    "Engine",
+                    id,
+                    format!("{what} is readable by others"),
+                    format!("{} has mode {mode:o} (want 600)", path.display()),
+                )
+                .fix(format!("chmod 600 {}", path.display()))
+                .repair(Repair::ChmodPrivate(path.clone()))
+            } else {
+                Finding::ok(
+                    "Engine",
+                    id,
+                    format!("{what} is private"),
+                    format!("{} (600)", path.display()),
+                )
+            });
+        }
+    }
+    let probe = match instance::probe(paths, None, false) {
+        Ok(probe) => probe,
+        Err(e) => {
+            out.push(
+                Finding::error(
+                    "Engine",
+                    "engine.registration",
+                    "the engine registration cannot be read",
+                    format!("{e:#}"),
+                )
+                .fix("breadboard engine stop   # clears it"),
+            );
+            return out;
+        }
+    };
+    match probe {
+        Probe::Down { stale: None, crash } => {
+            if std::fs::metadata(paths.registration()).is_ok() {
+                out.push(
+                    Finding::error(
+                        "Engine",
+                        "engine.registration",
+                        "the engine registration is corrupt",
+                        paths.registration().display().to_string(),
+                    )
+                    .fix("breadboard engine stop   # moves it aside")
+                    .repair(Repair::RemoveStale(paths.registration())),
+                );
+            } else {
+                out.push(Finding::ok(
+                    "Engine",
+                    "engine.registration",
+                    "the engine is not running",
+                    "no registration",
+                ));
+            }
+            out.extend(crash.map(|c| crash_finding(paths, &c)));
+            out.push(match setup.config.as_ref().map(instance::configured_port) {
+                Ok(Ok(port)) => port_check(port),
+                // A config that does not parse is its own finding; check the default port meanwhile.
+                Err(_) => port_check(instance::DEFAULT_PORT),
+                Ok(Err(e)) => Finding::error(
+                    "Engine",
+                    "engine.port",
+                    "the configured port is not valid",
+                    format!("{e:#}"),
+                )
+                .fix(format!("unset {}", crate::env_vars::BREADBOARD_CLI_PORT)),
+            });
+        }
+        Probe::Down {
+            stale: Some(reg),
+            crash,
+        } => {
+            let leftovers = leftover_processes(&reg);
+            let mut stale = Finding::warn(
+                "Engine",
+                "engine.registration",
+                "a stale engine registration is left behind",
+                format!(
+                    "{} names supervisor pid {} and engine pid {}, but no supervisor holds the instance lock",
+                    paths.registration().display(),
+                    reg.supervisor_pid,
+                    reg.pid
+                ),
+            )
+            .fix("breadboard engine stop   # cleans it up; a live unrelated process with that pid is never signalled");
+            if leftovers.is_empty() {
+                stale = stale.repair(Repair::RemoveStale(paths.registration()));
+            }
+            out.push(stale);
+            if !leftovers.is_empty() {
+                let listed: Vec<String> = leftovers
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{p} ({})",
+                            procfs::cmdline(*p)
+                                .unwrap_or_default()
+                                .chars()
+                                .take(60)
+                                .collect::<String>()
+                        )
+                    })
+                    .collect();
+                out.push(
+                    Finding::error(
+                        "Engine",
+                        "engine.leftovers",
+                        "processes of an earlier engine are still running",
+                        listed.join(", "),
+                    )
+                    .fix("breadboard engine stop"),
+                );
+            }
+            out.extend(crash.map(|c| crash_finding(paths, &c)));
+            out.push(port_check(reg.port));
+        }
+        Probe::Live { reg: None, .. } => out.push(
+            Finding::error(
+                "Engine",
+                "engine.registration",
+                "a supervisor holds the instance lock but wrote no registration",
+                paths.engine_lock().display().to_string(),
+            )
+            .fix("breadboard engine restart"),
+        ),
+        Probe::Live {
+            reg: Some(reg),
+            health,
+        } => {
+            out.push(Finding::ok(
+                "Engine",
+                "engine.registration",
+                "the engine registration is live",
+                format!(
+                    "supervisor pid {}, engine pid {}",
+                    reg.supervisor_pid, reg.pid
+                ),
+            ));
+            if matches!(&health, Some(Ok(h)) if instance::identity_ok(h, &reg)) {
+                out.push(engine_ray(&reg));
+            }
+            out.push(match health {
+                Some(Ok(h)) if !instance::identity_ok(&h, &reg) => Finding::error(
+                    "Engine",
+                    "engine.health",
+                    "another process answers on the engine's port",
+                    format!("{} answers as pid {} instance {}, the registration says pid {} instance {}", reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id),
+                )
+                .fix("breadboard engine restart"),
+                Some(Ok(h)) => {
+                    let pinned = if reg.engine_version.is_some() { instance::pinned_version(paths) } else { None };
+                    let problems = instance::handshake_problems(&h, pinned.as_deref());
+                    if problems.is_empty() {
+                        Finding::ok(
+                            "Engine",
+                            "engine.health",
+                            format!("the engine answers at {}", reg.url),
+                            format!("engine {} (protocol {}), pid {}", h.engine_version, h.protocol_version, h.pid),
+                        )
+                    } else if compat::protocol_compatible(&h.protocol_version) {
+                        Finding::warn("Engine", "engine.health", "the running engine is not the pinned version", problems.join("; "))
+                            .fix("breadboard engine restart   # to apply the upgrade")
+                    } else {
+                        Finding::error("Engine", "engine.health", "the running engine is incompatible", problems.join("; "))
+                            .fix("breadboard engine restart")
+                    }
+                }
+                Some(Err(e)) => Finding::error(
+                    "Engine",
+                    "engine.health",
+                    "the engine does not answer /health",
+                    format!("{}: {e}", reg.url),
+                )
+                .fix("breadboard engine restart"),
+                None => Finding::error("Engine", "engine.health", "the engine's token cannot be read", reg.token_file.display().to_string())
+                    .fix("breadboard engine restart"),
+            });
+        }
+    }
+    out
+}
+
+/// The running engine's own view of Ray (`/v1/status`): connected, still starting, or failed and why.
+fn engine_ray(reg: &crate::registration::Registration) -> Finding {
+    let status = crate::instance::client_for(reg, Duration::from_secs(2))
+        .ok_or_else(|| "no token".to_owned())
+        .and_then(|c| {
+            c.get_json::<serde_json::Value>("/v1/status")
+                .map_err(|e| e.to_string())
+        });
+    let ray = match status {
+        Ok(doc) => doc["ray"].clone(),
+        Err(why) => {
+            return Finding::warn(
+                "Ray",
+                "ray.engine",
+                "the engine's Ray state is unknown",
+                why,
+            )
+        }
+    };
+    let state = ray["state"].as_str().unwrap_or("?");
+    let detail = format!(
+        "{} Ray, state {state}{}",
+        ray["mode"].as_str().unwrap_or("?"),
+        ray["address"]
+            .as_str()
+            .map(|a| format!(", cluster {a}"))
+            .unwrap_or_default()
+    );
+    match state {
+        "connected" | "pending" | "off" | "starting" => {
+            Finding::ok("Ray", "ray.engine", "the engine's Ray is usable", detail)
+        }
+        _ => Finding::error(
+            "Ray",
+            "ray.engine",
+            "the engine's Ray failed",
+            format!("{detail}: {}", ray["error"].as_str().unwrap_or("no detail")),
+        )
+        .fix("breadboard engine logs -n 50   # then: breadboard engine restart"),
+    }
+}
+
+fn crash_finding(paths: &Paths, exit: &crate::crash::LastExit) -> Finding {
+    let seen = crate::crash::acknowledged(paths, &exit.instance_id);
+    let detail = format!(
+        "{} at {}; log: {}",
+        exit.how(),
+        exit.ended_at,
+        paths.engine_log().display()
+    );
+    if seen {
+        Finding::ok(
+            "Engine",
+            "engine.crash",
+            "the last engine crash was already reported",
+            detail,
+        )
+    } else {
+        Finding::warn(
+            "Engine",
+            "engine.crash",
+            "the engine died without being asked to stop",
+            detail,
+        )
+        .fix("breadboard engine status   # the crash report; then: breadboard engine start")
+    }
+}
+
+/// Processes still in a dead instance's session: same guards as `engine stop` (our boot, session leader gone,
+/// started after the supervisor), so an unrelated process that reuses a pid is never reported as ours.
+fn leftover_processes(reg: &crate::registration::Registration) -> Vec<crate::sys::Pid> {
+    use crate::procfs;
+    let Some(sid) = reg.sid else {
+        return Vec::new();
+    };
+    if reg.boot_id != procfs::boot_id() || procfs::alive(sid) || sid != reg.supervisor_pid {
+        return Vec::new();
+    }
+    procfs::session_members(sid, &[])
+        .into_iter()
+        .filter(|p| procfs::start_ticks(*p).is_some_and(|t| t >= reg.supervisor_start_ticks))
+        .collect()
+}
+
+fn port_check(port: u16) -> Finding {
+    match crate::procfs::port_owner(port) {
+        Some((pid, cmd)) => Finding::warn(
+            "Engine",
+            "engine.port",
+            format!("port {port} is in use by another process"),
+            format!("pid {pid}: {}", cmd.chars().take(100).collect::<String>()),
+        )
+        .fix(format!(
+            "breadboard engine start --port auto   # or stop pid {pid}"
+        )),
+        None if crate::procfs::port_listening(port) => Finding::warn(
+            "Engine",
+            "engine.port",
+            format!("port {port} is in use"),
+            "by a process of another user (its pid is not visible)",
+        )
+        .fix("breadboard engine start --port auto"),
+        None => Finding::ok(
+            "Engine",
+            "engine.port",
+            format!("port {port} is free"),
+            String::new(),
+        ),
+    }
+}

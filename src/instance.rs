@@ -1,0 +1,1238 @@
+//! The engine instance as the CLI sees it: probing its state (instance lock, registration, health), the handshake,
+//! and the start and stop sequences shared by `engine start|stop|restart|status` and `engine upgrade`.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cli::supervise;
+use crate::cli::Ctx;
+use crate::compat;
+use crate::crash::{self, LastExit};
+use crate::engine_client::{ClientError, EngineClient, Health};
+use crate::env_vars;
+use crate::error::{CliError, ErrorKind};
+use crate::fsutil;
+use crate::paths::Paths;
+use crate::printer::Printer;
+use crate::procfs;
+use crate::registration::{self, Registration};
+use crate::sys;
+use crate::venv_store::Store;
+
+/// `engine status` states and their exit codes (docs/cli.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Stopped,
+    Starting,
+    Unhealthy,
+    Incompatible,
+    Crashed,
+    /// `restart = "on-failure"` gave up: the engine crashed 3 times within 60 s.
+    Errored,
+}
+
+impl State {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            State::Running => 0,
+            State::Stopped => 10,
+            State::Starting => 11,
+            State::Unhealthy => 12,
+            State::Incompatible => 13,
+            State::Crashed => 14,
+            State::Errored => 15,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Unhealthy => "unhealthy",
+            State::Incompatible => "incompatible",
+            State::Crashed => "crashed",
+            State::Errored => "errored",
+        }
+    }
+}
+
+/// What a probe found.
+pub enum Probe {
+    /// The instance lock is free: no supervisor lives. `stale` is a registration left behind; without a stop
+    /// request it means the engine died unasked (`crash` then says how).
+    Down {
+        stale: Option<Registration>,
+        crash: Option<LastExit>,
+    },
+    /// A supervisor holds the instance lock.
+    Live {
+        reg: Option<Registration>,
+        health: Option<Result<Health, ClientError>>,
+    },
+}
+
+fn lock_busy(paths: &Paths) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(paths.engine_lock()) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => false, // released when `file` drops
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(_) => false,
+    }
+}
+
+pub fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient> {
+    EngineClient::new(&reg.host, reg.port, registration::token(reg), timeout)
+}
+
+/// Probes the instance. `mutate` moves a corrupt registration aside (with a warning); read-only callers peek.
+pub fn probe(paths: &Paths, printer: Option<&Printer>, mutate: bool) -> anyhow::Result<Probe> {
+    let busy = lock_busy(paths);
+    let reg = if mutate {
+        registration::read(paths, printer)?
+    } else {
+        registration::peek(paths)
+    };
+    if !busy {
+        let crash = match &reg {
+            Some(r) if !registration::stop_requested(paths, &r.instance_id) => Some(
+                crash::read(paths)
+                    .filter(|e| e.instance_id == r.instance_id)
+                    .unwrap_or_else(|| LastExit {
+                        instance_id: r.instance_id.clone(),
+                        pid: r.pid,
+                        uptime_s: (fsutil::unix_now() - r.started_at_unix).max(0.0),
+                        ended_at: "unknown (the supervisor is gone)".into(),
+                        supervisor_lost: true,
+                        ..Default::default()
+                    }),
+            )
+            .filter(|e| !e.stop_requested),
+            _ => None,
+        };
+        return Ok(Probe::Down { stale: reg, crash });
+    }
+    let health = reg
+        .as_ref()
+        .and_then(|r| client_for(r, Duration::from_millis(500)))
+        .map(|c| c.health());
+    Ok(Probe::Live { reg, health })
+}
+
+/// Health matches the registration's pid and instance.
+pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
+    h.pid == i64::from(reg.pid) && h.instance_id == reg.instance_id
+}
+
+/// Handshake problems (empty when compatible): protocol must be one the CLI speaks; the engine version must be the
+/// pinned one (no pin for a command override).
+pub fn handshake_problems(h: &Health, pinned: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if !compat::protocol_compatible(&h.protocol_version) {
+        out.push(format!(
+            "the engine speaks protocol {:?}, this CLI speaks {}",
+            h.protocol_version,
+            compat::PROTOCOL_VERSION
+        ));
+    }
+    if let Some(pin) = pinned {
+        if h.engine_version != pin {
+            out.push(format!(
+                "the engine is version {}, but the pinned (current) version is {pin}",
+                h.engine_version
+            ));
+        }
+    }
+    out
+}
+
+/// The version `engine/current` pins, from its receipt.
+pub fn pinned_version(paths: &Paths) -> Option<String> {
+    let store = Store::new(paths);
+    let cur = store.current()?;
+    store
+        .read_receipt(&cur)
+        .ok()
+        .flatten()
+        .map(|r| r.engine_version)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolMode {
+    Strict,
+    Soft,
+}
+
+/// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict.
+pub fn protocol_mode(flag: Option<ProtocolMode>, ctx: &Ctx) -> anyhow::Result<ProtocolMode> {
+    if let Some(m) = flag {
+        return Ok(m);
+    }
+    if let Some(v) = env_vars::get(env_vars::BREADBOARD_PROTOCOL_STRICT) {
+        return match v.as_str() {
+            "1" | "true" => Ok(ProtocolMode::Strict),
+            "0" | "false" => Ok(ProtocolMode::Soft),
+            _ => Err(CliError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}={v:?}: expected 0 or 1",
+                    env_vars::BREADBOARD_PROTOCOL_STRICT
+                ),
+            )
+            .into()),
+        };
+    }
+    match ctx.config.protocol.mode.as_deref() {
+        None | Some("strict") => Ok(ProtocolMode::Strict),
+        Some("soft") => Ok(ProtocolMode::Soft),
+        Some(other) => Err(CliError::new(
+            ErrorKind::Config,
+            format!("protocol.mode = {other:?} in config.toml: expected \"strict\" or \"soft\""),
+        )
+        .hint("set [protocol] mode = \"strict\" or \"soft\"")
+        .into()),
+    }
+}
+
+/// Kills what is left of a dead instance's session (its supervisor is gone: lock free). Only processes of our uid,
+/// in the recorded session, started after the supervisor, on this boot — and only if the session leader itself is
+/// gone (a live process with that pid is someone else, so that session is not ours).
+pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printer) {
+    if let Some(r) = stale {
+        if let Some(sid) = r.sid {
+            if r.boot_id == procfs::boot_id() && !procfs::alive(sid) && sid == r.supervisor_pid {
+                let members: Vec<sys::Pid> = procfs::session_members(sid, &[])
+                    .into_iter()
+                    .filter(|p| {
+                        procfs::start_ticks(*p).is_some_and(|t| t >= r.supervisor_start_ticks)
+                    })
+                    .collect();
+                if !members.is_empty() {
+                    printer.info(&format!(
+                        "ending {} leftover process(es) of the dead engine: {members:?}",
+                        members.len()
+                    ));
+                    for p in &members {
+                        let _ = sys::kill(*p, libc::SIGKILL);
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < deadline && members.iter().any(|p| procfs::alive(*p)) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+        if !registration::stop_requested(paths, &r.instance_id)
+            && crash::read(paths).is_none_or(|e| e.instance_id != r.instance_id)
+        {
+            // Keep a record of how it ended, so the crash is not shown again.
+            let _ = crash::write(
+                paths,
+                &LastExit {
+                    instance_id: r.instance_id.clone(),
+                    pid: r.pid,
+                    supervisor_lost: true,
+                    ended_at: fsutil::now_rfc3339(),
+                    ended_at_unix: fsutil::unix_now(),
+                    ..Default::default()
+                },
+            );
+        }
+        registration::clear_stop_request(paths, &r.instance_id);
+    }
+    let _ = registration::remove(paths);
+}
+
+/// Shows a crash report once per crash.
+pub fn report_crash_once(
+    paths: &Paths,
+    printer: &Printer,
+    reg: Option<&Registration>,
+    exit: &LastExit,
+) -> bool {
+    if crash::acknowledged(paths, &exit.instance_id) {
+        return false;
+    }
+    crash::report(printer, paths, reg, exit);
+    crash::acknowledge(paths, &exit.instance_id);
+    true
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// start
+
+#[derive(Debug, Clone)]
+pub enum PortSpec {
+    Auto,
+    Fixed(u16),
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(PortSpec::Auto);
+        }
+        s.parse::<u16>()
+            .map(|p| {
+                if p == 0 {
+                    PortSpec::Auto
+                } else {
+                    PortSpec::Fixed(p)
+                }
+            })
+            .map_err(|_| format!("{s:?} is not a port number or `auto`"))
+    }
+}
+
+pub const DEFAULT_PORT: u16 = 9099;
+
+/// The port `engine start` uses without `--port`: env `BREADBOARD_CLI_PORT`, else config `engine.port`, else 9099.
+pub fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
+    match env_vars::get(env_vars::BREADBOARD_CLI_PORT) {
+        Some(v) => v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            CliError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}={v:?} is not a port number",
+                    env_vars::BREADBOARD_CLI_PORT
+                ),
+            )
+            .hint(format!(
+                "unset {} or set it to a port such as 9099",
+                env_vars::BREADBOARD_CLI_PORT
+            ))
+            .into()
+        }),
+        None => Ok(config
+            .engine
+            .port
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_PORT)),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StartOpts {
+    pub port: PortSpec,
+    pub host: String,
+    pub ray_address: Option<String>,
+    pub timeout: Duration,
+    pub foreground: bool,
+    pub protocol: ProtocolMode,
+    pub allow_remote: bool,
+}
+
+pub struct Started {
+    pub reg: Registration,
+    pub already_running: bool,
+    pub version: Option<String>,
+    /// `--foreground`: everything is prepared; the caller releases the control lock and calls [`run_foreground`].
+    pub foreground: Option<ForegroundPlan>,
+}
+
+pub struct ForegroundPlan {
+    argv: Vec<String>,
+    listener: Option<TcpListener>,
+    listen_fd: Option<i32>,
+    restart: &'static str,
+    env: Vec<(String, String)>,
+    opts: StartOpts,
+}
+
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How the engine is launched.
+struct Launch {
+    argv: Vec<String>,
+    venv: Option<PathBuf>,
+    version: Option<String>,
+    /// The engine takes the port by env (command override) rather than an inherited fd.
+    port_by_env: bool,
+}
+
+fn resolve_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
+    let override_cmd: Option<Vec<String>> = match env_vars::get(env_vars::BREADBOARD_ENGINE_CMD) {
+        Some(cmd) => Some(vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd}")]),
+        None => match &ctx.config.engine.command {
+            None => None,
+            Some(toml::Value::String(s)) => {
+                Some(vec!["/bin/sh".into(), "-c".into(), format!("exec {s}")])
+            }
+            Some(toml::Value::Array(a)) => Some(
+                a.iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        CliError::new(
+                            ErrorKind::Config,
+                            "engine.command in config.toml must be a string or a list of strings",
+                        )
+                    })?,
+            ),
+            Some(_) => {
+                return Err(CliError::new(
+                    ErrorKind::Config,
+                    "engine.command in config.toml must be a string or a list of strings",
+                )
+                .into())
+            }
+        },
+    };
+    if let Some(argv) = override_cmd {
+        return Ok(Launch {
+            argv,
+            venv: None,
+            version: None,
+            port_by_env: true,
+        });
+    }
+    let store = Store::new(&ctx.paths);
+    let Some(cur) = store.current().filter(|c| store.is_complete(c)) else {
+        return Err(CliError::new(ErrorKind::Failure, "no engine is installed")
+            .hint("breadboard engine install")
+            .into());
+    };
+    if let Err(why) = store.health(&cur) {
+        return Err(CliError::new(
+            ErrorKind::Validation,
+            format!("the current engine venv ({cur}) is broken: {why}"),
+        )
+        .hint(format!("breadboard engine install --version {cur} --force"))
+        .into());
+    }
+    let venv = store.dir(&cur);
+    let python = venv.join("bin/python");
+    let data = ctx.paths.data_dir();
+    Ok(Launch {
+        argv: vec![
+            python.display().to_string(),
+            "-m".into(),
+            "breadboard_engine".into(),
+            "serve".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+        venv: Some(venv),
+        version: pinned_version(&ctx.paths).or(Some(cur)),
+        port_by_env: false,
+    })
+}
+
+fn port_in_use_error(host: &str, port: u16) -> anyhow::Error {
+    // Maybe another breadboard engine (another home): its /health says so.
+    let is_engine =
+        EngineClient::new(host, port, None, Duration::from_millis(300)).is_some_and(|c| {
+            matches!(c.request("GET", "/health"),
+            Ok((_, body)) if body.contains("protocol_version") || body.contains("unauthorized"))
+        });
+    let owner = procfs::port_owner(port);
+    let who = match (is_engine, owner) {
+        (true, Some((pid, cmd))) => format!("another BreadBoard engine (pid {pid}, `{cmd}`)"),
+        (true, None) => "another BreadBoard engine".to_owned(),
+        (false, Some((pid, cmd))) => format!("pid {pid} (`{cmd}`)"),
+        (false, None) => "another process (its pid is not visible to this user)".to_owned(),
+    };
+    CliError::new(
+        ErrorKind::Failure,
+        format!("port {port} on {host} is in use by {who}"),
+    )
+    .hint(format!(
+        "use another port (`--port {}` or `--port auto`), or stop that process",
+        port.wrapping_add(1)
+    ))
+    .into()
+}
+
+fn bind(host: &str, port: &PortSpec) -> anyhow::Result<TcpListener> {
+    let p = match port {
+        PortSpec::Auto => 0,
+        PortSpec::Fixed(p) => *p,
+    };
+    let bind_host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    TcpListener::bind((bind_host.trim_matches(['[', ']']), p)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            port_in_use_error(bind_host, p)
+        } else {
+            anyhow::Error::from(CliError::new(
+                ErrorKind::Failure,
+                format!("could not bind {host}:{p}: {e}"),
+            ))
+        }
+    })
+}
+
+/// `engine start` under the control lock (also used by restart and upgrade).
+pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
+    let paths = &ctx.paths;
+    let printer = ctx.printer;
+    paths.ensure_run_dir()?;
+    match probe(paths, Some(printer), true)? {
+        Probe::Live { reg, health } => return already_live(paths, reg, health),
+        Probe::Down { stale, crash } => {
+            if let Some(exit) = &crash {
+                report_crash_once(paths, printer, stale.as_ref(), exit);
+                printer.info("starting a new engine");
+            }
+            clean_stale(paths, stale.as_ref(), printer);
+        }
+    }
+    if !is_loopback(&opts.host) && !opts.allow_remote {
+        return Err(CliError::new(
+            ErrorKind::Usage,
+            format!("refusing to serve on non-loopback host {} without --allow-remote", opts.host),
+        )
+        .hint("the engine is token-protected; put TLS in front of it (docs/remote.md) and confirm with --allow-remote")
+        .into());
+    }
+    let launch = resolve_launch(ctx)?;
+    let listener = bind(&opts.host, &opts.port)?;
+    let port = listener.local_addr()?.port();
+    let instance_id = fsutil::uuid4()?;
+    let token = fsutil::random_hex(32)?;
+    let token_file = paths.token_file();
+    fsutil::write_private(&token_file, token.as_bytes())?;
+    let url_host = if opts.host.contains(':') {
+        format!("[{}]", opts.host)
+    } else {
+        opts.host.clone()
+    };
+    let log_path = paths.engine_log();
+    Paths::ensure_dir(&paths.logs_dir())?;
+    supervise::rotate(&log_path);
+
+    let mut argv = launch.argv.clone();
+    let listen_fd = if launch.port_by_env {
+        None
+    } else {
+        let fd = listener.as_raw_fd();
+        sys::clear_cloexec(fd)?;
+        argv.push("--fd".into());
+        argv.push(fd.to_string());
+        Some(fd)
+    };
+    // The engine's Ray start mode (background | lazy | off, env BREADBOARD_RAY_START). Joining a cluster needs Ray:
+    // `off` would silently ignore the address, so it gives way to `background`, with a warning.
+    let mut ray_start_override = None;
+    let ray_start = match (
+        &opts.ray_address,
+        env_vars::get("BREADBOARD_RAY_START").as_deref(),
+    ) {
+        (Some(addr), Some("off")) => {
+            printer.warn(&format!(
+                "BREADBOARD_RAY_START=off is ignored: the engine joins the Ray cluster at {addr} (--ray-address or ray.address)"
+            ));
+            ray_start_override = Some("background");
+            "background".to_owned()
+        }
+        (_, Some(mode)) => mode.to_owned(),
+        (_, None) => "background".to_owned(),
+    };
+    let reg = Registration {
+        schema: registration::SCHEMA,
+        instance_id: instance_id.clone(),
+        host: opts.host.clone(),
+        port,
+        url: format!("http://{url_host}:{port}"),
+        token_file: token_file.clone(),
+        engine_version: launch.version.clone(),
+        protocol_version: compat::PROTOCOL_VERSION.to_owned(),
+        venv: launch.venv.clone(),
+        command: argv.clone(),
+        log_path: log_path.clone(),
+        ray_address: opts.ray_address.clone(),
+        ray_start: Some(ray_start),
+        foreground: opts.foreground,
+        cli_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    };
+    let restart_policy = match &ctx.config.engine.restart {
+        Some(toml::Value::String(s)) if s == "on-failure" => "on-failure",
+        Some(toml::Value::String(s)) if s == "no" || s == "never" => "no",
+        None => "no",
+        Some(other) => {
+            return Err(CliError::new(
+                ErrorKind::Config,
+                format!(
+                    "engine.restart = {other} in config.toml: expected \"no\" or \"on-failure\""
+                ),
+            )
+            .into())
+        }
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("BREADBOARD_INSTANCE_ID".into(), instance_id.clone()),
+        (
+            "BREADBOARD_API_TOKEN_FILE".into(),
+            token_file.display().to_string(),
+        ),
+        (
+            "BREADBOARD_DATA_DIR".into(),
+            paths.data_dir().display().to_string(),
+        ),
+        ("BREADBOARD_CLI_HOST".into(), opts.host.clone()),
+        ("BREADBOARD_CLI_PORT".into(), port.to_string()),
+        ("BREADBOARD_HOME".into(), paths.home.display().to_string()),
+    ];
+    if launch.port_by_env {
+        // The upstream env contract has no token file.
+        env.push(("BREADBOARD_API_TOKEN".into(), token.clone()));
+    }
+    if let Some(addr) = &opts.ray_address {
+        env.push(("BREADBOARD_RAY_ADDRESS".into(), addr.clone()));
+    }
+    if let Some(mode) = ray_start_override {
+        env.push(("BREADBOARD_RAY_START".into(), mode.into()));
+    }
+    if !is_loopback(&opts.host) {
+        // The engine itself refuses a remote bind without a token; it has one.
+        env.push(("BREADBOARD_ALLOW_INSECURE_REMOTE".into(), "0".into()));
+    }
+    let apply_env = |cmd: &mut Command| {
+        cmd.env_remove("RAY_ADDRESS")
+            .env_remove("BREADBOARD_API_TOKEN")
+            .env_remove("BREADBOARD_RAY_ADDRESS")
+            .env_remove("BREADBOARD_ALLOW_INSECURE_REMOTE");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+    };
+
+    if opts.foreground {
+        return Ok(Started {
+            reg,
+            already_running: false,
+            version: launch.version,
+            foreground: Some(ForegroundPlan {
+                argv,
+                listener: (!launch.port_by_env).then_some(listener),
+                listen_fd,
+                restart: restart_policy,
+                env,
+                opts: opts.clone(),
+            }),
+        });
+    }
+
+    let log = supervise::open_log(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__supervise").arg("--restart").arg(restart_policy);
+    if let Some(fd) = listen_fd {
+        cmd.arg("--listen-fd").arg(fd.to_string());
+    }
+    cmd.arg("--").args(&argv);
+    apply_env(&mut cmd);
+    cmd.env(supervise::SPEC_ENV, serde_json::to_string(&reg)?)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .current_dir(&paths.home);
+    sys::pre_exec_setsid(&mut cmd);
+    // With the port passed by env, free it just before the spawn (the override engine binds it itself).
+    let listener = (!launch.port_by_env).then_some(listener);
+    let spawn_at = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("could not spawn the supervisor: {e}"))?;
+    drop(cmd);
+    drop(listener);
+    let mut steps = printer.steps(3);
+    steps.step("starting the engine");
+    let ready = wait_ready(
+        ctx,
+        &instance_id,
+        launch.version.as_deref(),
+        opts,
+        &mut child,
+        spawn_at,
+        &mut steps,
+    );
+    steps.finish();
+    match ready {
+        Ok(reg) => Ok(Started {
+            reg,
+            already_running: false,
+            version: launch.version,
+            foreground: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn already_live(
+    paths: &Paths,
+    reg: Option<Registration>,
+    health: Option<Result<Health, ClientError>>,
+) -> anyhow::Result<Started> {
+    let Some(reg) = reg else {
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!("{} is held but there is no registration (an engine is starting, or its supervisor is wedged)", paths.engine_lock().display()),
+        )
+        .hint("breadboard engine status; breadboard engine restart")
+        .into());
+    };
+    match health {
+        Some(Ok(h)) if identity_ok(&h, &reg) => {
+            let pinned = reg.engine_version.as_ref().and(pinned_version(paths));
+            let problems = handshake_problems(&h, pinned.as_deref());
+            if problems.is_empty() {
+                Ok(Started { version: Some(h.engine_version.clone()), reg, already_running: true, foreground: None })
+            } else {
+                Err(CliError::new(
+                    ErrorKind::Failure,
+                    format!("an incompatible engine is running at {} (pid {}): {}", reg.url, reg.pid, problems.join("; ")),
+                )
+                .hint("breadboard engine restart  (replaces it with the pinned version)")
+                .into())
+            }
+        }
+        Some(Ok(_)) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("the engine at {} answers with another identity than its registration (pid {}, instance {})", reg.url, reg.pid, reg.instance_id),
+        )
+        .hint("breadboard engine restart")
+        .into()),
+        Some(Err(e)) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("an engine is running (pid {}, supervisor {}) but not answering at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
+        )
+        .hint("breadboard engine restart  (or: breadboard engine logs -n 100)")
+        .into()),
+        None => Err(CliError::new(ErrorKind::Failure, "the engine's address in its registration is invalid")
+            .hint("breadboard engine restart")
+            .into()),
+    }
+}
+
+/// Polls until the new instance answers its handshake (or dies, or the timeout passes).
+fn wait_ready(
+    ctx: &Ctx,
+    instance_id: &str,
+    pinned: Option<&str>,
+    opts: &StartOpts,
+    child: &mut std::process::Child,
+    spawn_at: Instant,
+    steps: &mut crate::printer::Steps,
+) -> anyhow::Result<Registration> {
+    let paths = &ctx.paths;
+    let deadline = spawn_at + opts.timeout;
+    let mut delay = Duration::from_millis(10);
+    let mut announced = false;
+    loop {
+        let reg = registration::peek(paths).filter(|r| r.instance_id == instance_id);
+        let exited = crash::read(paths).filter(|e| e.instance_id == instance_id);
+        let sup_done = child.try_wait().ok().flatten();
+        if exited.is_some() || sup_done.is_some() {
+            // Died before ready: wait for the supervisor to finish its cleanup, then report. A failed start is not
+            // retried by restart = "on-failure": the stop intent makes the supervisor exit instead of restarting.
+            if sup_done.is_none() {
+                let _ = registration::request_stop(paths, instance_id);
+            }
+            if wait_child(child, Duration::from_secs(6)).is_none() {
+                // Still alive (e.g. restart = "on-failure" retrying): a failed start leaves nothing running.
+                let _ = stop_locked(ctx, Duration::from_secs(5), true, true);
+            }
+            let exit = crash::read(paths)
+                .filter(|e| e.instance_id == instance_id)
+                .unwrap_or_else(|| LastExit {
+                    instance_id: instance_id.to_owned(),
+                    supervisor_lost: true,
+                    ended_at: fsutil::now_rfc3339(),
+                    ..Default::default()
+                });
+            steps.finish();
+            let stub = reg.clone().unwrap_or_else(|| Registration {
+                log_path: paths.engine_log(),
+                ..Default::default()
+            });
+            crash::report(ctx.printer, paths, Some(&stub), &exit);
+            crash::acknowledge(paths, instance_id);
+            let _ = registration::remove(paths);
+            registration::clear_stop_request(paths, instance_id);
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!("the engine exited before it was ready ({})", exit.how()),
+            )
+            .hint(format!(
+                "breadboard engine logs -n 200  (log: {})",
+                paths.engine_log().display()
+            ))
+            .into());
+        }
+        if let Some(reg) = reg {
+            if !announced {
+                steps.step(&format!("waiting for {}/health (pid {})", reg.url, reg.pid));
+                announced = true;
+            }
+            if let Some(client) = client_for(&reg, Duration::from_millis(500)) {
+                if let Ok(h) = client.health() {
+                    if identity_ok(&h, &reg) {
+                        let problems = handshake_problems(&h, pinned);
+                        if !problems.is_empty() {
+                            if opts.protocol == ProtocolMode::Strict {
+                                steps.finish();
+                                let _ = stop_locked(ctx, Duration::from_secs(10), false, true);
+                                return Err(CliError::new(
+                                    ErrorKind::Failure,
+                                    format!("handshake failed: {} (strict protocol mode); the engine was stopped", problems.join("; ")),
+                                )
+                                .hint(match pinned {
+                                    Some(p) => format!("reinstall the pinned engine: breadboard engine install --version {p} --force, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)"),
+                                    None => "use an engine that speaks protocol 1.x, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)".to_owned(),
+                                })
+                                .into());
+                            }
+                            for p in &problems {
+                                ctx.printer
+                                    .warn(&format!("{p} (continuing: protocol mode soft)"));
+                            }
+                        }
+                        let mut reg = reg;
+                        reg.ready_at = Some(fsutil::now_rfc3339());
+                        // The supervisor writes the registration once; ready_at is the CLI's only update.
+                        if registration::peek(paths)
+                            .is_some_and(|r| r.instance_id == reg.instance_id && r.pid == reg.pid)
+                        {
+                            registration::write(paths, &reg)?;
+                        }
+                        return Ok(reg);
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            steps.finish();
+            let log = paths.engine_log();
+            let tail = crash::log_tail(&log, 20, None);
+            ctx.printer.info_always(&format!(
+                "--- last lines of {} ---\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+            let _ = stop_locked(ctx, Duration::from_secs(5), false, true);
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!(
+                    "the engine did not answer its handshake within {}s; it was stopped",
+                    opts.timeout.as_secs_f64()
+                ),
+            )
+            .hint("breadboard engine logs -n 200, or raise --timeout")
+            .into());
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the supervisor loop in this process (`engine start --foreground`), after the control lock is released.
+/// Returns the exit code: 0 after Ctrl-C (a clean stop).
+pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
+    let Started {
+        reg,
+        version,
+        foreground,
+        ..
+    } = started;
+    let Some(plan) = foreground else {
+        return Ok(0);
+    };
+    let ForegroundPlan {
+        argv,
+        listener,
+        listen_fd,
+        restart,
+        env,
+        opts,
+    } = plan;
+    let opts = &opts;
+    // The engine inherits our environment: set it here (this process is single-threaded at this point).
+    for k in [
+        "RAY_ADDRESS",
+        "BREADBOARD_API_TOKEN",
+        "BREADBOARD_RAY_ADDRESS",
+        "BREADBOARD_ALLOW_INSECURE_REMOTE",
+    ] {
+        std::env::remove_var(k);
+    }
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    let printer = ctx.printer;
+    let pinned = version.clone();
+    let strict = opts.protocol == ProtocolMode::Strict;
+    let paths = ctx.paths.clone();
+    // The handshake deadline runs from each engine's spawn (restart = "on-failure" spawns new ones).
+    let mut deadline = Instant::now() + opts.timeout;
+    let mut deadline_pid = 0;
+    let mut hook = |r: &Registration| -> bool {
+        if r.pid != deadline_pid {
+            deadline_pid = r.pid;
+            deadline = Instant::now() + opts.timeout;
+        }
+        let Some(client) = client_for(r, Duration::from_millis(300)) else {
+            return true;
+        };
+        match client.health() {
+            Ok(h) if identity_ok(&h, r) => {
+                let problems = handshake_problems(&h, pinned.as_deref());
+                if !problems.is_empty() {
+                    for p in &problems {
+                        printer.warn(p);
+                    }
+                    if strict {
+                        printer
+                            .warn("handshake failed (strict protocol mode): stopping the engine");
+                        let _ = sys::killpg(r.pgid, libc::SIGTERM);
+                        return true;
+                    }
+                }
+                let mut done = r.clone();
+                done.ready_at = Some(fsutil::now_rfc3339());
+                let _ = registration::write(&paths, &done);
+                printer.info(&format!(
+                    "engine ready at {} (pid {}); Ctrl-C stops it",
+                    r.url, r.pid
+                ));
+                true
+            }
+            _ => {
+                if Instant::now() > deadline {
+                    printer.warn("the engine did not answer its handshake in time: stopping it");
+                    let _ = sys::killpg(r.pgid, libc::SIGTERM);
+                    return true;
+                }
+                false
+            }
+        }
+    };
+    let code = supervise::supervise(
+        &ctx.paths,
+        reg.clone(),
+        &argv,
+        listen_fd,
+        restart,
+        supervise::Sink::Stderr,
+        Some(&mut hook),
+    );
+    drop(listener);
+    if code != 0 {
+        if let Some(exit) = crash::read(&ctx.paths).filter(|e| e.instance_id == reg.instance_id) {
+            crash::acknowledge(&ctx.paths, &exit.instance_id);
+            let what = match &exit.crash_loop {
+                Some(cl) => format!(
+                    "{}; the last one: {}",
+                    cl.summary(exit.restarts),
+                    exit.how()
+                ),
+                None => exit.how(),
+            };
+            return Err(
+                CliError::new(ErrorKind::Failure, format!("the engine exited: {what}"))
+                    .hint(format!(
+                        "breadboard engine logs -n 200  (log: {})",
+                        reg.log_path.display()
+                    ))
+                    .into(),
+            );
+        }
+        return Err(CliError::new(ErrorKind::Failure, "the engine exited").into());
+    }
+    printer.info("engine stopped");
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// stop
+
+pub enum Stopped {
+    NotRunning,
+    Stopped { pid: i32, forced: bool },
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `engine stop` under the control lock. `quiet_crash` skips the crash report of a dead instance.
+pub fn stop_locked(
+    ctx: &Ctx,
+    timeout: Duration,
+    force: bool,
+    quiet_crash: bool,
+) -> anyhow::Result<Stopped> {
+    let paths = &ctx.paths;
+    let printer = ctx.printer;
+    let mut probed = probe(paths, Some(printer), true)?;
+    // A supervisor that holds the lock but has not written its registration yet: give it a moment.
+    if matches!(&probed, Probe::Live { reg: None, .. }) {
+        wait_until(Duration::from_secs(3), || {
+            registration::peek(paths).is_some() || !lock_busy(paths)
+        });
+        probed = probe(paths, Some(printer), true)?;
+    }
+    let (mut reg, mut health) = match probed {
+        Probe::Down { stale, crash } => {
+            if let (Some(exit), false) = (&crash, quiet_crash) {
+                report_crash_once(paths, printer, stale.as_ref(), exit);
+            }
+            clean_stale(paths, stale.as_ref(), printer);
+            return Ok(Stopped::NotRunning);
+        }
+        Probe::Live { reg: None, .. } => {
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!(
+                    "{} is held by a process without a registration; refusing to signal anything",
+                    paths.engine_lock().display()
+                ),
+            )
+            .hint(format!(
+                "find the holder with: fuser -v {}",
+                paths.engine_lock().display()
+            ))
+            .into());
+        }
+        Probe::Live {
+            reg: Some(reg),
+            health,
+        } => (reg, health),
+    };
+    // Identity before any signal.
+    let same_boot = reg.boot_id == procfs::boot_id();
+    let sup_ok = same_boot && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks);
+    if !sup_ok {
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!(
+                "the registered supervisor (pid {}) is not the process holding the instance lock (pid reused or registration replaced); refusing to signal it",
+                reg.supervisor_pid
+            ),
+        )
+        .hint(format!("inspect: breadboard engine status; fuser -v {}", paths.engine_lock().display()))
+        .into());
+    }
+    // With `restart = "on-failure"` the supervisor may have just restarted the engine (same instance and supervisor,
+    // a new engine pid): follow its registration rather than calling the new engine a stranger.
+    let follow_deadline = Instant::now()
+        + if reg.restart_policy.as_deref() == Some("on-failure") {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
+    while matches!(&health, Some(Ok(h)) if !identity_ok(h, &reg))
+        && Instant::now() < follow_deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(now) = registration::peek(paths) else {
+            break;
+        };
+        if now.instance_id != reg.instance_id || now.supervisor_pid != reg.supervisor_pid {
+            break;
+        }
+        health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
+        reg = now;
+    }
+    if let Some(Ok(h)) = &health {
+        if !identity_ok(h, &reg) {
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!("{} answers as pid {} instance {}, not the registered pid {} instance {}; refusing to signal", reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id),
+            )
+            .into());
+        }
+    }
+    let mut engine_ok = procfs::same_process(reg.pid, reg.pid_start_ticks);
+    // Record the intent first: the supervisor classifies the exit by it, not by the exit code, and never restarts
+    // an engine whose stop was asked for. The intent file cannot be lost to a registration the supervisor rewrites.
+    registration::request_stop(paths, &reg.instance_id)?;
+    let same_instance = |r: &Registration, reg: &Registration| {
+        r.instance_id == reg.instance_id && r.supervisor_pid == reg.supervisor_pid
+    };
+    let mut marked = registration::peek(paths)
+        .filter(|r| same_instance(r, &reg))
+        .unwrap_or_else(|| reg.clone());
+    marked.stop_requested_at = Some(fsutil::now_rfc3339());
+    registration::write(paths, &marked)?;
+    let phase = timeout.mul_f64(0.4);
+    let free = || !lock_busy(paths);
+    let mut forced = force;
+    let mut done = false;
+    if !force && !engine_ok {
+        // No engine process: the supervisor is between engines (restart = "on-failure" waiting to restart a crashed
+        // one). It sees the intent and exits; unless it restarted the engine just before, which is then stopped
+        // like any other.
+        let restarted = || {
+            registration::peek(paths).filter(|r| {
+                same_instance(r, &reg)
+                    && r.pid != reg.pid
+                    && procfs::same_process(r.pid, r.pid_start_ticks)
+            })
+        };
+        done = wait_until(phase, || free() || restarted().is_some());
+        if !free() {
+            if let Some(now) = restarted() {
+                printer.debug(&format!(
+                    "the supervisor restarted the engine (pid {}) as the stop began; stopping that one",
+                    now.pid
+                ));
+                health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
+                reg = now;
+                engine_ok = true;
+                done = false;
+            }
+        }
+    }
+    if !force && !done {
+        if let (Some(Ok(_)), Some(client)) =
+            (&health, client_for(&reg, Duration::from_millis(1000)))
+        {
+            match client.shutdown() {
+                Ok(()) => done = wait_until(phase, free),
+                Err(e) => printer.debug(&format!("POST /v1/shutdown failed: {e}")),
+            }
+        }
+        if !done && engine_ok && procfs::same_process(reg.pid, reg.pid_start_ticks) {
+            printer.info(&format!(
+                "the engine did not stop by itself; sending SIGTERM to its process group {}",
+                reg.pgid
+            ));
+            let _ = sys::killpg(reg.pgid, libc::SIGTERM);
+            done = wait_until(phase, free);
+        } else if !done {
+            done = wait_until(phase, free);
+        }
+    }
+    if !done {
+        forced = true;
+        // Re-verify right before SIGKILL.
+        if procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks) {
+            if !force {
+                printer.info("the engine ignored SIGTERM; killing its session");
+            }
+            let victims = instance_processes(&reg);
+            for p in &victims {
+                let _ = sys::kill(*p, libc::SIGKILL);
+            }
+            // The supervisor reaps, records the exit and releases the lock; kill it too if it does not.
+            if !wait_until(Duration::from_secs(2), free)
+                && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks)
+            {
+                let _ = sys::kill(reg.supervisor_pid, libc::SIGKILL);
+                for p in instance_processes(&reg) {
+                    let _ = sys::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+        let rest = timeout
+            .saturating_sub(phase * 2)
+            .max(Duration::from_secs(2));
+        wait_until(rest, free);
+    }
+    // Verify: no process of the instance remains, the port is free.
+    let survivors_gone = wait_until(Duration::from_secs(2), || {
+        instance_processes(&reg).is_empty() && !procfs::alive(reg.supervisor_pid)
+    });
+    wait_until(Duration::from_secs(2), || !procfs::port_listening(reg.port));
+    if registration::peek(paths).is_some_and(|r| r.instance_id == reg.instance_id) {
+        let _ = registration::remove(paths);
+    }
+    let _ = fsutil::remove_file_if_exists(&reg.token_file);
+    registration::clear_stop_request(paths, &reg.instance_id);
+    if crash::read(paths).is_none_or(|e| e.instance_id != reg.instance_id) {
+        let _ = crash::write(
+            paths,
+            &LastExit {
+                instance_id: reg.instance_id.clone(),
+                pid: reg.pid,
+                signal: Some(libc::SIGKILL),
+                stop_requested: true,
+                uptime_s: (fsutil::unix_now() - reg.started_at_unix).max(0.0),
+                ended_at: fsutil::now_rfc3339(),
+                ended_at_unix: fsutil::unix_now(),
+                exit_code: None,
+                supervisor_lost: false,
+                core_dumped: false,
+                restarts: reg.restarts,
+                crash_loop: None,
+            },
+        );
+    }
+    if !survivors_gone {
+        let left: Vec<String> = instance_processes(&reg)
+            .into_iter()
+            .map(|p| format!("{p} ({})", procfs::cmdline(p).unwrap_or_default()))
+            .collect();
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!("processes of the engine survived: {}", left.join(", ")),
+        )
+        .into());
+    }
+    Ok(Stopped::Stopped {
+        pid: reg.pid,
+        forced,
+    })
+}
+
+/// Every live process of the instance other than the supervisor: its session (detached) or descendants.
+fn instance_processes(reg: &Registration) -> Vec<sys::Pid> {
+    let sup = reg.supervisor_pid;
+    let mut v = procfs::descendants(sup);
+    if let Some(sid) = reg.sid {
+        if sid == sup {
+            for p in procfs::session_members(sid, &[sup]) {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+    }
+    v
+}

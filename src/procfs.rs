@@ -1,0 +1,218 @@
+//! Linux `/proc` readers: process start times (for identity checks that survive pid reuse), session and process
+//! tree enumeration (to end everything an engine spawned), and the owner of a listening port.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::sys::Pid;
+
+/// The fields of `/proc/<pid>/stat` we use.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub pid: Pid,
+    pub state: char,
+    pub ppid: Pid,
+    pub pgid: Pid,
+    pub sid: Pid,
+    /// Field 22: start time in clock ticks since boot. With the pid, it identifies a process uniquely per boot.
+    pub start_ticks: u64,
+}
+
+pub fn stat(pid: Pid) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: Pid, text: &str) -> Option<Stat> {
+    // comm (field 2) may contain spaces and parens: everything after the last ')' is space-separated.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] = field 3 (state), so field N is f[N - 3].
+    Some(Stat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgid: f.get(2)?.parse().ok()?,
+        sid: f.get(3)?.parse().ok()?,
+        start_ticks: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// The process `pid` exists, is not a zombie, and started at `ticks` (so it is the same process, not a reused pid).
+pub fn same_process(pid: Pid, ticks: u64) -> bool {
+    pid > 0 && stat(pid).is_some_and(|s| s.start_ticks == ticks && s.state != 'Z' && s.state != 'X')
+}
+
+pub fn start_ticks(pid: Pid) -> Option<u64> {
+    stat(pid).map(|s| s.start_ticks)
+}
+
+pub fn cmdline(pid: Pid) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let parts: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join(" "))
+}
+
+fn uid_of(pid: Pid) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// Every live process (zombies excluded).
+pub fn all() -> Vec<Stat> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in rd.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<Pid>() else {
+            continue;
+        };
+        if let Some(s) = stat(pid) {
+            if s.state != 'Z' && s.state != 'X' {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Processes of session `sid` owned by our uid, except `exclude`.
+pub fn session_members(sid: Pid, exclude: &[Pid]) -> Vec<Pid> {
+    if sid <= 1 {
+        return Vec::new();
+    }
+    let uid = crate::sys::getuid();
+    all()
+        .into_iter()
+        .filter(|s| s.sid == sid && !exclude.contains(&s.pid) && uid_of(s.pid) == Some(uid))
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// All descendants of `root` (children, grandchildren, ...), from the ppid tree.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let procs = all();
+    let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    for s in &procs {
+        children.entry(s.ppid).or_default().push(s.pid);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if let Some(kids) = children.get(&p) {
+            for &k in kids {
+                if k != root && !out.contains(&k) {
+                    out.push(k);
+                    stack.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// This boot's id: start ticks are only comparable within one boot.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Who listens on TCP `port` (any address): `(pid, command line)` when `/proc` tells (our own processes, or all
+/// of them as root).
+pub fn port_owner(port: u16) -> Option<(Pid, String)> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // 0A = LISTEN
+            }
+            let Some(p) = f[1].rsplit(':').next() else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for entry in rd.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<Pid>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| Path::new(i) == target) {
+                    return Some((pid, cmdline(pid).unwrap_or_else(|| "?".to_owned())));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether anything listens on TCP `port`.
+pub fn port_listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 3
+                    && f[3] == "0A"
+                    && f[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let text = "123 (a (b) c) S 1 123 123 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let s = parse_stat(123, text).unwrap();
+        assert_eq!(
+            (s.state, s.ppid, s.pgid, s.sid, s.start_ticks),
+            ('S', 1, 123, 123, 987654)
+        );
+    }
+
+    #[test]
+    fn own_process_is_found() {
+        let me = crate::sys::getpid();
+        let ticks = start_ticks(me).unwrap();
+        assert!(same_process(me, ticks));
+        assert!(!same_process(me, ticks + 1));
+    }
+}

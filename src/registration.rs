@@ -1,0 +1,168 @@
+//! `run/engine.json`: the running engine's registration (schema 1), written by the supervisor once it holds the
+//! instance lock, 0600, atomically (tmp -> fsync -> rename). A missing file means "no info"; a corrupt one is
+//! renamed aside to `engine.json.corrupt-<ts>` with a warning and treated as missing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::paths::Paths;
+use crate::printer::Printer;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Registration {
+    pub schema: u32,
+    pub instance_id: String,
+    /// The supervisor (`breadboard __supervise`): session leader, parent and reaper of the engine.
+    pub supervisor_pid: i32,
+    pub supervisor_start_ticks: u64,
+    /// Session id of everything the engine spawned; `None` in `--foreground` (the terminal's session is not ours).
+    pub sid: Option<i32>,
+    pub pid: i32,
+    pub pid_start_ticks: u64,
+    /// Process group of the engine (it leads its own).
+    pub pgid: i32,
+    pub boot_id: String,
+    pub uid: u32,
+    pub host: String,
+    pub port: u16,
+    pub url: String,
+    pub token_file: PathBuf,
+    /// The version this CLI pinned (the current venv's receipt), `None` for an engine command override.
+    pub engine_version: Option<String>,
+    pub protocol_version: String,
+    pub venv: Option<PathBuf>,
+    /// The engine command (argv), for messages; never holds the token.
+    pub command: Vec<String>,
+    pub log_path: PathBuf,
+    pub ray_address: Option<String>,
+    pub ray_start: Option<String>,
+    pub foreground: bool,
+    pub cli_version: String,
+    pub started_at: String,
+    pub started_at_unix: f64,
+    pub ready_at: Option<String>,
+    pub stop_requested_at: Option<String>,
+    /// The supervisor's restart policy (config `engine.restart`): `no` or `on-failure`.
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+    /// Automatic restarts made so far by the `on-failure` policy (the engine pid changes at each).
+    #[serde(default)]
+    pub restarts: u32,
+    /// Set while the supervisor waits (backoff) to restart a crashed engine.
+    #[serde(default)]
+    pub restart_pending: Option<RestartPending>,
+}
+
+/// The supervisor is waiting to restart a crashed engine.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RestartPending {
+    /// When the restart is due (RFC 3339, and unix seconds).
+    pub at: String,
+    pub at_unix: f64,
+    /// How the engine ended ("exit code 1", "killed by SIGKILL (signal 9)").
+    pub after: String,
+}
+
+/// Reads the registration: `Ok(None)` when absent, or when corrupt (then it is moved aside and a warning printed).
+pub fn read(paths: &Paths, printer: Option<&Printer>) -> anyhow::Result<Option<Registration>> {
+    let path = paths.registration();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+    };
+    match serde_json::from_str::<Registration>(&text) {
+        Ok(r) if r.schema == SCHEMA && r.supervisor_pid > 0 => Ok(Some(r)),
+        Ok(r) => {
+            set_aside(
+                &path,
+                &format!("unsupported schema {} or no pid", r.schema),
+                printer,
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            set_aside(&path, &e.to_string(), printer);
+            Ok(None)
+        }
+    }
+}
+
+/// Reads without moving a corrupt file aside (for read-only commands racing a writer, e.g. `status`).
+pub fn peek(paths: &Paths) -> Option<Registration> {
+    let text = std::fs::read_to_string(paths.registration()).ok()?;
+    serde_json::from_str::<Registration>(&text)
+        .ok()
+        .filter(|r| r.schema == SCHEMA)
+}
+
+/// Whether a registration file exists at all (valid or not).
+pub fn exists(paths: &Paths) -> bool {
+    paths.registration().symlink_metadata().is_ok()
+}
+
+fn set_aside(path: &Path, why: &str, printer: Option<&Printer>) {
+    let aside = path.with_file_name(format!("engine.json.corrupt-{}", fsutil::unix_now() as u64));
+    let moved = std::fs::rename(path, &aside).is_ok();
+    if let Some(p) = printer {
+        if moved {
+            p.warn(&format!(
+                "{} is unreadable ({why}); moved it to {} and ignored it",
+                path.display(),
+                aside.display()
+            ));
+        }
+    }
+}
+
+pub fn write(paths: &Paths, reg: &Registration) -> anyhow::Result<()> {
+    paths.ensure_run_dir()?;
+    fsutil::write_private(
+        &paths.registration(),
+        serde_json::to_string_pretty(reg)?.as_bytes(),
+    )
+}
+
+pub fn remove(paths: &Paths) -> anyhow::Result<()> {
+    fsutil::remove_file_if_exists(&paths.registration())
+}
+
+/// `run/stop-requested`: the id of the instance whose stop was asked for. `engine stop` writes it before any signal,
+/// next to the registration's `stop_requested_at`; only the CLI writes it, so a registration the supervisor rewrites
+/// (at an automatic restart) can never lose the request.
+pub fn stop_intent_path(paths: &Paths) -> PathBuf {
+    paths.run_dir().join("stop-requested")
+}
+
+pub fn request_stop(paths: &Paths, instance_id: &str) -> anyhow::Result<()> {
+    paths.ensure_run_dir()?;
+    fsutil::write_private(&stop_intent_path(paths), instance_id.as_bytes())
+}
+
+/// Whether a stop of `instance_id` was asked for (the intent file or the registration's marker).
+pub fn stop_requested(paths: &Paths, instance_id: &str) -> bool {
+    std::fs::read_to_string(stop_intent_path(paths)).is_ok_and(|s| s.trim() == instance_id)
+        || peek(paths)
+            .is_some_and(|r| r.instance_id == instance_id && r.stop_requested_at.is_some())
+}
+
+/// Removes the stop intent of `instance_id` (another instance's is left alone).
+pub fn clear_stop_request(paths: &Paths, instance_id: &str) {
+    let path = stop_intent_path(paths);
+    if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == instance_id) {
+        let _ = fsutil::remove_file_if_exists(&path);
+    }
+}
+
+/// Reads the token of a registration (empty when the file is gone).
+pub fn token(reg: &Registration) -> Option<String> {
+    std::fs::read_to_string(&reg.token_file)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}

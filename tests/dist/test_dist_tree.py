@@ -1,0 +1,98 @@
+"""scripts/dist: the release tree layout every channel reads (docs/distribution.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from conftest import NEW, OLD, REPO, TARGET, Release
+
+
+def test_layout(release: Release) -> None:
+    tree = release.tree
+    assert (tree / "install.sh").is_file()
+    for version in (OLD, NEW):
+        vdir = tree / version
+        name = f"breadboard-{version}-{TARGET}.tar.gz"
+        assert sorted(p.name for p in vdir.iterdir()) == sorted([name, "SHA256SUMS", "manifest.json"])
+        digest = hashlib.sha256((vdir / name).read_bytes()).hexdigest()
+        assert (vdir / "SHA256SUMS").read_text() == f"{digest}  {name}\n"
+
+        manifest = json.loads((vdir / "manifest.json").read_text())
+        assert manifest["schema"] == 1 and manifest["version"] == version
+        assert manifest["released_at"].endswith("Z")
+        assert manifest["artifacts"] == [
+            {"target": TARGET, "name": name, "url": name, "sha256": digest, "size": (vdir / name).stat().st_size}
+        ]
+
+        with tarfile.open(vdir / name) as tf:
+            members = tf.getmembers()
+        assert [m.name for m in members] == ["breadboard"]  # at the root, no ./ prefix
+        assert members[0].isfile() and members[0].mode & 0o111 and members[0].uid == 0
+
+    # latest/ is a copy of the newest version.
+    assert json.loads((tree / "latest" / "manifest.json").read_text())["version"] == NEW
+    assert (tree / "latest" / "SHA256SUMS").read_bytes() == (tree / NEW / "SHA256SUMS").read_bytes()
+
+
+def test_index_only_with_base_url(release: Release, tmp_path: Path) -> None:
+    """The release workflow's merge step: re-index collected tarballs with absolute URLs, without building."""
+    out = tmp_path / "dist"
+    (out / NEW).mkdir(parents=True)
+    shutil.copy2(release.tarball(NEW), out / NEW)
+    # A second target's tarball collected from another runner (contents do not matter to the index).
+    other = out / NEW / f"breadboard-{NEW}-aarch64-apple-darwin.tar.gz"
+    other.write_bytes(b"not really a tarball")
+    base = "https://github.com/o/breadboard/releases/download/v{version}"
+    r = subprocess.run(
+        [str(REPO / "scripts" / "dist"), "--out", str(out), "--version", NEW, "--index-only", "--base-url", base],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out / NEW)
+    manifest = json.loads((out / NEW / "manifest.json").read_text())
+    assert [a["target"] for a in manifest["artifacts"]] == ["aarch64-apple-darwin", TARGET]
+    for a in manifest["artifacts"]:
+        assert a["url"] == f"https://github.com/o/breadboard/releases/download/v{NEW}/{a['name']}"
+    assert len((out / NEW / "SHA256SUMS").read_text().splitlines()) == 2
+    assert (out / "latest" / "manifest.json").is_file() and (out / "install.sh").is_file()
+
+
+def test_bad_version_refused(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(REPO / "scripts" / "dist"), "--out", str(tmp_path), "--version", "1.0/../x", "--index-only"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "not a valid version" in r.stderr
+
+
+def test_latest_is_the_newest_release_by_semver(tmp_path: Path) -> None:
+    """latest/ follows semver: a pre-release sorts before its release, and 0.10.0 after 0.9.0."""
+    out = tmp_path / "dist"
+    for version in ("0.9.0", "0.10.0-rc.1", "0.10.0", "0.10.0-rc.2"):
+        (out / version).mkdir(parents=True)
+        (out / version / f"breadboard-{version}-{TARGET}.tar.gz").write_bytes(version.encode())
+        r = subprocess.run(
+            [str(REPO / "scripts" / "dist"), "--out", str(out), "--version", version, "--index-only"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+    assert json.loads((out / "latest" / "manifest.json").read_text())["version"] == "0.10.0"
+    assert "latest is 0.10.0" in r.stderr
+
+
+def test_unknown_profile_refused(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(REPO / "scripts" / "dist"), "--out", str(tmp_path), "--profile", "debug"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "unknown --profile 'debug' (release or fast)" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written

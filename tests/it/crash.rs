@@ -1,0 +1,249 @@
+//! Crash detection and the crash report/prompt; kill -9 of the engine and of the supervisor with Ray up; SIGHUP
+//! of the launching terminal; --foreground with Ctrl-C.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::supervisor::{session, Engine};
+
+fn ready_json(e: &Engine) -> Option<Value> {
+    let reg = e.registration()?;
+    let url = reg["url"]
+        .as_str()?
+        .trim_start_matches("http://")
+        .to_owned();
+    let (host, port) = url.rsplit_once(':')?;
+    let c = breadboard::engine_client::EngineClient::new(
+        host,
+        port.parse().ok()?,
+        Some(e.token()),
+        Duration::from_millis(500),
+    )?;
+    c.get_json::<Value>("/ready").ok()
+}
+
+fn wait_ray_connected(e: &Engine) {
+    wait_for("ray connected", Duration::from_secs(90), || {
+        ready_json(e).is_some_and(|r| r["ray"]["state"] == "connected")
+    });
+}
+
+fn last_exit(e: &Engine) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(e.ctx.home.join("run/last-exit.json")).ok()?).ok()
+}
+
+#[test]
+fn kill_9_of_engine_and_supervisor_with_ray_leaves_no_orphans() {
+    let mut e = Engine::new();
+    e.env = vec![("BREADBOARD_RAY_START".into(), "background".into())];
+    e.start();
+    wait_ray_connected(&e);
+    let reg = e.registration().unwrap();
+    let sid = reg["sid"].as_i64().unwrap();
+    let pid = reg["pid"].as_i64().unwrap() as i32;
+    assert!(
+        session(sid).len() > 3,
+        "ray processes expected in the session: {:?}",
+        session(sid)
+    );
+
+    // kill -9 the engine: the supervisor records it and ends everything of the session.
+    breadboard::sys::kill(pid, 9).unwrap();
+    wait_for("session empty", Duration::from_secs(20), || {
+        session(sid).is_empty()
+    });
+    let exit = last_exit(&e).unwrap();
+    assert_eq!(exit["signal"], 9);
+    assert_eq!(exit["stop_requested"], false);
+    let out = e.cmd(&["engine", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(14));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("SIGKILL")
+            && err.contains("memory")
+            && err.contains("0.1.1")
+            && err.contains("engine.log"),
+        "{err}"
+    );
+    assert!(!err.contains(e.token().trim()));
+    // Shown once.
+    let out = e.cmd(&["engine", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(14));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("exited unexpectedly"));
+
+    // kill -9 the supervisor: PDEATHSIG ends the engine; the lock is released; status says crashed at once.
+    e.start();
+    wait_ray_connected(&e);
+    let reg = e.registration().unwrap();
+    let sid = reg["sid"].as_i64().unwrap();
+    let sup = reg["supervisor_pid"].as_i64().unwrap() as i32;
+    let pid = reg["pid"].as_i64().unwrap() as i32;
+    breadboard::sys::kill(sup, 9).unwrap();
+    wait_for("engine gone", Duration::from_secs(10), || {
+        !breadboard::procfs::alive(pid)
+    });
+    let out = e
+        .cmd(&["engine", "status"])
+        .timeout(Duration::from_secs(5))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(14));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("supervisor was killed"));
+    // The next command cleans what is left of that session (the engine's own reaper also ends its Ray).
+    e.cmd(&["engine", "stop"]).assert().success();
+    wait_for(
+        "session empty after supervisor kill",
+        Duration::from_secs(20),
+        || session(sid).is_empty(),
+    );
+}
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux").args(args).output().expect("tmux")
+}
+
+/// A shell script that runs `breadboard <args>` with the test's environment, then `tail_cmd`.
+fn script(e: &Engine, name: &str, args: &str, tail_cmd: &str) -> std::path::PathBuf {
+    let cmd = e.command();
+    let mut text = String::from("#!/bin/sh\n");
+    for (k, v) in cmd.get_envs() {
+        let k = k.to_string_lossy();
+        match v {
+            Some(v) => text.push_str(&format!("export {k}='{}'\n", v.to_string_lossy())),
+            None => text.push_str(&format!("unset {k}\n")),
+        }
+    }
+    text.push_str(&format!(
+        "cd '{}'\n'{BIN}' {args}\necho EXIT=$?\n{tail_cmd}\n",
+        e.ctx.dir.path().display()
+    ));
+    let path = e.ctx.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+struct TmuxSession(String);
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+
+fn pane(name: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", name, "-S", "-200"]).stdout)
+        .into_owned()
+}
+
+#[test]
+fn engine_survives_sighup_of_the_launching_terminal() {
+    let e = Engine::new();
+    let name = format!("bbhup{}", std::process::id());
+    let s = script(&e, "start.sh", "engine start --port auto", "sleep 60");
+    assert!(
+        tmux(&["new-session", "-d", "-s", &name, s.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let guard = TmuxSession(name.clone());
+    wait_for("started in tmux", Duration::from_secs(60), || {
+        pane(&name).contains("EXIT=0")
+    });
+    let pid = e.registration().unwrap()["pid"].as_i64().unwrap() as i32;
+    drop(guard); // kill-session: SIGHUP to the pane's processes
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(breadboard::procfs::alive(pid));
+    let (code, st) = e.status();
+    assert_eq!(code, 0, "{st}");
+}
+
+#[test]
+fn crash_prompt_in_a_real_terminal_answered_both_ways() {
+    let e = Engine::new();
+    for (answer, expect_exit) in [("n", "EXIT=14"), ("", "EXIT=0")] {
+        e.start();
+        let reg = e.registration().unwrap();
+        let id = reg["instance_id"].as_str().unwrap().to_owned();
+        breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+        wait_for("crash recorded", Duration::from_secs(10), || {
+            last_exit(&e).is_some_and(|x| x["instance_id"] == id.as_str())
+                && !breadboard::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
+        });
+        let name = format!("bbprompt{}{}", std::process::id(), answer.len());
+        let s = script(&e, "status.sh", "engine status", "sleep 60");
+        assert!(tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "60",
+            "-s",
+            &name,
+            s.to_str().unwrap()
+        ])
+        .status
+        .success());
+        let _guard = TmuxSession(name.clone());
+        wait_for("prompt", Duration::from_secs(20), || {
+            pane(&name).contains("Restart the engine now? [Y/n]")
+        });
+        let text = pane(&name);
+        assert!(
+            text.contains("exited unexpectedly") && text.contains("SIGKILL"),
+            "{text}"
+        );
+        if answer.is_empty() {
+            tmux(&["send-keys", "-t", &name, "Enter"]);
+        } else {
+            tmux(&["send-keys", "-t", &name, answer, "Enter"]);
+        }
+        wait_for("answer handled", Duration::from_secs(60), || {
+            pane(&name).contains(expect_exit)
+        });
+        let (code, st) = e.status();
+        if answer.is_empty() {
+            assert_eq!(code, 0, "restarted: {st}\n{}", pane(&name));
+            assert_ne!(st["instance_id"].as_str(), Some(id.as_str()));
+        } else {
+            assert_eq!(code, 14, "{st}");
+            assert!(pane(&name).contains("not restarted"));
+        }
+    }
+}
+
+#[test]
+fn foreground_runs_attached_and_ctrl_c_stops_it_cleanly() {
+    let e = Engine::new();
+    let child = e
+        .command()
+        .args(["engine", "start", "--foreground", "--port", "auto"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("ready", Duration::from_secs(60), || {
+        e.registration().is_some_and(|r| !r["ready_at"].is_null())
+    });
+    let reg = e.registration().unwrap();
+    let pid = reg["pid"].as_i64().unwrap() as i32;
+    assert_eq!(reg["supervisor_pid"].as_i64(), Some(i64::from(child.id())));
+    let (code, _) = e.status();
+    assert_eq!(code, 0);
+    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("Uvicorn running"),
+        "engine logs go to the terminal: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(!breadboard::procfs::alive(pid));
+    let (code, st) = e.status();
+    assert_eq!(code, 10, "{st}");
+}
