@@ -33,6 +33,8 @@ EX_VERIFY=7
 BB_QUIET=0
 BB_TMP=""
 BB_LOCK=""
+BB_LOCK_TMP=""
+BB_LOCK_TIMEOUT=300
 
 say() {
     [ "$BB_QUIET" = 1 ] || printf '%s\n' "$*" >&2
@@ -73,6 +75,7 @@ Environment:
   BREADBOARD_RELEASES_URL   base of a release tree (<base>/latest/manifest.json, <base>/<version>/...)
   BREADBOARD_DOWNLOAD_URL   one version's directory (wins over BREADBOARD_RELEASES_URL)
   BREADBOARD_NO_MODIFY_PATH=1   same as --no-modify-path
+  BREADBOARD_LOCK_TIMEOUT   seconds to wait for another install or upgrade (default 300)
   Plain http:// URLs are accepted only for loopback hosts (127.0.0.1, localhost, [::1]).
 EOF
 }
@@ -91,18 +94,21 @@ valid_version() {
     return 0
 }
 
-# check_url URL: https anywhere, http only for loopback. No request is made for a refused URL.
-check_url() {
+# url_refusal URL: why URL is refused (nothing when it is accepted): https anywhere, http only for loopback.
+url_refusal() {
     case "$1" in
-        https://*) return 0 ;;
-        http://*@*) die "$EX_USAGE" "refusing plain http for a non-loopback URL: $1 (credentials in a URL could hide the host)" ;;
-        http://127.0.0.1 | http://127.0.0.1[:/]* | http://localhost | http://localhost[:/]* | http://\[::1\] | http://\[::1\][:/]*)
-            return 0 ;;
-        http://*)
-            die "$EX_USAGE" "refusing plain http for a non-loopback URL: $1 (use https, or http only on 127.0.0.1/localhost)" ;;
-        *)
-            die "$EX_USAGE" "unsupported URL (need https:// or a loopback http://): $1" ;;
+        https://*) ;;
+        http://*@*) echo "plain http with credentials in the URL (they could hide the host)" ;;
+        http://127.0.0.1 | http://127.0.0.1[:/]* | http://localhost | http://localhost[:/]* | http://\[::1\] | http://\[::1\][:/]*) ;;
+        http://*) echo "plain http is accepted only for loopback hosts (127.0.0.1, localhost, [::1]); use https" ;;
+        *) echo "unsupported URL (need https:// or a loopback http://)" ;;
     esac
+}
+
+# check_url URL WHERE: refuses (exit 2) a URL taken from WHERE before any request is made.
+check_url() {
+    bb_why=$(url_refusal "$1")
+    [ -z "$bb_why" ] || die "$EX_USAGE" "refusing $1 (from $2): $bb_why; use an https:// URL, or unset $2"
 }
 
 json_escape() {
@@ -183,44 +189,91 @@ pick_downloader() {
     return 1
 }
 
-# fetch URL FILE: 0 ok, 2 not found (HTTP 404/410), 1 any other failure (reason in $BB_FETCH_ERROR).
+# fetch URL FILE: 0 ok, 2 not found (HTTP 404/410), 3 redirected to a refused URL, 1 any other failure (the reason of
+# 1 and 3 in $BB_FETCH_ERROR).
+#
+# Every hop of a redirect chain must pass url_refusal too. curl: --proto =https applies to every transfer, redirects
+# included, so an https download never leaves https; --tlsv1.2 is the minimum TLS version. wget has no such switch (GNU
+# wget's --https-only applies to recursive downloads only and a redirect to plain http is followed), so for wget, and
+# for curl from a loopback http URL, the headers of every response (curl -D, wget -S) are checked afterwards: a download
+# that was redirected to a refused URL is thrown away, and nothing it fetched is used.
 fetch() {
     BB_FETCH_ERROR=""
     bb_errf="$BB_TMP/fetch.err"
+    bb_hdrf="$BB_TMP/fetch.headers"
+    : >"$bb_hdrf"
     case "$1" in https://*) bb_https=1 ;; *) bb_https=0 ;; esac
     if [ "$BB_DL" = curl ]; then
         if [ "$bb_https" = 1 ]; then
             bb_code=$(curl --proto '=https' --tlsv1.2 -sSL --fail --retry 3 --connect-timeout 20 \
-                -w '%{http_code}' -o "$2" "$1" 2>"$bb_errf")
+                -w '%{http_code}' -D "$bb_hdrf" -o "$2" "$1" 2>"$bb_errf")
         else
-            bb_code=$(curl -sSL --fail --retry 3 --connect-timeout 20 -w '%{http_code}' -o "$2" "$1" 2>"$bb_errf")
+            bb_code=$(curl -sSL --fail --retry 3 --connect-timeout 20 -w '%{http_code}' -D "$bb_hdrf" \
+                -o "$2" "$1" 2>"$bb_errf")
         fi
         bb_rc=$?
+        bb_bad=$(redirect_refusal "$bb_hdrf")
+        if [ -n "$bb_bad" ]; then
+            rm -f "$2"
+            BB_FETCH_ERROR=$bb_bad
+            return 3
+        fi
         [ "$bb_rc" = 0 ] && return 0
+        rm -f "$2"
         case "$bb_code" in
             404 | 410) return 2 ;;
         esac
         BB_FETCH_ERROR="curl exit $bb_rc${bb_code:+, HTTP $bb_code}: $(tail -n 1 "$bb_errf" 2>/dev/null)"
         return 1
     fi
-    # GNU wget: -nv still prints the HTTP error (-q would hide the 404); busybox wget prints errors even with -q.
+    # GNU wget: -nv still prints the HTTP error (-q would hide the 404), --secure-protocol=TLSv1_2 is a minimum (TLS
+    # 1.3 still negotiates). busybox wget prints errors even with -q; it has no TLS options, and whether it checks
+    # certificates depends on how it was built (pick_downloader prefers curl whenever there is one).
     if wget --version 2>/dev/null | grep -q 'GNU Wget'; then
         if [ "$bb_https" = 1 ]; then
-            wget -nv --https-only -O "$2" "$1" 2>"$bb_errf"
+            wget -nv -S --secure-protocol=TLSv1_2 -O "$2" "$1" 2>"$bb_errf"
         else
-            wget -nv -O "$2" "$1" 2>"$bb_errf"
+            wget -nv -S -O "$2" "$1" 2>"$bb_errf"
         fi
     else
-        wget -q -O "$2" "$1" 2>"$bb_errf"
+        if [ "$bb_https" = 1 ] && [ -z "${BB_BUSYBOX_NOTED:-}" ]; then
+            BB_BUSYBOX_NOTED=1
+            say "note: downloading with busybox wget (no curl found): whether it checks TLS certificates depends on how it was built; install curl to be sure"
+        fi
+        wget -q -S -O "$2" "$1" 2>"$bb_errf"
     fi
     bb_rc=$?
+    bb_bad=$(redirect_refusal "$bb_errf")
+    if [ -n "$bb_bad" ]; then
+        rm -f "$2"
+        BB_FETCH_ERROR=$bb_bad
+        return 3
+    fi
     [ "$bb_rc" = 0 ] && return 0
     rm -f "$2"
-    if grep -Eq '(^|[^0-9])(404|410)([^0-9]|$)' "$bb_errf" 2>/dev/null; then
+    # The status lines only: -S also prints headers, whose values may hold any number.
+    if grep -Eq '(HTTP/[0-9.]+|ERROR) (404|410)([^0-9]|$)' "$bb_errf" 2>/dev/null; then
         return 2
     fi
-    BB_FETCH_ERROR="wget exit $bb_rc: $(tail -n 1 "$bb_errf" 2>/dev/null)"
+    BB_FETCH_ERROR="wget exit $bb_rc: $(grep -v '^ ' "$bb_errf" | tail -n 1)"
     return 1
+}
+
+# redirect_refusal FILE: the first redirect (a Location header in curl -D or wget -S output) to a refused URL, and why.
+redirect_refusal() {
+    sed -n 's/^[[:space:]]*[Ll][Oo][Cc][Aa][Tt][Ii][Oo][Nn]:[[:space:]]*//p' "$1" 2>/dev/null | tr -d '\r' |
+        while IFS= read -r bb_loc; do
+            # A relative Location keeps the scheme and host of the URL it came from, which were checked.
+            case "$bb_loc" in
+                *://*)
+                    bb_why=$(url_refusal "$bb_loc")
+                    if [ -n "$bb_why" ]; then
+                        echo "the server redirected to $bb_loc: $bb_why"
+                        break
+                    fi
+                    ;;
+            esac
+        done
 }
 
 # fetch_or_die URL FILE WHAT: a 404 means WHAT does not exist.
@@ -229,6 +282,7 @@ fetch_or_die() {
     case $? in
         0) return 0 ;;
         2) die "$EX_NOT_FOUND" "$3 does not exist: $1 returned 404 Not Found" ;;
+        3) die "$EX_NETWORK" "refusing the download of $1: $BB_FETCH_ERROR (nothing it fetched is used)" ;;
         *) die "$EX_NETWORK" "network error while downloading $1 ($BB_FETCH_ERROR)" ;;
     esac
 }
@@ -266,32 +320,202 @@ verify_sha256() {
 
 cleanup() {
     [ -n "$BB_TMP" ] && rm -rf "$BB_TMP"
-    [ -n "$BB_LOCK" ] && rm -rf "$BB_LOCK"
+    [ -n "$BB_LOCK_TMP" ] && rm -rf "$BB_LOCK_TMP"
+    release_lock
     BB_TMP=""
+    BB_LOCK_TMP=""
+}
+
+# The install lock, shared with `breadboard upgrade` (src/self_replace.rs implements the same protocol):
+# $BREADBOARD_HOME/install.lock is a directory holding its holder's pid in the file `pid`.
+# - Taking it: a complete lock is made under a temp name (install.lock.tmp.<pid>) and renamed into place; rename(2)
+#   replaces no non-empty directory, so it fails while another lock is there, and a lock never exists without its pid.
+# - Releasing it: only by the process whose pid it holds, by renaming it aside (install.lock.old.<pid>), then removing
+#   that.
+# - Stale locks: one whose holder is gone is claimed by renaming its `pid` to `pid.taken.<taker's pid>` inside it: only
+#   one waiter's rename of that file succeeds, and a waiter whose claimed pid file turns out to be a live holder's (the
+#   lock changed after it looked) puts it back. The claimant then renames the whole lock aside and removes it. A lock
+#   without a pid file is stale once it is BB_LOCK_STALE_AFTER seconds old (younger, it may be mid-claim): a claim
+#   left by a dead claimant is taken over the same way, an empty one is removed with rmdir (which fails once anything
+#   is in it), anything else is renamed aside and checked. Nothing is ever removed by name and recreated, so two
+#   waiters that both see a stale lock never both hold the lock.
+BB_LOCK_STALE_AFTER=5
+
+# alive PID: whether a process with this pid exists (kill -0 fails for another user's process too: /proc tells).
+alive() {
+    kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]
+}
+
+# pid_in FILE: the pid FILE holds, or nothing (no file, or not a pid).
+pid_in() {
+    bb_p=$(cat "$1" 2>/dev/null) || return 0
+    case "$bb_p" in "" | *[!0-9]* | 0*) ;; *) printf '%s' "$bb_p" ;; esac
+}
+
+lock_pid() {
+    pid_in "$1/pid"
+}
+
+# lock_taker LOCK: the pid of the waiter whose claim (pid.taken.<pid>) is in LOCK, or nothing.
+lock_taker() {
+    for bb_t in "$1"/pid.taken.*; do
+        bb_t=${bb_t##*/pid.taken.}
+        case "$bb_t" in "" | *[!0-9]* | 0*) ;; *) printf '%s' "$bb_t"; return 0 ;; esac
+    done
+}
+
+# age_of PATH: seconds since PATH was modified, or nothing when this system cannot tell (stat and date +%s are not
+# POSIX; GNU, BSD/macOS and busybox have them).
+age_of() {
+    bb_now=$(date +%s 2>/dev/null) || return 0
+    bb_m=$(stat -c %Y "$1" 2>/dev/null || stat -f %m "$1" 2>/dev/null) || return 0
+    case "$bb_now$bb_m" in "" | *[!0-9]*) return 0 ;; esac
+    echo $((bb_now - bb_m))
+}
+
+# try_lock LOCK: 0 when this process now holds LOCK, 1 when another lock is in the way, 2 when nothing can be created.
+try_lock() {
+    BB_LOCK_TMP="$1.tmp.$$"
+    rm -rf "$BB_LOCK_TMP"
+    if ! mkdir "$BB_LOCK_TMP" 2>/dev/null || ! echo "$$" >"$BB_LOCK_TMP/pid"; then
+        rm -rf "$BB_LOCK_TMP"
+        BB_LOCK_TMP=""
+        return 2
+    fi
+    # mv has no "fail if it exists": over an existing directory it moves ours inside it (which is taken back out), so
+    # it is not tried while a lock is there: that would also make an old lock look new.
+    if { [ ! -e "$1" ] && [ ! -L "$1" ]; } && mv "$BB_LOCK_TMP" "$1" 2>/dev/null; then
+        if [ -d "$1/${BB_LOCK_TMP##*/}" ]; then
+            rm -rf "${1:?}/${BB_LOCK_TMP##*/}"
+        elif [ "$(lock_pid "$1")" = "$$" ]; then
+            BB_LOCK=$1
+            BB_LOCK_TMP=""
+            return 0
+        fi
+    fi
+    rm -rf "$BB_LOCK_TMP"
+    BB_LOCK_TMP=""
+    return 1
+}
+
+# remove_claimed LOCK: removes a lock this process has claimed (nobody else can change it now): aside, then away. A
+# second rm: another installer's mv may have just put its temp lock inside (see try_lock).
+remove_claimed() {
+    rm -rf "$1.old.$$"
+    mv "$1" "$1.old.$$" 2>/dev/null || return 0
+    rm -rf "$1.old.$$" 2>/dev/null || rm -rf "$1.old.$$"
+}
+
+# take_over LOCK: takes the stale LOCK away; fails when another waiter got there first or LOCK changed meanwhile.
+take_over() {
+    bb_claim="$1/pid.taken.$$"
+    bb_holder=$(lock_pid "$1")
+    if [ -n "$bb_holder" ]; then
+        alive "$bb_holder" && return 1
+        mv "$1/pid" "$bb_claim" 2>/dev/null || return 1
+        if [ "$(pid_in "$bb_claim")" != "$bb_holder" ]; then
+            mv -f "$bb_claim" "$1/pid" 2>/dev/null # a live lock taken in between: its pid goes back
+            return 1
+        fi
+        remove_claimed "$1"
+        BB_TOOK="pid $bb_holder, which held $1, is no longer running"
+        return 0
+    fi
+    bb_taker=$(lock_taker "$1")
+    if [ -n "$bb_taker" ]; then
+        alive "$bb_taker" && return 1
+        mv "$1/pid.taken.$bb_taker" "$bb_claim" 2>/dev/null || return 1
+        remove_claimed "$1"
+        BB_TOOK="pid $bb_taker was killed while taking over $1"
+        return 0
+    fi
+    # No pid file: stale only once old enough. Without stat or date +%s, the seconds this installer has seen it.
+    bb_age=$(age_of "$1")
+    bb_age=${bb_age:-$bb_pidless}
+    [ "$bb_age" -ge "$BB_LOCK_STALE_AFTER" ] || return 1
+    BB_TOOK="$1 had no pid file and was $bb_age s old"
+    rmdir "$1" 2>/dev/null && return 0
+    rm -rf "$1.old.$$"
+    mv "$1" "$1.old.$$" 2>/dev/null || return 1
+    if [ -z "$(lock_pid "$1.old.$$")$(lock_taker "$1.old.$$")" ]; then
+        rm -rf "$1.old.$$"
+        return 0
+    fi
+    [ -e "$1" ] || mv "$1.old.$$" "$1" 2>/dev/null || rm -rf "$1.old.$$" # a live lock: put back
+    return 1
+}
+
+# release_lock: removes the lock if this process still holds it (its pid is ours).
+release_lock() {
+    bb_try=0
+    while [ -n "$BB_LOCK" ] && [ "$bb_try" -lt 5 ]; do
+        bb_try=$((bb_try + 1))
+        if [ "$(lock_pid "$BB_LOCK")" = "$$" ]; then
+            remove_claimed "$BB_LOCK"
+            break
+        fi
+        # Not ours for the moment? A waiter that took this lock for a stale one holds its pid file, then puts it back
+        # (maybe already: then the next look finds it).
+        if [ "$(pid_in "$BB_LOCK/pid.taken.$(lock_taker "$BB_LOCK")")" = "$$" ]; then
+            sleep 1
+        fi
+    done
     BB_LOCK=""
 }
 
-# A mkdir lock (portable, unlike flock) serialises concurrent installs; a lock whose holder is gone is taken over.
+# take_lock HOME: waits for the install lock, up to BB_LOCK_TIMEOUT seconds.
 take_lock() {
     bb_lock="$1/install.lock"
     bb_waited=0
-    while ! mkdir "$bb_lock" 2>/dev/null; do
-        bb_holder=$(cat "$bb_lock/pid" 2>/dev/null || true)
-        if [ -n "$bb_holder" ] && ! kill -0 "$bb_holder" 2>/dev/null; then
-            rm -rf "$bb_lock"
-            continue
+    bb_pidless=0
+    while :; do
+        try_lock "$bb_lock"
+        case $? in
+            0) return 0 ;;
+            2) die "$EX_FAIL" "cannot create $bb_lock.tmp.$$ (is $1 writable?)" ;;
+        esac
+        if [ -d "$bb_lock" ] && [ ! -L "$bb_lock" ]; then
+            if take_over "$bb_lock"; then
+                say "removed a stale install lock: $BB_TOOK"
+                continue
+            fi
+        elif [ -e "$bb_lock" ] || [ -L "$bb_lock" ]; then
+            die "$EX_FAIL" "$bb_lock is not a lock directory; if no breadboard install or upgrade is running, remove it: rm -f $(sh_quote "$bb_lock")"
+        else
+            continue # released in between: try again at once
         fi
+        bb_holder=$(lock_pid "$bb_lock")
+        [ -n "$bb_holder" ] && bb_pidless=0 || bb_pidless=$((bb_pidless + 1))
         if [ "$bb_waited" = 0 ]; then
-            say "waiting for another breadboard install to finish (lock $bb_lock${bb_holder:+, pid $bb_holder})"
+            say "waiting for another breadboard install or upgrade to finish (lock $bb_lock${bb_holder:+, pid $bb_holder})"
+        fi
+        if [ "$bb_waited" -ge "$BB_LOCK_TIMEOUT" ]; then
+            if [ -n "$bb_holder" ]; then
+                die "$EX_FAIL" "another breadboard install or upgrade (pid $bb_holder) still holds $bb_lock after $BB_LOCK_TIMEOUT s; wait for it, or if pid $bb_holder is not a breadboard install or upgrade (check: ps -p $bb_holder), remove the lock: rm -rf $(sh_quote "$bb_lock")"
+            fi
+            die "$EX_FAIL" "$bb_lock (no pid in it) is still there after $BB_LOCK_TIMEOUT s; if no breadboard install or upgrade is running, remove it: rm -rf $(sh_quote "$bb_lock")"
         fi
         bb_waited=$((bb_waited + 1))
-        if [ "$bb_waited" -ge 300 ]; then
-            die "$EX_FAIL" "another install still holds $bb_lock after 300 s; remove it if no install is running"
-        fi
         sleep 1
     done
-    BB_LOCK="$bb_lock"
-    echo "$$" >"$bb_lock/pid"
+}
+
+# clean_leftovers HOME DIR: what a killed install or upgrade left behind (lock temp dirs in HOME, staged binaries in
+# DIR). Each name carries the pid that made it; only a dead pid's are removed. Call while holding the lock.
+clean_leftovers() {
+    for bb_f in "$1"/install.lock.tmp.* "$1"/install.lock.old.* "$2"/.breadboard.new.* "$2"/.breadboard.previous.* \
+        "$2"/.breadboard-upgrade.*; do
+        [ -e "$bb_f" ] || [ -L "$bb_f" ] || continue
+        bb_p=${bb_f##*/}
+        bb_p=${bb_p#install.lock.tmp.}
+        bb_p=${bb_p#install.lock.old.}
+        bb_p=${bb_p#.breadboard.new.}
+        bb_p=${bb_p#.breadboard.previous.}
+        bb_p=${bb_p#.breadboard-upgrade.}
+        bb_p=${bb_p%%.*}
+        case "$bb_p" in "" | *[!0-9]*) continue ;; esac
+        [ "$bb_p" = "$$" ] || alive "$bb_p" || rm -rf "$bb_f"
+    done
 }
 
 # ------------------------------------------------------------------------------------------------------ PATH edits
@@ -427,6 +651,12 @@ main() {
         valid_version "$bb_version" || die "$EX_USAGE" "not a valid version: $bb_version"
     fi
 
+    case "${BREADBOARD_LOCK_TIMEOUT:-}" in
+        "") ;;
+        *[!0-9.]* | *.*.* | .*) die "$EX_USAGE" "BREADBOARD_LOCK_TIMEOUT=$BREADBOARD_LOCK_TIMEOUT is not a number of seconds (unset it, or set e.g. 300)" ;;
+        *) BB_LOCK_TIMEOUT=${BREADBOARD_LOCK_TIMEOUT%%.*} ;;
+    esac
+
     if [ -z "${HOME:-}" ]; then
         HOME=$(getent passwd "$(id -un 2>/dev/null)" 2>/dev/null | cut -d: -f6)
         [ -n "$HOME" ] || die "$EX_FAIL" "HOME is not set and could not be found; set HOME or BREADBOARD_INSTALL_DIR"
@@ -440,8 +670,8 @@ main() {
     # Where releases come from: checked (loopback-only http) before any request.
     bb_releases=${BREADBOARD_RELEASES_URL:-}
     bb_download=${BREADBOARD_DOWNLOAD_URL:-}
-    [ -n "$bb_releases" ] && check_url "$bb_releases"
-    [ -n "$bb_download" ] && check_url "$bb_download"
+    [ -n "$bb_releases" ] && check_url "$bb_releases" BREADBOARD_RELEASES_URL
+    [ -n "$bb_download" ] && check_url "$bb_download" BREADBOARD_DOWNLOAD_URL
     bb_releases=${bb_releases%/}
     bb_download=${bb_download%/}
     bb_receipt_releases=${bb_releases:-$BB_GITHUB_RELEASES}
@@ -540,6 +770,7 @@ main() {
     [ -f "$BB_TMP/x/breadboard" ] || die "$EX_FAIL" "$bb_name has no breadboard binary at its root"
 
     take_lock "$bb_home"
+    clean_leftovers "$bb_home" "$bb_dir"
 
     # Stage inside the install dir (same filesystem, so the final mv is an atomic rename: a running breadboard and
     # the old file stay intact until then), check it runs and reports the expected version, then swap it in.
@@ -553,25 +784,48 @@ main() {
         rm -f "$bb_stage"
         die "$EX_VERIFY" "the downloaded binary does not run here or reports the wrong version (expected 'breadboard $bb_version', got: ${bb_out:-nothing}); nothing was installed"
     fi
+    # The binary being replaced is linked (or copied) to a temp name first: put back if anything below fails, and
+    # only then renamed to breadboard.previous, so the old breadboard.previous is kept until the new binary works.
     bb_bin="$bb_dir/breadboard"
+    bb_keep=""
     bb_kept=""
+    bb_old=""
     if [ -f "$bb_bin" ]; then
-        # Keep the replaced binary for a later `breadboard upgrade --rollback` (not when reinstalling the same one).
+        bb_keep="$bb_dir/.breadboard.previous.$$"
+        rm -f "$bb_keep"
+        if ! { ln "$bb_bin" "$bb_keep" 2>/dev/null || cp -p "$bb_bin" "$bb_keep" 2>/dev/null; }; then
+            rm -f "$bb_stage" "$bb_keep"
+            die "$EX_FAIL" "cannot keep a copy of $bb_bin in $bb_dir (it would be put back should the install fail); nothing was installed"
+        fi
         bb_old=$("$bb_bin" --version 2>/dev/null || true)
-        if [ "$bb_old" != "breadboard $bb_version" ]; then
-            if { ln -f "$bb_bin" "$bb_dir/.breadboard.previous.$$" 2>/dev/null ||
-                cp -p "$bb_bin" "$bb_dir/.breadboard.previous.$$" 2>/dev/null; } &&
-                mv -f "$bb_dir/.breadboard.previous.$$" "$bb_dir/breadboard.previous" 2>/dev/null; then
-                bb_kept="${bb_old:-the previous binary}"
-            else
-                rm -f "$bb_dir/.breadboard.previous.$$"
-            fi
+    fi
+    if ! mv -f "$bb_stage" "$bb_bin"; then
+        rm -f "$bb_stage" "$bb_keep"
+        die "$EX_FAIL" "cannot move the new binary into place at $bb_bin; nothing was installed"
+    fi
+    bb_out=$("$bb_bin" --version 2>&1)
+    if [ "$bb_out" != "breadboard $bb_version" ]; then
+        bb_undone="nothing was installed"
+        if [ -z "$bb_keep" ]; then
+            rm -f "$bb_bin"
+        elif mv -f "$bb_keep" "$bb_bin"; then
+            bb_undone="the binary it replaced was put back"
+        else
+            bb_undone="the binary it replaced could not be put back; it is $bb_keep: mv -f $(sh_quote "$bb_keep") $(sh_quote "$bb_bin")"
+        fi
+        die "$EX_VERIFY" "the installed $bb_bin does not run or reports the wrong version (expected 'breadboard $bb_version', got: ${bb_out:-nothing}); $bb_undone"
+    fi
+    if [ -n "$bb_keep" ]; then
+        # Keep the replaced binary for a later `breadboard upgrade --rollback` (not when reinstalling the same one).
+        if [ "$bb_old" = "breadboard $bb_version" ]; then
+            rm -f "$bb_keep"
+        elif mv -f "$bb_keep" "$bb_dir/breadboard.previous"; then
+            bb_kept="${bb_old:-the previous binary}"
+        else
+            rm -f "$bb_keep"
+            err "could not keep the replaced binary as $bb_dir/breadboard.previous (continuing)"
         fi
     fi
-    mv -f "$bb_stage" "$bb_bin" || { rm -f "$bb_stage"; die "$EX_FAIL" "cannot move the new binary into place at $bb_bin"; }
-    bb_out=$("$bb_bin" --version 2>&1)
-    [ "$bb_out" = "breadboard $bb_version" ] ||
-        die "$EX_VERIFY" "the installed $bb_bin does not run: ${bb_out:-no output}"
 
     BB_RC_FILES=""
     BB_CHANGED=""

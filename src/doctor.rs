@@ -33,8 +33,11 @@ pub enum Repair {
     /// chmod 700 a directory, 600 a file.
     ChmodPrivate(PathBuf),
     CleanLeftovers,
-    /// A file that describes something no longer there (a stale registration); identity was checked by the finding.
-    RemoveStale(PathBuf),
+    /// Clean up after a dead engine: its registration (`instance_id`), or a registration that does not parse
+    /// (`None`). Re-checked under the control lock before anything is removed: an engine may have started since.
+    RemoveStale {
+        instance_id: Option<String>,
+    },
     RebuildVenv {
         version: String,
     },
@@ -322,9 +325,28 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
     }
     let run = paths.run_dir();
     if let Ok(meta) = std::fs::metadata(&run) {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let me = crate::sys::getuid();
+        if meta.uid() != me {
+            // Another user's run dir: its locks and token are not ours to trust (e.g. a home made by `sudo`).
+            out.push(
+                Finding::error(
+                    "Home",
+                    "home.run_dir",
+                    "the run directory belongs to another user",
+                    format!(
+                        "{} is owned by uid {}, and you are uid {me}",
+                        run.display(),
+                        meta.uid()
+                    ),
+                )
+                .fix(format!(
+                    "sudo chown -R \"$(id -un)\" {}",
+                    paths.home.display()
+                )),
+            );
+        } else if mode & 0o077 != 0 {
             out.push(
                 Finding::warn(
                     "Home",
@@ -921,7 +943,7 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                         paths.registration().display().to_string(),
                     )
                     .fix("breadboard engine stop   # moves it aside")
-                    .repair(Repair::RemoveStale(paths.registration())),
+                    .repair(Repair::RemoveStale { instance_id: None }),
                 );
             } else {
                 out.push(Finding::ok(
@@ -963,7 +985,9 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             )
             .fix("breadboard engine stop   # cleans it up; a live unrelated process with that pid is never signalled");
             if leftovers.is_empty() {
-                stale = stale.repair(Repair::RemoveStale(paths.registration()));
+                stale = stale.repair(Repair::RemoveStale {
+                    instance_id: Some(reg.instance_id.clone()),
+                });
             }
             out.push(stale);
             if !leftovers.is_empty() {
@@ -1051,7 +1075,7 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                     format!("{}: {e}", reg.url),
                 )
                 .fix("breadboard engine restart"),
-                None => Finding::error("Engine", "engine.health", "the engine's token cannot be read", reg.token_file.display().to_string())
+                None => Finding::error("Engine", "engine.health", "the engine's address does not resolve", format!("{}:{}", reg.host, reg.port))
                     .fix("breadboard engine restart"),
             });
         }

@@ -45,7 +45,8 @@ impl std::fmt::Display for ClientError {
 }
 
 pub struct EngineClient {
-    addr: SocketAddr,
+    /// Every address the host resolves to, tried in order (`localhost` may give ::1 before 127.0.0.1).
+    addrs: Vec<SocketAddr>,
     host_header: String,
     token: Option<String>,
     timeout: Duration,
@@ -58,26 +59,35 @@ impl EngineClient {
         token: Option<String>,
         timeout: Duration,
     ) -> Option<EngineClient> {
-        let connect_host = match host {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        // A wildcard bind is reached on loopback.
+        let connect_host = match bare {
             "0.0.0.0" => "127.0.0.1",
             "::" => "::1",
             h => h,
         };
-        let addr = (connect_host.trim_matches(['[', ']']), port)
-            .to_socket_addrs()
-            .ok()?
-            .next()?;
+        let addrs: Vec<SocketAddr> = (connect_host, port).to_socket_addrs().ok()?.collect();
+        if addrs.is_empty() {
+            return None;
+        }
+        let host_header = if connect_host.contains(':') {
+            format!("[{connect_host}]:{port}")
+        } else {
+            format!("{connect_host}:{port}")
+        };
         Some(EngineClient {
-            addr,
-            host_header: format!("{connect_host}:{port}"),
+            addrs,
+            host_header,
             token,
             timeout,
         })
     }
 
     pub fn request(&self, method: &str, path: &str) -> Result<(u16, String), ClientError> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.timeout)
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let mut stream = self.connect()?;
         let _ = stream.set_read_timeout(Some(self.timeout));
         let _ = stream.set_write_timeout(Some(self.timeout));
         let _ = stream.set_nodelay(true);
@@ -110,6 +120,17 @@ impl EngineClient {
         }
         parse_response(&buf)
             .ok_or_else(|| ClientError::Unreachable("malformed HTTP response".into()))
+    }
+
+    fn connect(&self) -> Result<TcpStream, ClientError> {
+        let mut last = None;
+        for addr in &self.addrs {
+            match TcpStream::connect_timeout(addr, self.timeout) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(format!("{addr}: {e}")),
+            }
+        }
+        Err(ClientError::Unreachable(last.unwrap_or_default()))
     }
 
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -192,6 +213,37 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_bracketed_ipv6_and_wildcards() {
+        let c = EngineClient::new("[::1]", 9099, None, Duration::from_millis(10)).unwrap();
+        assert_eq!(c.addrs, vec!["[::1]:9099".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.host_header, "[::1]:9099");
+        let c = EngineClient::new("::1", 9099, None, Duration::from_millis(10)).unwrap();
+        assert_eq!(c.host_header, "[::1]:9099");
+        let c = EngineClient::new("0.0.0.0", 9099, None, Duration::from_millis(10)).unwrap();
+        assert_eq!(
+            c.addrs,
+            vec!["127.0.0.1:9099".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn tries_every_resolved_address() {
+        // A listener on 127.0.0.1 only is reached even when a dead address comes first.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let c = EngineClient {
+            addrs: vec![dead_addr, SocketAddr::from(([127, 0, 0, 1], port))],
+            host_header: format!("127.0.0.1:{port}"),
+            token: None,
+            timeout: Duration::from_millis(500),
+        };
+        assert!(c.connect().is_ok());
+    }
 
     #[test]
     fn parses_responses() {

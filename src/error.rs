@@ -18,7 +18,8 @@ pub enum ErrorKind {
     /// 5: no usable Python interpreter.
     Python,
     /// 6: the engine's package source or the release server is unreachable (or a download broke off), or does not
-    /// offer the (compatible) version, or a build for this platform.
+    /// offer the (compatible) version, or a build for this platform; or a release artifact that passed its checksum
+    /// is not a usable tarball, or a release URL is refused.
     Source,
     /// 7: an engine venv failed validation or is broken; or a downloaded breadboard binary does not run here or
     /// reports the wrong version.

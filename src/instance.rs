@@ -248,6 +248,10 @@ pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printe
             );
         }
         registration::clear_stop_request(paths, &r.instance_id);
+        // The dead instance's token opens nothing any more (only ever our own file, whatever the record says).
+        if r.token_file == paths.token_file() {
+            let _ = fsutil::remove_file_if_exists(&r.token_file);
+        }
     }
     let _ = registration::remove(paths);
 }
@@ -347,13 +351,43 @@ pub struct ForegroundPlan {
     restart: &'static str,
     env: Vec<(String, String)>,
     opts: StartOpts,
+    /// `run/engine.lock`, taken under the control lock and handed to the supervisor loop.
+    instance_lock: Option<std::fs::File>,
 }
 
+/// `localhost`, `127.x.y.z`, `::1` or `[::1]`.
 pub fn is_loopback(host: &str) -> bool {
-    host == "localhost"
+    let host = strip_brackets(host);
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `[::1]` -> `::1` (only a matching pair is removed).
+fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// `--host` other than loopback needs `--allow-remote` (exit 2). Checked before anything else happens, so it is a
+/// usage error even when an engine already runs.
+pub fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
+    if host.trim().is_empty() {
+        return Err(CliError::new(ErrorKind::Usage, "--host must not be empty")
+            .hint("leave --host out to serve on 127.0.0.1")
+            .into());
+    }
+    if !is_loopback(host) && !allow_remote {
+        return Err(CliError::new(
+            ErrorKind::Usage,
+            format!("refusing to serve on non-loopback host {host} without --allow-remote"),
+        )
+        .hint("the engine is token-protected; put TLS in front of it (docs/remote.md) and confirm with --allow-remote")
+        .into());
+    }
+    Ok(())
 }
 
 /// How the engine is launched.
@@ -464,27 +498,49 @@ fn bind(host: &str, port: &PortSpec) -> anyhow::Result<TcpListener> {
         PortSpec::Auto => 0,
         PortSpec::Fixed(p) => *p,
     };
-    let bind_host = if host == "localhost" {
+    let host = strip_brackets(host);
+    // `localhost` may resolve to ::1 first; the engine is registered (and reached) by the address it is bound to.
+    let bind_host = if host.eq_ignore_ascii_case("localhost") {
         "127.0.0.1"
     } else {
         host
     };
-    TcpListener::bind((bind_host.trim_matches(['[', ']']), p)).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            port_in_use_error(bind_host, p)
-        } else {
-            anyhow::Error::from(CliError::new(
-                ErrorKind::Failure,
-                format!("could not bind {host}:{p}: {e}"),
-            ))
-        }
-    })
+    TcpListener::bind((bind_host, p)).map_err(|e| bind_error(bind_host, p, &e))
+}
+
+/// What went wrong binding `host:port`, with the way out.
+fn bind_error(host: &str, port: u16, e: &std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind as K;
+    if e.kind() == K::AddrInUse {
+        return port_in_use_error(host, port);
+    }
+    let hint = match e.kind() {
+        K::AddrNotAvailable => format!(
+            "is {host} an address of this machine? `ip -brief address` lists them; or serve on loopback: --host 127.0.0.1"
+        ),
+        K::PermissionDenied => format!(
+            "ports below 1024 need privileges: use a port >= 1024 (`--port {}`) or `--port auto`",
+            DEFAULT_PORT
+        ),
+        _ if e.raw_os_error().is_none() => format!(
+            "{host} does not resolve to an address: check the spelling of --host, or give an IP address such as 127.0.0.1"
+        ),
+        _ => "check --host and --port; `--host 127.0.0.1 --port auto` works on any machine".to_owned(),
+    };
+    CliError::new(
+        ErrorKind::Failure,
+        format!("could not bind {host}:{port}: {e}"),
+    )
+    .hint(hint)
+    .into()
 }
 
 /// `engine start` under the control lock (also used by restart and upgrade).
 pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     let paths = &ctx.paths;
     let printer = ctx.printer;
+    // Before any side effect (callers check it in their option parsing too).
+    check_host(&opts.host, opts.allow_remote)?;
     paths.ensure_run_dir()?;
     match probe(paths, Some(printer), true)? {
         Probe::Live { reg, health } => return already_live(paths, reg, health),
@@ -496,25 +552,33 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
             clean_stale(paths, stale.as_ref(), printer);
         }
     }
-    if !is_loopback(&opts.host) && !opts.allow_remote {
-        return Err(CliError::new(
-            ErrorKind::Usage,
-            format!("refusing to serve on non-loopback host {} without --allow-remote", opts.host),
-        )
-        .hint("the engine is token-protected; put TLS in front of it (docs/remote.md) and confirm with --allow-remote")
-        .into());
-    }
+    // `--foreground`: this process becomes the supervisor. It takes the instance lock now, under the control lock,
+    // so no other start can slip in between the caller releasing the control lock and the supervisor loop starting.
+    let instance_lock = if opts.foreground {
+        Some(supervise::take_instance_lock(paths).map_err(|why| {
+            CliError::new(ErrorKind::Failure, why).hint(format!(
+                "breadboard engine status; find the holder with: fuser -v {}",
+                paths.engine_lock().display()
+            ))
+        })?)
+    } else {
+        None
+    };
     let launch = resolve_launch(ctx)?;
     let listener = bind(&opts.host, &opts.port)?;
-    let port = listener.local_addr()?.port();
+    let local = listener.local_addr()?;
+    let port = local.port();
+    // The registration (and so every client, and an override engine's BREADBOARD_CLI_HOST) names the address the
+    // socket is bound to, never a name: `localhost` may resolve to ::1 first while the engine listens on 127.0.0.1.
+    let host = local.ip().to_string();
     let instance_id = fsutil::uuid4()?;
     let token = fsutil::random_hex(32)?;
     let token_file = paths.token_file();
     fsutil::write_private(&token_file, token.as_bytes())?;
-    let url_host = if opts.host.contains(':') {
-        format!("[{}]", opts.host)
+    let url_host = if local.is_ipv6() {
+        format!("[{host}]")
     } else {
-        opts.host.clone()
+        host.clone()
     };
     let log_path = paths.engine_log();
     Paths::ensure_dir(&paths.logs_dir())?;
@@ -550,7 +614,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     let reg = Registration {
         schema: registration::SCHEMA,
         instance_id: instance_id.clone(),
-        host: opts.host.clone(),
+        host: host.clone(),
         port,
         url: format!("http://{url_host}:{port}"),
         token_file: token_file.clone(),
@@ -562,7 +626,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
         ray_address: opts.ray_address.clone(),
         ray_start: Some(ray_start),
         foreground: opts.foreground,
-        cli_version: env!("CARGO_PKG_VERSION").to_owned(),
+        cli_version: crate::build_info::VERSION.to_owned(),
         ..Default::default()
     };
     let restart_policy = match &ctx.config.engine.restart {
@@ -589,7 +653,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
             "BREADBOARD_DATA_DIR".into(),
             paths.data_dir().display().to_string(),
         ),
-        ("BREADBOARD_CLI_HOST".into(), opts.host.clone()),
+        ("BREADBOARD_CLI_HOST".into(), host.clone()),
         ("BREADBOARD_CLI_PORT".into(), port.to_string()),
         ("BREADBOARD_HOME".into(), paths.home.display().to_string()),
     ];
@@ -603,7 +667,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     if let Some(mode) = ray_start_override {
         env.push(("BREADBOARD_RAY_START".into(), mode.into()));
     }
-    if !is_loopback(&opts.host) {
+    if !is_loopback(&host) {
         // The engine itself refuses a remote bind without a token; it has one.
         env.push(("BREADBOARD_ALLOW_INSECURE_REMOTE".into(), "0".into()));
     }
@@ -629,6 +693,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
                 restart: restart_policy,
                 env,
                 opts: opts.clone(),
+                instance_lock,
             }),
         });
     }
@@ -749,26 +814,70 @@ fn wait_ready(
             if sup_done.is_none() {
                 let _ = registration::request_stop(paths, instance_id);
             }
-            if wait_child(child, Duration::from_secs(6)).is_none() {
+            let sup_status = sup_done.or_else(|| wait_child(child, Duration::from_secs(6)));
+            if sup_status.is_none() {
                 // Still alive (e.g. restart = "on-failure" retrying): a failed start leaves nothing running.
                 let _ = stop_locked(ctx, Duration::from_secs(5), true, true);
             }
-            let exit = crash::read(paths)
-                .filter(|e| e.instance_id == instance_id)
-                .unwrap_or_else(|| LastExit {
-                    instance_id: instance_id.to_owned(),
-                    supervisor_lost: true,
-                    ended_at: fsutil::now_rfc3339(),
-                    ..Default::default()
-                });
             steps.finish();
+            // Only this instance's files: another instance's registration is never removed here.
+            let ours = |r: &Registration| r.instance_id == instance_id;
+            let recorded = crash::read(paths).filter(|e| e.instance_id == instance_id);
+            if let (None, Some(code)) = (&recorded, sup_status.and_then(|s| s.code())) {
+                // The supervisor ended by itself without ever recording an engine exit: it did not start one.
+                registration::clear_stop_request(paths, instance_id);
+                if registration::peek(paths).is_some_and(|r| ours(&r)) {
+                    let _ = registration::remove(paths);
+                }
+                let log = paths.engine_log();
+                let tail = crash::log_tail(&log, 5, None);
+                if !tail.is_empty() {
+                    ctx.printer.info_always(&format!(
+                        "--- last lines of {} ---\n{}",
+                        log.display(),
+                        tail.join("\n")
+                    ));
+                }
+                let lock = paths.engine_lock();
+                return Err(if code == i32::from(supervise::EXIT_LOCK_BUSY) {
+                    CliError::new(
+                        ErrorKind::Failure,
+                        format!(
+                            "the supervisor could not take the instance lock {} (exit {code}), so no engine was started",
+                            lock.display()
+                        ),
+                    )
+                    .hint(format!(
+                        "breadboard engine status; if no engine runs, find the holder with: fuser -v {}",
+                        lock.display()
+                    ))
+                } else {
+                    CliError::new(
+                        ErrorKind::Failure,
+                        format!("the supervisor exited with code {code} before starting the engine"),
+                    )
+                    .hint(format!(
+                        "breadboard engine logs -n 200  (log: {})",
+                        log.display()
+                    ))
+                }
+                .into());
+            }
+            let exit = recorded.unwrap_or_else(|| LastExit {
+                instance_id: instance_id.to_owned(),
+                supervisor_lost: true,
+                ended_at: fsutil::now_rfc3339(),
+                ..Default::default()
+            });
             let stub = reg.clone().unwrap_or_else(|| Registration {
                 log_path: paths.engine_log(),
                 ..Default::default()
             });
             crash::report(ctx.printer, paths, Some(&stub), &exit);
             crash::acknowledge(paths, instance_id);
-            let _ = registration::remove(paths);
+            if registration::peek(paths).is_some_and(|r| ours(&r)) {
+                let _ = registration::remove(paths);
+            }
             registration::clear_stop_request(paths, instance_id);
             return Err(CliError::new(
                 ErrorKind::Failure,
@@ -793,15 +902,7 @@ fn wait_ready(
                             if opts.protocol == ProtocolMode::Strict {
                                 steps.finish();
                                 let _ = stop_locked(ctx, Duration::from_secs(10), false, true);
-                                return Err(CliError::new(
-                                    ErrorKind::Failure,
-                                    format!("handshake failed: {} (strict protocol mode); the engine was stopped", problems.join("; ")),
-                                )
-                                .hint(match pinned {
-                                    Some(p) => format!("reinstall the pinned engine: breadboard engine install --version {p} --force, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)"),
-                                    None => "use an engine that speaks protocol 1.x, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)".to_owned(),
-                                })
-                                .into());
+                                return Err(handshake_error(&problems, pinned));
                             }
                             for p in &problems {
                                 ctx.printer
@@ -862,9 +963,30 @@ fn wait_child(
     }
 }
 
-/// Runs the supervisor loop in this process (`engine start --foreground`), after the control lock is released.
-/// Returns the exit code: 0 after Ctrl-C (a clean stop).
-pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
+/// The error of a failed strict handshake (the engine has been, or is being, stopped).
+fn handshake_error(problems: &[String], pinned: Option<&str>) -> anyhow::Error {
+    CliError::new(
+        ErrorKind::Failure,
+        format!(
+            "handshake failed: {} (strict protocol mode); the engine was stopped",
+            problems.join("; ")
+        ),
+    )
+    .hint(match pinned {
+        Some(p) => format!("reinstall the pinned engine: breadboard engine install --version {p} --force, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)"),
+        None => "use an engine that speaks protocol 1.x, or allow it with --protocol soft (BREADBOARD_PROTOCOL_STRICT=0)".to_owned(),
+    })
+    .into()
+}
+
+/// Runs the supervisor loop in this process (`engine start --foreground`), after the control lock is released (the
+/// instance lock was taken under it). `on_ready` runs once, when the first engine passes its handshake (`--json`
+/// prints the start document from there). Returns the exit code: 0 after Ctrl-C (a clean stop).
+pub fn run_foreground(
+    ctx: &Ctx,
+    started: Started,
+    on_ready: &mut dyn FnMut(&Registration),
+) -> anyhow::Result<u8> {
     let Started {
         reg,
         version,
@@ -881,8 +1003,14 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
         restart,
         env,
         opts,
+        instance_lock,
     } = plan;
     let opts = &opts;
+    let instance_lock = match instance_lock {
+        Some(lock) => lock,
+        None => supervise::take_instance_lock(&ctx.paths)
+            .map_err(|why| CliError::new(ErrorKind::Failure, why))?,
+    };
     // The engine inherits our environment: set it here (this process is single-threaded at this point).
     for k in [
         "RAY_ADDRESS",
@@ -902,6 +1030,15 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
     // The handshake deadline runs from each engine's spawn (restart = "on-failure" spawns new ones).
     let mut deadline = Instant::now() + opts.timeout;
     let mut deadline_pid = 0;
+    let mut announced = false;
+    // Why this process stopped the engine itself (a failed handshake): that, not the engine's exit, is the error.
+    let mut failure: Option<anyhow::Error> = None;
+    // A stop this process decides on is a requested stop: record the intent before the signal, as `engine stop`
+    // does, so the supervisor loop neither restarts the engine nor records a crash.
+    let stop_engine = |r: &Registration| {
+        let _ = registration::request_stop(&paths, &r.instance_id);
+        let _ = sys::killpg(r.pgid, libc::SIGTERM);
+    };
     let mut hook = |r: &Registration| -> bool {
         if r.pid != deadline_pid {
             deadline_pid = r.pid;
@@ -914,14 +1051,17 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
             Ok(h) if identity_ok(&h, r) => {
                 let problems = handshake_problems(&h, pinned.as_deref());
                 if !problems.is_empty() {
-                    for p in &problems {
-                        printer.warn(p);
-                    }
                     if strict {
-                        printer
-                            .warn("handshake failed (strict protocol mode): stopping the engine");
-                        let _ = sys::killpg(r.pgid, libc::SIGTERM);
+                        printer.warn(&format!(
+                            "handshake failed (strict protocol mode): {}; stopping the engine",
+                            problems.join("; ")
+                        ));
+                        failure = Some(handshake_error(&problems, pinned.as_deref()));
+                        stop_engine(r);
                         return true;
+                    }
+                    for p in &problems {
+                        printer.warn(&format!("{p} (continuing: protocol mode soft)"));
                     }
                 }
                 let mut done = r.clone();
@@ -931,12 +1071,30 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
                     "engine ready at {} (pid {}); Ctrl-C stops it",
                     r.url, r.pid
                 ));
+                if !announced {
+                    announced = true;
+                    on_ready(&done);
+                }
                 true
             }
             _ => {
                 if Instant::now() > deadline {
-                    printer.warn("the engine did not answer its handshake in time: stopping it");
-                    let _ = sys::killpg(r.pgid, libc::SIGTERM);
+                    printer.warn(&format!(
+                        "the engine did not answer its handshake within {}s: stopping it",
+                        opts.timeout.as_secs_f64()
+                    ));
+                    failure = Some(
+                        CliError::new(
+                            ErrorKind::Failure,
+                            format!(
+                                "the engine did not answer its handshake within {}s; it was stopped",
+                                opts.timeout.as_secs_f64()
+                            ),
+                        )
+                        .hint("see the engine's output above, or raise --timeout")
+                        .into(),
+                    );
+                    stop_engine(r);
                     return true;
                 }
                 false
@@ -950,9 +1108,28 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
         listen_fd,
         restart,
         supervise::Sink::Stderr,
-        Some(&mut hook),
+        Some(supervise::Attached {
+            ready_hook: &mut hook,
+            instance_lock,
+        }),
     );
     drop(listener);
+    registration::clear_stop_request(&ctx.paths, &reg.instance_id);
+    if let Some(e) = failure {
+        // The supervisor recorded a requested stop: nothing to report as a crash.
+        return Err(e);
+    }
+    if code == supervise::EXIT_LOCK_BUSY {
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!(
+                "could not take the instance lock {}",
+                ctx.paths.engine_lock().display()
+            ),
+        )
+        .hint("breadboard engine status")
+        .into());
+    }
     if code != 0 {
         if let Some(exit) = crash::read(&ctx.paths).filter(|e| e.instance_id == reg.instance_id) {
             crash::acknowledge(&ctx.paths, &exit.instance_id);
@@ -966,10 +1143,9 @@ pub fn run_foreground(ctx: &Ctx, started: Started) -> anyhow::Result<u8> {
             };
             return Err(
                 CliError::new(ErrorKind::Failure, format!("the engine exited: {what}"))
-                    .hint(format!(
-                        "breadboard engine logs -n 200  (log: {})",
-                        reg.log_path.display()
-                    ))
+                    .hint(
+                        "see the engine's output above; then: breadboard engine start --foreground",
+                    )
                     .into(),
             );
         }
@@ -1179,7 +1355,12 @@ pub fn stop_locked(
     let survivors_gone = wait_until(Duration::from_secs(2), || {
         instance_processes(&reg).is_empty() && !procfs::alive(reg.supervisor_pid)
     });
-    wait_until(Duration::from_secs(2), || !procfs::port_listening(reg.port));
+    let port_free = wait_until(Duration::from_secs(2), || !procfs::port_listening(reg.port));
+    if !survivors_gone {
+        // Nothing is cleaned up: the registration, token and stop intent stay, so a retry (or `--force`) can find
+        // and verify what is left, and nothing reports this instance as a crash.
+        return Err(stop_failed(&reg, false));
+    }
     if registration::peek(paths).is_some_and(|r| r.instance_id == reg.instance_id) {
         let _ = registration::remove(paths);
     }
@@ -1204,21 +1385,85 @@ pub fn stop_locked(
             },
         );
     }
-    if !survivors_gone {
-        let left: Vec<String> = instance_processes(&reg)
-            .into_iter()
-            .map(|p| format!("{p} ({})", procfs::cmdline(p).unwrap_or_default()))
-            .collect();
-        return Err(CliError::new(
-            ErrorKind::Failure,
-            format!("processes of the engine survived: {}", left.join(", ")),
-        )
-        .into());
+    if !port_free {
+        // Every process of the instance is gone, but something else holds its port: the stop did not free it.
+        return Err(stop_failed(&reg, true));
     }
     Ok(Stopped::Stopped {
         pid: reg.pid,
         forced,
     })
+}
+
+/// A stop that left processes of the instance (`survivors_gone` false), or its port listening: what is left, and how
+/// to end it.
+fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::Error {
+    let mut what = Vec::new();
+    let mut pids = Vec::new();
+    if !survivors_gone {
+        let mut left = instance_processes(reg);
+        if procfs::alive(reg.supervisor_pid) {
+            left.insert(0, reg.supervisor_pid);
+        }
+        let listed: Vec<String> = left
+            .iter()
+            .map(|p| format!("{p} (`{}`)", procfs::cmdline(*p).unwrap_or_default()))
+            .collect();
+        what.push(format!(
+            "processes of the engine survived SIGKILL: {}",
+            listed.join(", ")
+        ));
+        pids.extend(left);
+    }
+    if procfs::port_listening(reg.port) {
+        match procfs::port_owner(reg.port) {
+            Some((pid, cmd)) => {
+                what.push(format!(
+                    "port {} is still listening, held by pid {pid} (`{cmd}`)",
+                    reg.port
+                ));
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+            None => what.push(format!(
+                "port {} is still listening (its holder is not visible to this user)",
+                reg.port
+            )),
+        }
+    }
+    let pid_list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    let hint = match (survivors_gone, pid_list.is_empty()) {
+        (false, true) => "retry with: breadboard engine stop --force".to_owned(),
+        (false, false) => format!(
+            "retry with `breadboard engine stop --force`, or end them by hand: kill -9 {}",
+            pid_list.join(" ")
+        ),
+        (true, true) => format!(
+            "find the holder with `ss -ltnp 'sport = :{}'`, or start the engine on another port (--port auto)",
+            reg.port
+        ),
+        (true, false) => format!(
+            "end it (kill {}; kill -9 {} if it ignores that), or start the engine on another port (--port auto)",
+            pid_list.join(" "),
+            pid_list.join(" ")
+        ),
+    };
+    let outcome = if survivors_gone {
+        "every process of the engine ended, but its port was not freed"
+    } else {
+        "its registration is kept, so `engine stop` can retry"
+    };
+    CliError::new(
+        ErrorKind::Failure,
+        format!(
+            "the engine (instance {}) did not stop completely: {}; {outcome}",
+            reg.instance_id,
+            what.join("; ")
+        ),
+    )
+    .hint(hint)
+    .into()
 }
 
 /// Every live process of the instance other than the supervisor: its session (detached) or descendants.
@@ -1235,4 +1480,62 @@ fn instance_processes(reg: &Registration) -> Vec<sys::Pid> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "192.0.2.1",
+            "example.com",
+            "[::1",
+            "::1]",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn host_check_is_a_usage_error() {
+        assert!(check_host("[::1]", false).is_ok());
+        assert!(check_host("0.0.0.0", true).is_ok());
+        for (h, remote) in [("0.0.0.0", false), ("", true)] {
+            let e = check_host(h, remote).unwrap_err();
+            assert_eq!(crate::error::classify(&e).0, 2, "{h}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn localhost_binds_127_0_0_1_and_bind_errors_have_hints() {
+        let l = bind("localhost", &PortSpec::Auto).unwrap();
+        assert_eq!(l.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+        let l6 = bind("[::1]", &PortSpec::Auto);
+        if let Ok(l6) = l6 {
+            assert_eq!(l6.local_addr().unwrap().ip().to_string(), "::1");
+        }
+        // 192.0.2.1 (TEST-NET-1) is no address of this machine.
+        let e = bind("192.0.2.1", &PortSpec::Auto).unwrap_err();
+        let (code, hint) = crate::error::classify(&e);
+        assert_eq!(code, 1);
+        assert!(
+            hint.is_some_and(|h| h.contains("is 192.0.2.1 an address of this machine?")),
+            "{e:#} {hint:?}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 //! serve it from 127.0.0.1 (installers.md §4.4.4).
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,8 +28,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ReleaseSource {
     base: String,
     layout: Layout,
-    /// Which setting chose it, for messages.
-    pub origin: &'static str,
+    /// Which setting chose it, for messages: an environment variable, `releases_url in <receipt>`, or `the default`.
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,19 +44,20 @@ enum Layout {
 
 impl ReleaseSource {
     /// `BREADBOARD_DOWNLOAD_URL`, else `BREADBOARD_RELEASES_URL`, else the receipt's `releases_url` (what install.sh
-    /// used), else GitHub. Each URL is checked before any request (https, or http for loopback only).
-    pub fn resolve(receipt_url: Option<&str>) -> anyhow::Result<ReleaseSource> {
+    /// used; `receipt` is the receipt file), else GitHub. Each URL is checked before any request (https, or http for
+    /// loopback only).
+    pub fn resolve(receipt_url: Option<&str>, receipt: &Path) -> anyhow::Result<ReleaseSource> {
         Self::from_settings(
             env_vars::get(env_vars::BREADBOARD_DOWNLOAD_URL).as_deref(),
             env_vars::get(env_vars::BREADBOARD_RELEASES_URL).as_deref(),
-            receipt_url,
+            receipt_url.map(|url| (url, receipt)),
         )
     }
 
     fn from_settings(
         download: Option<&str>,
         releases: Option<&str>,
-        receipt: Option<&str>,
+        receipt: Option<(&str, &Path)>,
     ) -> anyhow::Result<ReleaseSource> {
         // install.sh checks both env URLs, even the one that loses.
         if let Some(url) = releases {
@@ -66,15 +68,30 @@ impl ReleaseSource {
             return Ok(ReleaseSource {
                 base: url.trim_end_matches('/').to_owned(),
                 layout: Layout::Download,
-                origin: env_vars::BREADBOARD_DOWNLOAD_URL,
+                origin: env_vars::BREADBOARD_DOWNLOAD_URL.to_owned(),
             });
         }
         let (url, origin) = match (releases, receipt) {
-            (Some(url), _) => (url, env_vars::BREADBOARD_RELEASES_URL),
-            (None, Some(url)) => (url, "the install receipt's releases_url"),
-            (None, None) => (GITHUB_RELEASES, "the default"),
+            (Some(url), _) => (url, env_vars::BREADBOARD_RELEASES_URL.to_owned()),
+            (None, Some((url, path))) => {
+                let origin = format!("releases_url in {}", path.display());
+                if let Some(why) = url_refusal(url) {
+                    return Err(CliError::new(
+                        ErrorKind::Usage,
+                        format!("refusing {url} ({origin}): {why}"),
+                    )
+                    .hint(format!(
+                        "set releases_url in {} to an https:// URL, or override it for this run: {}=https://... \
+                         breadboard upgrade",
+                        path.display(),
+                        env_vars::BREADBOARD_RELEASES_URL
+                    ))
+                    .into());
+                }
+                (url, origin)
+            }
+            (None, None) => (GITHUB_RELEASES, "the default".to_owned()),
         };
-        check_url(url, origin)?;
         let base = url.trim_end_matches('/').to_owned();
         // Only the default is read with GitHub's layout: install.sh treats every BREADBOARD_RELEASES_URL as a tree,
         // and records the default verbatim in the receipt.
@@ -102,25 +119,17 @@ impl ReleaseSource {
     }
 }
 
-/// install.sh's `check_url`, case for case: https anywhere; plain http only to 127.0.0.1, localhost or [::1], and
-/// never with credentials (`user@` could hide the real host). Refused before any request (exit 2).
-pub fn check_url(url: &str, origin: &str) -> anyhow::Result<()> {
+/// install.sh's `url_refusal`, case for case: why `url` is refused, or `None`. https anywhere; plain http only to
+/// 127.0.0.1, localhost or [::1], and never with credentials (`user@` could hide the real host).
+pub fn url_refusal(url: &str) -> Option<&'static str> {
     if url.starts_with("https://") {
-        return Ok(());
+        return None;
     }
-    let refuse = |why: &str| -> anyhow::Result<()> {
-        Err(CliError::new(
-            ErrorKind::Usage,
-            format!("refusing {url} (from {origin}): {why}"),
-        )
-        .hint(format!("use an https:// URL, or unset {origin}"))
-        .into())
-    };
     let Some(rest) = url.strip_prefix("http://") else {
-        return refuse("unsupported URL (need https:// or a loopback http://)");
+        return Some("unsupported URL (need https:// or a loopback http://)");
     };
     if rest.contains('@') {
-        return refuse("plain http with credentials in the URL (they could hide the host)");
+        return Some("plain http with credentials in the URL (they could hide the host)");
     }
     let loopback = ["127.0.0.1", "localhost", "[::1]"].iter().any(|host| {
         rest == *host
@@ -129,9 +138,22 @@ pub fn check_url(url: &str, origin: &str) -> anyhow::Result<()> {
                 .is_some_and(|r| r.starts_with(':') || r.starts_with('/'))
     });
     if loopback {
-        Ok(())
+        None
     } else {
-        refuse("plain http is accepted only for loopback hosts (127.0.0.1, localhost, [::1])")
+        Some("plain http is accepted only for loopback hosts (127.0.0.1, localhost, [::1]); use https")
+    }
+}
+
+/// A URL from the environment variable `var`, refused (exit 2) before any request, as install.sh's `check_url`.
+pub fn check_url(url: &str, var: &str) -> anyhow::Result<()> {
+    match url_refusal(url) {
+        None => Ok(()),
+        Some(why) => Err(CliError::new(
+            ErrorKind::Usage,
+            format!("refusing {url} (from {var}): {why}"),
+        )
+        .hint(format!("use an https:// URL, or unset {var}"))
+        .into()),
     }
 }
 
@@ -175,7 +197,8 @@ impl Manifest {
         })
     }
 
-    /// The artifact's absolute URL (relative URLs are relative to the manifest), checked like the source URL.
+    /// The artifact's absolute URL (relative URLs are relative to the manifest), checked like the source URL: a refused
+    /// one is the release's fault (exit 6), not the user's.
     pub fn artifact_url(&self, artifact: &Artifact) -> anyhow::Result<String> {
         let base = reqwest::Url::parse(&self.url)
             .with_context(|| format!("bad manifest URL {}", self.url))?;
@@ -188,7 +211,21 @@ impl Manifest {
                 )
             })?
             .to_string();
-        check_url(&url, &self.url)?;
+        if let Some(why) = url_refusal(&url) {
+            return Err(CliError::new(
+                ErrorKind::Source,
+                format!(
+                    "refusing the artifact URL {url}, which {} lists for {}: {why}",
+                    self.url, artifact.name
+                ),
+            )
+            .hint(format!(
+                "the release manifest must list https:// artifact URLs (or relative ones); report it, or point {} at \
+                 a release tree that does",
+                env_vars::BREADBOARD_RELEASES_URL
+            ))
+            .into());
+        }
         Ok(url)
     }
 }
@@ -198,11 +235,9 @@ pub fn client() -> anyhow::Result<reqwest::blocking::Client> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() >= 10 {
             attempt.error("more than 10 redirects")
-        } else if check_url(attempt.url().as_str(), "a redirect").is_err() {
+        } else if let Some(why) = url_refusal(attempt.url().as_str()) {
             let to = attempt.url().to_string();
-            attempt.error(format!(
-                "refusing a redirect to {to}: plain http off loopback"
-            ))
+            attempt.error(format!("refusing a redirect to {to}: {why}"))
         } else {
             attempt.follow()
         }
@@ -404,9 +439,12 @@ mod tests {
             format!("{GITHUB_RELEASES}/download/v0.2.0/manifest.json")
         );
         // The receipt records the default verbatim: still GitHub's layout.
-        let s = ReleaseSource::from_settings(None, None, Some(GITHUB_RELEASES)).unwrap();
+        let receipt = Path::new("/home/me/.breadboard/install-receipt.json");
+        let s = ReleaseSource::from_settings(None, None, Some((GITHUB_RELEASES, receipt))).unwrap();
         assert_eq!(s.layout, Layout::GitHub);
-        let s = ReleaseSource::from_settings(None, None, Some("http://127.0.0.1:1/rel/")).unwrap();
+        let s =
+            ReleaseSource::from_settings(None, None, Some(("http://127.0.0.1:1/rel/", receipt)))
+                .unwrap();
         assert_eq!(
             s.manifest_url(None),
             "http://127.0.0.1:1/rel/latest/manifest.json"
@@ -416,9 +454,12 @@ mod tests {
             "http://127.0.0.1:1/rel/1.0.0/manifest.json"
         );
         // Env beats the receipt; the download dir beats both.
-        let s =
-            ReleaseSource::from_settings(None, Some("https://m/r"), Some("http://127.0.0.1:1/rel"))
-                .unwrap();
+        let s = ReleaseSource::from_settings(
+            None,
+            Some("https://m/r"),
+            Some(("http://127.0.0.1:1/rel", receipt)),
+        )
+        .unwrap();
         assert_eq!(s.manifest_url(None), "https://m/r/latest/manifest.json");
         let s = ReleaseSource::from_settings(Some("https://d/0.3.0/"), Some("https://m/r"), None)
             .unwrap();

@@ -3,8 +3,11 @@
 
 use serde::Serialize;
 
+use anyhow::Context;
+
 use crate::config::Config;
 use crate::doctor::{self, Finding, Repair, Setup, Status};
+use crate::instance;
 use crate::lock::ControlLock;
 use crate::paths::Paths;
 use crate::printer::{Printer, Style};
@@ -120,38 +123,72 @@ fn repair(paths: &Paths, printer: &Printer, findings: &[Finding]) -> anyhow::Res
         return Ok(Vec::new());
     }
     let mut done = Vec::new();
+    let mut report = |result: anyhow::Result<Option<String>>| match result {
+        Ok(Some(what)) => {
+            printer.info(&format!("fixed: {what}"));
+            done.push(what);
+        }
+        Ok(None) => {}
+        // One repair failing must not hide the others or the report: say it and go on.
+        Err(e) => printer.warn(&format!("could not repair: {e:#}")),
+    };
     {
         let _lock = ControlLock::acquire(paths, "breadboard engine doctor --fix", printer)?;
         for repair in &repairs {
-            let what = match repair {
-                Repair::ChmodPrivate(path) => {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = if path.is_dir() { 0o700 } else { 0o600 };
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-                    format!("chmod {mode:o} {}", path.display())
-                }
-                Repair::CleanLeftovers => {
-                    Store::new(paths).clean_leftovers(printer)?;
-                    "removed half-installed engine versions".to_owned()
-                }
-                Repair::RemoveStale(path) => {
-                    std::fs::remove_file(path)?;
-                    format!("removed stale {}", path.display())
-                }
-                Repair::RebuildVenv { .. } => continue,
-            };
-            printer.info(&format!("fixed: {what}"));
-            done.push(what);
+            report(file_repair(paths, printer, repair));
         }
     }
     for repair in &repairs {
         if let Repair::RebuildVenv { version } = repair {
-            let what = rebuild(printer, version)?;
-            printer.info(&format!("fixed: {what}"));
-            done.push(what);
+            report(rebuild(printer, version).map(Some));
         }
     }
     Ok(done)
+}
+
+/// A repair of files under `run/` or `engine/`, with the control lock held.
+fn file_repair(
+    paths: &Paths,
+    printer: &Printer,
+    repair: &Repair,
+) -> anyhow::Result<Option<String>> {
+    Ok(Some(match repair {
+        Repair::ChmodPrivate(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if path.is_dir() { 0o700 } else { 0o600 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+            format!("chmod {mode:o} {}", path.display())
+        }
+        Repair::CleanLeftovers => {
+            Store::new(paths).clean_leftovers(printer)?;
+            "removed half-installed engine versions".to_owned()
+        }
+        Repair::RemoveStale { instance_id } => {
+            // The findings were made before the lock was ours (slow checks ran in between): an `engine start` may
+            // have registered a live engine since. Look again, and clean only the same dead instance.
+            match instance::probe(paths, Some(printer), true)? {
+                instance::Probe::Down { stale, .. }
+                    if stale.as_ref().map(|r| &r.instance_id) == instance_id.as_ref() =>
+                {
+                    instance::clean_stale(paths, stale.as_ref(), printer);
+                    match instance_id {
+                        Some(id) => {
+                            format!("removed the stale registration of engine instance {id}")
+                        }
+                        None => "moved the corrupt engine registration aside".to_owned(),
+                    }
+                }
+                _ => {
+                    printer.info(
+                        "skipped the stale registration: an engine registered since doctor looked",
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        Repair::RebuildVenv { .. } => return Ok(None),
+    }))
 }
 
 /// Rebuilds a venv from its receipt (same Python, installer and source) with this binary's own install.

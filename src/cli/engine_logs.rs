@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Ctx;
@@ -22,7 +23,7 @@ pub struct LogsArgs {
 
 pub fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
     let path = ctx.paths.engine_log();
-    let token = std::fs::read_to_string(ctx.paths.token_file())
+    let token: Option<String> = std::fs::read_to_string(ctx.paths.token_file())
         .ok()
         .map(|t| t.trim().to_owned());
     if !path.exists() && !args.follow {
@@ -43,42 +44,153 @@ pub fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
     if !args.follow {
         return Ok(0);
     }
-    let mut file = File::open(&path).ok();
-    let mut pos = file
-        .as_ref()
-        .and_then(|f| f.metadata().ok())
-        .map_or(0, |m| m.len());
-    let mut ino = file
-        .as_ref()
-        .and_then(|f| f.metadata().ok())
-        .map(|m| m.ino());
-    let mut pending = Vec::new();
+    let mut follower = Follower::at_end(path);
+    let mut token = token;
     loop {
-        if let Some(f) = file.as_mut() {
-            let _ = f.seek(SeekFrom::Start(pos));
-            let mut buf = Vec::new();
-            if let Ok(n) = f.read_to_end(&mut buf) {
-                pos += n as u64;
-                pending.extend_from_slice(&buf);
-                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=i).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                    if writeln!(out, "{}", crash::redact(&text, token.as_deref())).is_err() {
-                        return Ok(0);
-                    }
-                }
-                let _ = out.flush();
+        let (lines, rotated) = follower.poll();
+        if rotated {
+            // A new instance has a new token.
+            if let Ok(t) = std::fs::read_to_string(ctx.paths.token_file()) {
+                token = Some(t.trim().to_owned());
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
-        // Rotation: the path now names another file (or this one was truncated): finish, then reopen from 0.
-        let meta = std::fs::metadata(&path).ok();
-        let replaced = meta.as_ref().map(|m| m.ino()) != ino;
-        let truncated = meta.as_ref().is_some_and(|m| m.len() < pos);
-        if replaced || truncated {
-            file = File::open(&path).ok();
-            ino = meta.map(|m| m.ino());
-            pos = 0;
+        for text in lines {
+            if writeln!(out, "{}", crash::redact(&text, token.as_deref())).is_err() {
+                return Ok(0);
+            }
         }
+        if out.flush().is_err() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Follows a log file by path across rotation (rename + new file) and truncation.
+struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes of `file` already read.
+    pos: u64,
+    ino: Option<u64>,
+    /// The start of a line whose newline has not been written yet.
+    pending: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the current end of `path` (the tail was printed already).
+    fn at_end(path: PathBuf) -> Follower {
+        let file = File::open(&path).ok();
+        let meta = file.as_ref().and_then(|f| f.metadata().ok());
+        Follower {
+            path,
+            file,
+            pos: meta.as_ref().map_or(0, |m| m.len()),
+            ino: meta.map(|m| m.ino()),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The complete lines written since the last poll, and whether the file was rotated. On a rotation the old file
+    /// (still open) is read to its end first, so the lines written just before the rotation are not lost.
+    fn poll(&mut self) -> (Vec<String>, bool) {
+        let mut lines = Vec::new();
+        let meta = std::fs::metadata(&self.path).ok();
+        let replaced = meta.as_ref().map(|m| m.ino()) != self.ino;
+        let truncated = !replaced && meta.as_ref().is_some_and(|m| m.len() < self.pos);
+        if replaced {
+            self.read_available(&mut lines);
+            // The old file is complete: a last line without its newline is still a line.
+            if !self.pending.is_empty() {
+                lines.push(String::from_utf8_lossy(&self.pending).into_owned());
+                self.pending.clear();
+            }
+            self.file = File::open(&self.path).ok();
+            self.ino = self
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.ino());
+            self.pos = 0;
+        } else if truncated {
+            self.pos = 0;
+            self.pending.clear();
+        }
+        self.read_available(&mut lines);
+        (lines, replaced || truncated)
+    }
+
+    fn read_available(&mut self, lines: &mut Vec<String>) {
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.pos += n as u64;
+            self.pending.extend_from_slice(&buf);
+            while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=i).collect();
+                lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(path: &std::path::Path, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn follows_across_rotation_without_losing_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("engine.log");
+        append(&log, "already shown\n");
+        let mut f = Follower::at_end(log.clone());
+        assert_eq!(f.poll(), (vec![], false));
+        append(&log, "one\ntwo (partial");
+        assert_eq!(f.poll(), (vec!["one".to_owned()], false));
+        // Written just before the rotation, between two polls: must still be shown, before the new file's lines.
+        append(&log, ")\nlast before rotation\nno newline");
+        crate::cli::supervise::rotate(&log);
+        append(&log, "first after rotation\n");
+        let (lines, rotated) = f.poll();
+        assert!(rotated);
+        assert_eq!(
+            lines,
+            [
+                "two (partial)",
+                "last before rotation",
+                "no newline",
+                "first after rotation"
+            ]
+        );
+        append(&log, "more\n");
+        assert_eq!(f.poll(), (vec!["more".to_owned()], false));
+    }
+
+    #[test]
+    fn follows_truncation_and_a_file_that_appears_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("engine.log");
+        let mut f = Follower::at_end(log.clone());
+        assert_eq!(f.poll(), (vec![], false));
+        append(&log, "born\n");
+        assert_eq!(f.poll(), (vec!["born".to_owned()], true));
+        std::fs::write(&log, "").unwrap();
+        append(&log, "x\n");
+        assert_eq!(f.poll(), (vec!["x".to_owned()], true));
     }
 }

@@ -36,9 +36,5 @@ pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     }
     let started = instance::start_locked(ctx, &opts)?;
     drop(lock);
-    if started.foreground.is_some() {
-        return instance::run_foreground(ctx, started);
-    }
-    engine_start::report(ctx, &started, args.start.json, "restarted");
-    Ok(0)
+    engine_start::finish(ctx, started, args.start.json, "restarted")
 }

@@ -9,6 +9,7 @@ use super::Ctx;
 use crate::error::{CliError, ErrorKind};
 use crate::instance::{self, PortSpec, ProtocolMode, StartOpts, Started};
 use crate::lock::ControlLock;
+use crate::registration::Registration;
 
 #[derive(Debug, clap::Args, Clone)]
 pub struct StartArgs {
@@ -49,6 +50,7 @@ pub struct StartJson<'a> {
     pub log_path: String,
 }
 
+/// The start options; every usage error (exit 2) is found here, before any lock is taken or anything changes.
 pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(CliError::new(
@@ -57,6 +59,7 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
         )
         .into());
     }
+    instance::check_host(&args.host, args.allow_remote)?;
     Ok(StartOpts {
         port: match &args.port {
             Some(port) => port.clone(),
@@ -75,6 +78,18 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
     })
 }
 
+fn print_json(ctx: &Ctx, r: &Registration, action: &str, version: Option<&str>) {
+    ctx.printer.json(&StartJson {
+        action,
+        url: &r.url,
+        pid: r.pid,
+        supervisor_pid: r.supervisor_pid,
+        instance_id: &r.instance_id,
+        engine_version: version,
+        log_path: r.log_path.display().to_string(),
+    });
+}
+
 pub fn report(ctx: &Ctx, started: &Started, json: bool, verb: &str) {
     let r = &started.reg;
     let action = if started.already_running {
@@ -83,15 +98,7 @@ pub fn report(ctx: &Ctx, started: &Started, json: bool, verb: &str) {
         verb
     };
     if json {
-        ctx.printer.json(&StartJson {
-            action,
-            url: &r.url,
-            pid: r.pid,
-            supervisor_pid: r.supervisor_pid,
-            instance_id: &r.instance_id,
-            engine_version: started.version.as_deref(),
-            log_path: r.log_path.display().to_string(),
-        });
+        print_json(ctx, r, action, started.version.as_deref());
         return;
     }
     let version = started.version.as_deref().unwrap_or("(command override)");
@@ -109,15 +116,28 @@ pub fn report(ctx: &Ctx, started: &Started, json: bool, verb: &str) {
     }
 }
 
+/// After `start_locked` and the release of the control lock: reports a detached start, or runs a foreground one
+/// (whose `--json` document is printed once its engine is ready; its engine output goes to stderr).
+pub fn finish(ctx: &Ctx, started: Started, json: bool, verb: &str) -> anyhow::Result<u8> {
+    if started.foreground.is_some() {
+        let version = started.version.clone();
+        let mut on_ready = |r: &Registration| {
+            if json {
+                print_json(ctx, r, verb, version.as_deref());
+            }
+        };
+        return instance::run_foreground(ctx, started, &mut on_ready);
+    }
+    report(ctx, &started, json, verb);
+    Ok(0)
+}
+
 pub fn run(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
     let opts = opts(ctx, args)?;
     let lock = ControlLock::acquire(&ctx.paths, "breadboard engine start", ctx.printer)?;
     let started = instance::start_locked(ctx, &opts)?;
-    // The control lock covers the start only; the instance lock covers the engine's life.
+    // The control lock covers the start only; the instance lock covers the engine's life (a foreground start took
+    // it under the control lock).
     drop(lock);
-    if started.foreground.is_some() {
-        return instance::run_foreground(ctx, started);
-    }
-    report(ctx, &started, args.json, "started");
-    Ok(0)
+    finish(ctx, started, args.json, "started")
 }

@@ -1,11 +1,12 @@
 //! `breadboard engine uninstall [--purge]`: remove the engine venvs and the current/previous links; `--purge` also
-//! deletes the engine's data dir, after a confirmation on a terminal or with `--yes`.
+//! deletes the engine's data dir, after a confirmation on a terminal or with `--yes`. Refused while an engine runs.
 
 use serde::Serialize;
 
 use super::Ctx;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
+use crate::instance::{self, Probe};
 use crate::lock::ControlLock;
 use crate::venv_store::Store;
 
@@ -28,8 +29,46 @@ struct UninstallJson {
     purged_data: bool,
 }
 
+/// Refuses while an engine runs: its venv (and, with `--purge`, its data) would be deleted under it. Like rustup
+/// and uv, the user stops it first; nothing is stopped implicitly, not even with `--yes`.
+fn refuse_if_running(ctx: &Ctx) -> anyhow::Result<()> {
+    let Probe::Live { reg, .. } = instance::probe(&ctx.paths, None, false)? else {
+        return Ok(());
+    };
+    let what = match &reg {
+        Some(r) => format!(
+            "an engine is running at {} (pid {}{})",
+            r.url,
+            r.pid,
+            if r.foreground {
+                ", in the foreground"
+            } else {
+                ""
+            }
+        ),
+        None => format!(
+            "an engine is starting ({} is held)",
+            ctx.paths.engine_lock().display()
+        ),
+    };
+    Err(CliError::new(
+        ErrorKind::Failure,
+        format!(
+            "{what}; uninstalling would delete its venv and data under it, so nothing was removed"
+        ),
+    )
+    .hint(if reg.as_ref().is_some_and(|r| r.foreground) {
+        "stop it (Ctrl-C in its terminal, or `breadboard engine stop`), then run this command again"
+    } else {
+        "breadboard engine stop, then run this command again"
+    })
+    .into())
+}
+
 pub fn run(ctx: &Ctx, args: &UninstallArgs) -> anyhow::Result<u8> {
     let data = ctx.paths.data_dir();
+    // Before any question; checked again under the lock.
+    refuse_if_running(ctx)?;
     // Ask before taking the lock: a prompt must not block other commands.
     if args.purge && !args.yes && data.exists() {
         if !ctx.printer.interactive() {
@@ -51,6 +90,8 @@ pub fn run(ctx: &Ctx, args: &UninstallArgs) -> anyhow::Result<u8> {
         }
     }
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine uninstall", ctx.printer)?;
+    // Every start takes the control lock, so no engine can start from here on.
+    refuse_if_running(ctx)?;
     let store = Store::new(&ctx.paths);
     let removed: Vec<String> = store.list()?.into_iter().map(|i| i.version).collect();
     // Links first: a crash midway then leaves no link to a half-deleted venv.

@@ -1,6 +1,7 @@
 //! `breadboard engine upgrade`: install the newest engine version in range side by side, then switch to it.
 //! `--check` only reports: exit 0 when up to date, 100 when an upgrade is available (rustup `check` convention).
-//! Restarting a running engine onto the new version belongs to the supervisor issue.
+//! A running (detached) engine is restarted onto the new version, and rolled back if the new one fails its
+//! handshake; a foreground engine is left running, with a warning to restart it.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use super::{Ctx, SourceArgs};
 use crate::compat::{self, SUPPORTED_ENGINE};
 use crate::config;
 use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
+use crate::instance::{self, PortSpec, ProtocolMode, StartOpts};
 use crate::lock::ControlLock;
 use crate::package_index;
 use crate::venv_store::{InstallerKind, Store};
@@ -108,17 +110,36 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
         installer: config::resolve_installer(args.installer, &ctx.config)?,
         force: false,
     };
-    // A running engine is restarted onto the new version (and rolled back if that fails its handshake).
-    let running = match crate::instance::probe(&ctx.paths, Some(ctx.printer), false)? {
-        crate::instance::Probe::Live { reg: Some(reg), .. } => Some(reg),
+    // A running engine is restarted onto the new version (and rolled back if that fails its handshake), with the
+    // protocol mode `engine start` would use (resolved now: a bad setting fails before anything is installed). A
+    // foreground engine belongs to its terminal: it is not replaced by a detached one, the user restarts it.
+    let running = match instance::probe(&ctx.paths, Some(ctx.printer), false)? {
+        instance::Probe::Live { reg: Some(reg), .. } => Some(reg),
+        _ => None,
+    };
+    let protocol = match &running {
+        Some(reg) if !reg.foreground => Some(instance::protocol_mode(None, ctx)?),
         _ => None,
     };
     let outcome = engine_install::install_locked(ctx, &store, plan)?;
     engine_install::report(ctx.printer, &outcome, args.json);
-    if let Some(reg) = running {
-        return restart_onto_new(ctx, &store, &reg, &current, args.json);
+    match (running, protocol) {
+        (Some(reg), Some(protocol)) => {
+            restart_onto_new(ctx, &store, &reg, &current, protocol, args.json)
+        }
+        (Some(reg), None) => {
+            let new = store.current().unwrap_or_default();
+            if new != current {
+                ctx.printer.warn(&format!(
+                    "the running engine (pid {} at {}) runs in the foreground, so it was not restarted: it still runs {current}. \
+                     Stop it (Ctrl-C in its terminal) and run `breadboard engine start --foreground` again to use {new}",
+                    reg.pid, reg.url
+                ));
+            }
+            Ok(0)
+        }
+        (None, _) => Ok(0),
     }
-    Ok(0)
 }
 
 /// Restarts the running engine onto the new current version; if the new one fails to start or to pass its
@@ -128,16 +149,17 @@ fn restart_onto_new(
     store: &Store,
     reg: &crate::registration::Registration,
     old: &str,
+    protocol: ProtocolMode,
     json: bool,
 ) -> anyhow::Result<u8> {
-    use crate::instance::{self, PortSpec, ProtocolMode, StartOpts};
     let opts = StartOpts {
         port: PortSpec::Fixed(reg.port),
         host: reg.host.clone(),
         ray_address: reg.ray_address.clone(),
         timeout: std::time::Duration::from_secs(60),
+        // Only a detached engine is restarted (see `run`).
         foreground: false,
-        protocol: ProtocolMode::Strict,
+        protocol,
         allow_remote: !instance::is_loopback(&reg.host),
     };
     let new = store.current().unwrap_or_default();

@@ -153,6 +153,14 @@ pub fn run(args: &SuperviseArgs) -> anyhow::Result<u8> {
 /// Called once the engine answered its handshake (foreground mode prints the URL from here).
 pub type ReadyHook<'a> = &'a mut dyn FnMut(&Registration) -> bool;
 
+/// The supervisor loop run in the CLI's own process (`engine start --foreground`).
+pub struct Attached<'a> {
+    /// Polled until it returns true, for each engine the loop spawns.
+    pub ready_hook: ReadyHook<'a>,
+    /// `run/engine.lock`, taken by the caller under the control lock.
+    pub instance_lock: File,
+}
+
 /// Crash-loop detection: this many crashes within [`CRASH_LOOP_WINDOW`] -> give up (state `errored`).
 pub const CRASH_LOOP_CRASHES: usize = 3;
 pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
@@ -187,8 +195,12 @@ fn write_registration(paths: &Paths, reg: &mut Registration, sink: &Sink) {
     }
 }
 
+/// The supervisor's exit code when it cannot take `run/engine.lock` (held by another supervisor, or unopenable).
+pub const EXIT_LOCK_BUSY: u8 = 3;
+
 /// The supervisor loop. Returns the process exit code: 0 after a requested stop, 1 after a crash (or a crash loop
-/// with `restart = "on-failure"`), 3 when the instance lock is held by another supervisor.
+/// with `restart = "on-failure"`), [`EXIT_LOCK_BUSY`] when it cannot take the instance lock. Without `attached`
+/// (detached mode) the loop takes the instance lock itself.
 pub fn supervise(
     paths: &Paths,
     mut reg: Registration,
@@ -196,12 +208,19 @@ pub fn supervise(
     listen_fd: Option<i32>,
     restart: &str,
     sink: Sink,
-    mut ready_hook: Option<ReadyHook>,
+    attached: Option<Attached>,
 ) -> u8 {
     sys::catch_stop_signals();
-    let Some(_lock) = take_instance_lock(paths) else {
-        sink.line("another supervisor holds run/engine.lock; exiting");
-        return 3;
+    let (mut ready_hook, instance_lock) = match attached {
+        Some(a) => (Some(a.ready_hook), Some(a.instance_lock)),
+        None => (None, None),
+    };
+    let _lock = match instance_lock.map_or_else(|| take_instance_lock(paths), Ok) {
+        Ok(lock) => lock,
+        Err(why) => {
+            sink.line(&format!("{why}; exiting (code {EXIT_LOCK_BUSY})"));
+            return EXIT_LOCK_BUSY;
+        }
     };
     if let Err(e) = sys::set_child_subreaper() {
         sink.line(&format!("could not become a child subreaper: {e}"));
@@ -381,22 +400,36 @@ pub fn supervise(
     code
 }
 
-fn take_instance_lock(paths: &Paths) -> Option<File> {
-    let _ = paths.ensure_run_dir();
+/// Takes `run/engine.lock` (retrying briefly: `engine status` probes it with a non-blocking try_lock). The error
+/// says why it could not.
+pub fn take_instance_lock(paths: &Paths) -> Result<File, String> {
+    let path = paths.engine_lock();
+    paths
+        .ensure_run_dir()
+        .map_err(|e| format!("could not create {}: {e:#}", paths.run_dir().display()))?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(paths.engine_lock())
-        .ok()?;
-    // `engine status` probes the lock with a non-blocking try_lock: retry briefly instead of failing on that.
+        .open(&path)
+        .map_err(|e| format!("could not open the instance lock {}: {e}", path.display()))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if file.try_lock().is_ok() {
-            return Some(file);
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!(
+                    "could not lock the instance lock {}: {e}",
+                    path.display()
+                ))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
         }
         if Instant::now() >= deadline {
-            return None;
+            return Err(format!(
+                "the instance lock {} is held by another supervisor",
+                path.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -111,7 +111,7 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
         return rollback(printer, &paths, &exe, started_as, &mut receipt, args);
     }
 
-    let source = ReleaseSource::resolve(receipt.releases_url.as_deref())?;
+    let source = ReleaseSource::resolve(receipt.releases_url.as_deref(), &receipt.path)?;
     let dir = self_replace::dir_of(&exe).to_owned();
     if !args.check {
         // A read-only install dir fails here, before a byte is downloaded (rustup `self_update_permitted`).
@@ -191,7 +191,7 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
             }
             let lock = InstallLock::acquire(&paths.home, printer)?;
             ensure_unchanged(&exe, started_as)?;
-            self_replace::clean_leftovers(&dir);
+            self_replace::clean_leftovers(&paths.home, &dir);
             install_release(printer, &client, &manifest, &exe)?;
             if let Err(e) = receipt.record_version(&manifest.version, TARGET) {
                 // The binary is in place and works; only the receipt's version is stale (upgrade reads
@@ -292,11 +292,18 @@ fn install_release(
     self_replace::extract_binary(&tarball.path, &staged.path)?;
     drop(tarball);
     self_replace::verify_version(&staged.path, &manifest.version)?;
-    self_replace::replace(exe, staged)?;
+    // Past this call the new binary is in place: what fails after the rename is a warning, and the caller records the
+    // new version in the receipt.
+    let warnings = self_replace::replace(exe, staged)?;
     // The installed path itself must now answer with the new version (OpenCode#8422: "upgraded" but unchanged).
     if let Err(e) = self_replace::verify_version(exe, &manifest.version) {
-        self_replace::swap_with_previous(exe)?;
+        for w in self_replace::swap_with_previous(exe)? {
+            printer.warn(&w);
+        }
         return Err(e.context(format!("{} was put back", exe.display())));
+    }
+    for w in warnings {
+        printer.warn(&w);
     }
     Ok(())
 }
@@ -345,7 +352,9 @@ fn rollback(
     self_replace::preflight_writable(self_replace::dir_of(exe))?;
     let lock = InstallLock::acquire(&paths.home, printer)?;
     ensure_unchanged(exe, started_as)?;
-    self_replace::swap_with_previous(exe)?;
+    for w in self_replace::swap_with_previous(exe)? {
+        printer.warn(&w);
+    }
     if let Err(e) = receipt.record_version(&prev_version, TARGET) {
         printer.warn(&format!("{e:#}"));
     }

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import os
 import shlex
 import shutil
+import ssl
 import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
 from hashlib import sha256
 from pathlib import Path
 
@@ -111,6 +118,23 @@ def old_install(release: Release, home: Path) -> dict[str, bytes | None]:
     assert r.returncode == 0, r.stderr
     assert version_of(bin_of(home)) == f"breadboard {OLD}"
     return tree_state(home)
+
+
+@pytest.fixture
+def upgraded_install(release: Release, home: Path) -> dict[str, bytes | None]:
+    """OLD, then NEW installed: a binary and a breadboard.previous that every failure must leave byte-identical."""
+    for version in (OLD, NEW):
+        r = run_pipe(release, home, "--version", version)
+        assert r.returncode == 0, r.stderr
+    assert version_of(bin_of(home).with_name("breadboard.previous")) == f"breadboard {OLD}"
+    return tree_state(home)
+
+
+def dead_pid() -> int:
+    """A pid no process has: a child that exited and was reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
 
 
 def stub_dir(tmp_path: Path, **scripts: str) -> Path:
@@ -320,6 +344,116 @@ def test_wget_only(release: Release, home: Path, tmp_path: Path, wget: str) -> N
     assert "version 7.7.7 does not exist" in r.stderr
 
 
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost: what the https tests' clients are told to trust."""
+    need("openssl")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def serve(server: http.server.ThreadingHTTPServer) -> Iterator[int]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def plain_http_elsewhere(release: Release) -> Iterator[int]:
+    """The release tree over plain http on 127.0.0.2: loopback to the kernel, but not a host install.sh accepts
+    plain http from (only 127.0.0.1, localhost and [::1] are)."""
+
+    def handler(*args: object, **kwargs: object) -> http.server.SimpleHTTPRequestHandler:
+        return QuietHandler(*args, directory=str(release.root), **kwargs)  # type: ignore[arg-type]
+
+    yield from serve(http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler))
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+        pass
+
+
+def redirecting_https(cert: tuple[Path, Path], root: Path) -> http.server.ThreadingHTTPServer:
+    """An https server on 127.0.0.1: /direct/<path> serves ROOT/<path>, anything else redirects to its `to` + path."""
+
+    class Redirect(QuietHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path.startswith("/direct/"):
+                self.path = self.path.removeprefix("/direct")
+                super().do_GET()
+                return
+            self.send_response(302)
+            self.send_header("Location", self.server.to + self.path)  # type: ignore[attr-defined]
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    return server
+
+
+@pytest.mark.parametrize("downloader", ["curl", "GNU wget", "busybox wget"])
+@pytest.mark.parametrize("target", ["plain http elsewhere", "https"])
+def test_https_redirect_to_plain_http_is_refused(
+    release: Release,
+    home: Path,
+    tmp_path: Path,
+    tls_cert: tuple[Path, Path],
+    plain_http_elsewhere: int,
+    old_install: dict,
+    downloader: str,
+    target: str,
+) -> None:
+    """An https release URL that redirects to plain http off loopback is refused by every downloader, before
+    anything it fetched is used: curl by --proto =https, wget (GNU: --https-only covers recursive downloads only;
+    busybox) by the Location headers it printed. An https-to-https redirect (how GitHub serves release assets)
+    installs: the https setup itself works."""
+    need("wget", "busybox")
+    if downloader == "curl":
+        farm = path_farm(tmp_path, "dl")
+    else:
+        farm = path_farm(tmp_path, "dl", drop=("curl", "wget"))
+        (farm / "wget").symlink_to(shutil.which("wget" if downloader == "GNU wget" else "busybox"))
+    wgetrc = tmp_path / "wgetrc"
+    wgetrc.write_text(f"ca_certificate = {tls_cert[0]}\n")
+    # Each client trusts the test certificate: curl, GNU wget, and busybox wget's openssl s_client helper.
+    trust = {"CURL_CA_BUNDLE": str(tls_cert[0]), "WGETRC": str(wgetrc), "SSL_CERT_FILE": str(tls_cert[0])}
+    server = redirecting_https(tls_cert, release.root)
+    for port in serve(server):
+        to = f"https://localhost:{port}/direct" if target == "https" else f"http://127.0.0.2:{plain_http_elsewhere}"
+        server.to = to  # type: ignore[attr-defined]
+        url = f"https://localhost:{port}/rel/{OLD}"
+        e = clean_env(home, PATH=str(farm), BREADBOARD_DOWNLOAD_URL=url, **trust)
+        r = subprocess.run(["dash", str(REPO / "install.sh")], env=e, capture_output=True, text=True, timeout=120)
+    if target == "https":
+        assert r.returncode == 0, r.stderr
+        assert version_of(bin_of(home)) == f"breadboard {OLD}"
+        return
+    assert r.returncode == EX_NETWORK, r.stderr
+    assert (
+        f"refusing the download of {url}/manifest.json: the server redirected to {to}/rel/{OLD}/manifest.json"
+        in r.stderr
+    )
+    assert "plain http is accepted only for loopback hosts" in r.stderr
+    assert tree_state(home) == old_install
+
+
 def test_busybox_userland(release: Release, home: Path, tmp_path: Path) -> None:
     """An Alpine-like system: busybox sh, and every tool (wget, tar, sha256sum, awk, sed, mktemp, od, ...) a busybox
     applet. No curl, no ldd."""
@@ -417,9 +551,9 @@ def test_tampered_release_is_refused_old_install_intact(
     assert version_of(bin_of(home)) == f"breadboard {OLD}"
 
 
-def test_binary_reporting_the_wrong_version_is_refused(release: Release, home: Path, old_install: dict) -> None:
+def test_binary_reporting_the_wrong_version_is_refused(release: Release, home: Path, upgraded_install: dict) -> None:
     """A release whose NEW tarball holds (with a correct checksum) a binary that is really OLD: it runs, reports
-    the wrong version, and is not installed."""
+    the wrong version, and is not installed; the binary and breadboard.previous stay byte-identical."""
     bad = release.root / f"wrong-version-{os.getpid()}-{id(home)}"
     bad.mkdir()
     name = release.tarball(NEW).name
@@ -429,7 +563,43 @@ def test_binary_reporting_the_wrong_version_is_refused(release: Release, home: P
     assert r.returncode == EX_VERIFY, r.stderr
     assert f"expected 'breadboard {NEW}', got: breadboard {OLD}" in r.stderr
     assert "nothing was installed" in r.stderr
-    assert tree_state(home) == old_install
+    assert tree_state(home) == upgraded_install
+
+
+def release_of_script(release: Release, version: str, body: str) -> str:
+    """A release dir (served) whose only build is the shell script BODY as `breadboard`, with a correct SHA256SUMS;
+    returns its URL (for BREADBOARD_DOWNLOAD_URL)."""
+    d = release.root / f"script-{version}-{os.getpid()}-{time.monotonic_ns()}"
+    d.mkdir()
+    name = f"breadboard-{version}-{TARGET}.tar.gz"
+    data = f"#!/bin/sh\n{body}\n".encode()
+    with tarfile.open(d / name, "w:gz") as tar:
+        info = tarfile.TarInfo("breadboard")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    (d / "SHA256SUMS").write_text(f"{sha256((d / name).read_bytes()).hexdigest()}  {name}\n")
+    return f"{release.url}/{d.name}"
+
+
+def test_failure_after_the_swap_puts_everything_back(
+    release: Release, home: Path, tmp_path: Path, upgraded_install: dict
+) -> None:
+    """The new binary passes its check in the staging file, then fails the one after the swap (here: a script that
+    answers --version correctly once only): the replaced binary is put back, breadboard.previous and everything else
+    under HOME are byte-identical, and no staged file is left."""
+    count = tmp_path / "version-calls"
+    url = release_of_script(
+        release,
+        "9.9.9",
+        f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) >{count}; [ "$n" = 0 ] && echo "breadboard 9.9.9"',
+    )
+    r = run_pipe(release, home, "--version", "9.9.9", env={"BREADBOARD_DOWNLOAD_URL": url})
+    assert r.returncode == EX_VERIFY, r.stderr
+    assert f"the installed {bin_of(home)} does not run or reports the wrong version" in r.stderr
+    assert "the binary it replaced was put back" in r.stderr
+    assert count.read_text().strip() == "2"  # checked staged, then installed
+    assert tree_state(home) == upgraded_install
+    assert version_of(bin_of(home)) == f"breadboard {NEW}"
 
 
 def test_missing_version_is_a_404(release: Release, home: Path, old_install: dict) -> None:
@@ -458,7 +628,8 @@ def test_plain_http_refused_for_non_loopback(release: Release, home: Path) -> No
         # 192.0.2.1 (TEST-NET-1) would hang if anything tried to connect; the refusal comes first.
         r = run_script(home, env={var: url})
         assert r.returncode == EX_USAGE
-        assert "refusing plain http for a non-loopback URL" in r.stderr
+        assert f"refusing {url} (from {var}): plain http" in r.stderr
+        assert f"use an https:// URL, or unset {var}" in r.stderr
     assert not (home / ".breadboard").exists()
 
 
@@ -520,6 +691,11 @@ def test_engine_flag_runs_engine_install(release: Release, home: Path, closed_po
 
 
 def test_concurrent_installs_serialise(release: Release, home: Path) -> None:
+    """Three installers at once, against a stale lock (its holder is dead): one takes it over, the others wait their
+    turn; each exits 0 and the binary is one whole release."""
+    lock = home / ".breadboard" / "install.lock"
+    lock.mkdir(parents=True)
+    (lock / "pid").write_text(f"{dead_pid()}\n")
     e = clean_env(home, BREADBOARD_RELEASES_URL=release.releases_url)
     procs = [
         subprocess.Popen(
@@ -532,8 +708,112 @@ def test_concurrent_installs_serialise(release: Release, home: Path) -> None:
         assert p.returncode == 0, err
     assert version_of(bin_of(home)) in (f"breadboard {OLD}", f"breadboard {NEW}")
     assert (home / ".profile").read_text().count(MARK) == 1
-    assert not (home / ".breadboard" / "install.lock").exists()
+    assert sorted(p.name for p in (home / ".breadboard").iterdir()) == ["bin", "install-receipt.json"]
     assert sorted(p.name for p in bin_of(home).parent.iterdir()) == ["breadboard", "breadboard.previous"]
+
+
+@pytest.mark.parametrize("stale", ["dead holder", "no pid file", "dead claimant"])
+def test_stale_lock_is_taken_over_at_once(release: Release, home: Path, stale: str) -> None:
+    """A lock whose holder is gone, one with no pid file older than a few seconds (an installer killed between
+    making it and writing its pid), and one left by a waiter killed while taking a stale lock over, are taken over
+    without waiting (BREADBOARD_LOCK_TIMEOUT=0: any wait fails). Leftovers of dead installs are removed; a live
+    one's are not."""
+    state = home / ".breadboard"
+    lock = state / "install.lock"
+    lock.mkdir(parents=True)
+    dead = dead_pid()
+    if stale == "dead holder":
+        (lock / "pid").write_text(f"{dead}\n")
+    elif stale == "dead claimant":
+        (lock / f"pid.taken.{dead}").write_text("1\n")
+    if stale != "dead holder":
+        old = time.time() - 60
+        os.utime(lock, (old, old))
+    (state / f"install.lock.tmp.{dead}").mkdir()  # killed between mkdir and writing its pid
+    (state / f"install.lock.old.{dead}").mkdir()
+    bindir = bin_of(home).parent
+    bindir.mkdir()
+    (bindir / f".breadboard.new.{dead}").write_text("half a binary")
+    (bindir / f".breadboard-upgrade.{dead}.tar.gz").write_text("half a download")
+    live = bindir / f".breadboard.new.{os.getpid()}"  # this test is alive: its file is not a leftover
+    live.write_text("in progress")
+    r = run_pipe(release, home, env={"BREADBOARD_LOCK_TIMEOUT": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "removed a stale install lock: " in r.stderr
+    assert "waiting for" not in r.stderr
+    assert version_of(bin_of(home)) == f"breadboard {NEW}"
+    assert sorted(p.name for p in state.iterdir()) == ["bin", "install-receipt.json"]
+    assert sorted(p.name for p in bindir.iterdir()) == sorted(["breadboard", live.name])
+
+
+def test_live_lock_is_waited_for_then_named_with_the_fix(release: Release, home: Path, old_install: dict) -> None:
+    """A live holder is waited for until BREADBOARD_LOCK_TIMEOUT; the error names it and the exact command."""
+    lock = home / ".breadboard" / "install.lock"
+    lock.mkdir()
+    (lock / "pid").write_text(f"{os.getpid()}\n")
+    r = run_pipe(release, home, env={"BREADBOARD_LOCK_TIMEOUT": "1"})
+    assert r.returncode == 1, r.stderr
+    assert f"waiting for another breadboard install or upgrade to finish (lock {lock}, pid {os.getpid()})" in r.stderr
+    assert f"(pid {os.getpid()}) still holds {lock} after 1 s" in r.stderr
+    assert f"(check: ps -p {os.getpid()}), remove the lock: rm -rf '{lock}'" in r.stderr
+    assert (lock / "pid").read_text() == f"{os.getpid()}\n"
+    shutil.rmtree(lock)
+    assert tree_state(home) == old_install
+    r = run_script(home, env={"BREADBOARD_LOCK_TIMEOUT": "soon"})
+    assert r.returncode == EX_USAGE and "BREADBOARD_LOCK_TIMEOUT=soon is not a number of seconds" in r.stderr
+
+
+# Sourced install.sh, one lock round: take the lock (giving up at once rather than waiting), check nobody else is
+# inside, release. Several at once against one stale lock must never overlap.
+LOCK_RACER = r"""
+BREADBOARD_INSTALLER_NO_MAIN=1 . "$1"
+BB_QUIET=1
+BB_LOCK_TIMEOUT=0
+take_lock "$2"
+if mkdir "$2/inside" 2>/dev/null; then
+    echo "held $$" >>"$3"
+    i=0
+    while [ $i -lt 20 ]; do i=$((i + 1)); : >"$2/work.$$"; rm -f "$2/work.$$"; done
+    rmdir "$2/inside"
+else
+    echo "OVERLAP $$" >>"$3"
+fi
+cleanup
+"""
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_concurrent_takeovers_of_a_stale_lock_never_overlap(home: Path, tmp_path: Path, shell: str) -> None:
+    """Six installers find the same stale lock at once, 40 times over: exactly one holds it each time. (The former
+    "rm -rf the stale lock, then mkdir" let a slow waiter remove the lock a fast one had just made: both went ahead,
+    about nine rounds in ten.)"""
+    need(SHELLS[shell].split()[0])
+    racer = tmp_path / "racer.sh"
+    racer.write_text(LOCK_RACER)
+    state = tmp_path / "state"
+    state.mkdir()
+    log = tmp_path / "log"
+    log.touch()
+    dead = dead_pid()
+    for _ in range(40):
+        (state / "install.lock").mkdir()
+        (state / "install.lock" / "pid").write_text(f"{dead}\n")
+        racers = [
+            subprocess.Popen(
+                [*SHELLS[shell].split(), str(racer), str(REPO / "install.sh"), str(state), str(log)],
+                env=clean_env(home),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        for p in racers:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode in (0, 1), err  # 1: gave up waiting (BB_LOCK_TIMEOUT=0)
+        assert list(state.iterdir()) == [], "a lock or a temp dir was left behind"
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if line.startswith("OVERLAP")] == []
+    assert len(lines) >= 40
 
 
 # ------------------------------------------------------------------------------------------ sourced unit checks

@@ -5,13 +5,16 @@ with the new binary (against the offline engine wheels of scripts/fixtures)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import http.server
+import io
 import json
 import os
 import pty
 import select
 import shutil
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import pytest
 from conftest import NEW, OLD, REPO, TARGET, Release, clean_env
 
 # Exit codes of `breadboard upgrade` (docs/cli.md).
-EX_FAILURE, EX_USAGE, EX_SOURCE, EX_NOT_SELF_UPDATABLE, EX_INTEGRITY, EX_AVAILABLE = 1, 2, 6, 8, 9, 100
+EX_FAILURE, EX_USAGE, EX_LOCK, EX_SOURCE, EX_NOT_SELF_UPDATABLE, EX_INTEGRITY, EX_AVAILABLE = 1, 2, 4, 6, 8, 9, 100
 
 
 def unavailable(why: str) -> None:
@@ -218,24 +221,53 @@ def test_asks_on_a_terminal_and_declining_changes_nothing(release: Release, home
     assert version_of(exe) == f"breadboard {NEW}"
 
 
+def dead_pid() -> int:
+    """A pid no process has: a child that exited and was reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
 def test_shares_install_sh_lock(release: Release, home: Path, tmp_path: Path) -> None:
-    """install.sh's mkdir lock: a dead holder's lock is taken over; a live holder is waited for, and if it replaced
-    the binary meanwhile, this upgrade changes nothing."""
+    """install.sh's lock: stale locks (a dead holder; no pid file and older than a few seconds; a dead waiter's
+    claim) are taken over at once (BREADBOARD_LOCK_TIMEOUT=0: any wait fails), and the leftovers of dead installs
+    are removed; a live holder is waited for, and if it replaced the binary meanwhile, this upgrade changes
+    nothing."""
     exe = install(release, home)
-    lock = home / ".breadboard" / "install.lock"
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    lock.mkdir()
-    (lock / "pid").write_text(f"{dead.pid}\n")
+    state = home / ".breadboard"
+    lock = state / "install.lock"
+    dead = dead_pid()
     r = bb(exe, home, "upgrade", "--check")  # read-only: no lock
     assert r.returncode == EX_AVAILABLE
-    r = bb(exe, home, "upgrade", "--cli-only")
-    assert r.returncode == 0, r.stderr
-    assert version_of(exe) == f"breadboard {NEW}"
-    assert not lock.exists()
+    for stale in ("dead holder", "no pid file", "dead claimant"):
+        lock.mkdir()
+        if stale == "dead holder":
+            (lock / "pid").write_text(f"{dead}\n")
+        else:
+            (lock / ("junk" if stale == "no pid file" else f"pid.taken.{dead}")).write_text("1\n")
+            old = time.time() - 60
+            os.utime(lock, (old, old))
+        (state / f"install.lock.tmp.{dead}").mkdir()
+        (exe.parent / f".breadboard.new.{dead}").write_text("half a binary")
+        r = bb(exe, home, "upgrade", "--cli-only", env={"BREADBOARD_LOCK_TIMEOUT": "0"})
+        assert r.returncode == 0, (stale, r.stderr)
+        assert "removed a stale install lock: " in r.stderr, r.stderr
+        assert version_of(exe) == f"breadboard {NEW}"
+        assert listing(state) == ["bin", "install-receipt.json"]
+        assert listing(exe.parent) == ["breadboard", "breadboard.previous"]
+        r = bb(exe, home, "upgrade", "--rollback")
+        assert r.returncode == 0, r.stderr
 
-    r = bb(exe, home, "upgrade", "--rollback")
-    assert r.returncode == 0, r.stderr
+    # A live holder (this test): waited for, then named with the command that removes the lock.
+    lock.mkdir()
+    (lock / "pid").write_text(f"{os.getpid()}\n")
+    r = bb(exe, home, "upgrade", "--cli-only", env={"BREADBOARD_LOCK_TIMEOUT": "0.3"})
+    assert r.returncode == EX_LOCK, r.stderr
+    assert f"(pid {os.getpid()}) still holds {lock} after 0.3s" in r.stderr
+    assert f"(check: ps -p {os.getpid()}), remove the lock: rm -rf '{lock}'" in r.stderr
+    shutil.rmtree(lock)
+    assert version_of(exe) == f"breadboard {OLD}"
+
     old_bytes = exe.read_bytes()
     # A live holder (this test) keeps the lock while the upgrade waits.
     lock.mkdir()
@@ -267,6 +299,35 @@ def test_shares_install_sh_lock(release: Release, home: Path, tmp_path: Path) ->
     assert out == ""
     assert exe.read_bytes() == new_bytes != old_bytes
     assert not lock.exists()
+
+
+def test_concurrent_upgrades_against_a_stale_lock(release: Release, home: Path, tmp_path: Path) -> None:
+    """Two upgrades at once find a stale lock: one takes it over and upgrades, the other waits its turn and then
+    finds the binary replaced, so it changes nothing (exit 1). Both going ahead would both exit 0."""
+    exe = install(release, home)
+    old_bytes = exe.read_bytes()
+    lock = home / ".breadboard" / "install.lock"
+    lock.mkdir()
+    (lock / "pid").write_text(f"{dead_pid()}\n")
+    procs = [
+        subprocess.Popen(
+            [str(exe), "upgrade", "--cli-only"],
+            env=clean_env(home, NO_COLOR="1"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert sorted(code for code, _ in results) == [0, EX_FAILURE], results
+    loser = next(err for code, err in results if code == EX_FAILURE)
+    assert "was replaced by another install or upgrade while this one waited" in loser
+    assert version_of(exe) == f"breadboard {NEW}"
+    assert exe.with_name("breadboard.previous").read_bytes() == old_bytes
+    assert listing(home / ".breadboard") == ["bin", "install-receipt.json"]
+    assert listing(exe.parent) == ["breadboard", "breadboard.previous"]
 
 
 # ------------------------------------------------------------------------------------------------------- integrity
@@ -304,6 +365,73 @@ def test_tampered_release_is_refused_old_binary_intact(release: Release, home: P
     assert version_of(exe) == f"breadboard {OLD}"
     assert receipt_path(home).read_bytes() == old_receipt
     assert listing(exe.parent) == ["breadboard"]
+
+
+@pytest.mark.parametrize("what", ["not a tarball", "no binary at the root"])
+def test_malformed_artifact_matching_its_checksum_is_a_source_error(release: Release, home: Path, what: str) -> None:
+    """An artifact published broken (its size and sha256 match the manifest, so the download is fine) is the
+    release's fault: exit 6, not 9 (which means the download did not match)."""
+    exe = install(release, home)
+    old_bytes = exe.read_bytes()
+    bad = tampered_copy(release, f"malformed-{what.replace(' ', '-')}")
+    tb = bad / release.tarball(NEW).name
+    if what == "not a tarball":
+        tb.write_bytes(b"this is not a gzip stream\n" * 100)
+    else:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo("bin/breadboard")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        tb.write_bytes(buf.getvalue())
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["artifacts"][0]["sha256"] = hashlib.sha256(tb.read_bytes()).hexdigest()
+    manifest["artifacts"][0]["size"] = tb.stat().st_size
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    r = bb(exe, home, "upgrade", env={"BREADBOARD_DOWNLOAD_URL": f"{release.url}/{bad.name}"})
+    assert r.returncode == EX_SOURCE, r.stderr
+    assert "cannot unpack" in r.stderr and "nothing was changed" in r.stderr
+    assert "the release artifact is malformed as published" in r.stderr
+    if what == "no binary at the root":
+        assert "it has no breadboard binary at its root" in r.stderr
+    assert exe.read_bytes() == old_bytes
+    assert listing(exe.parent) == ["breadboard"]
+
+
+def test_refused_urls_say_where_they_came_from(release: Release, home: Path) -> None:
+    """A refused URL from the receipt names the receipt and the variable that overrides it; a refused artifact URL
+    names itself, the manifest that listed it, and why (exit 6: the release's fault)."""
+    exe = install(release, home)
+    rp = receipt_path(home)
+    original = rp.read_text()
+    rec = json.loads(original)
+    rec["releases_url"] = "http://192.0.2.1/rel"  # TEST-NET-1: would hang if anything tried to connect
+    rp.write_text(json.dumps(rec))
+    r = bb(exe, home, "upgrade", "--check")
+    assert r.returncode == EX_USAGE, r.stderr
+    assert f"refusing http://192.0.2.1/rel (releases_url in {rp}): plain http is accepted only for loopback" in r.stderr
+    assert f"hint: set releases_url in {rp} to an https:// URL, or override it for this run: " in r.stderr
+    assert "BREADBOARD_RELEASES_URL=https://... breadboard upgrade" in r.stderr
+    # The variable overrides it indeed.
+    r = bb(exe, home, "upgrade", "--check", env={"BREADBOARD_RELEASES_URL": release.releases_url})
+    assert r.returncode == EX_AVAILABLE, r.stderr
+    rp.write_text(original)
+
+    bad = tampered_copy(release, "http-artifact")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    name = manifest["artifacts"][0]["name"]
+    manifest["artifacts"][0]["url"] = f"http://192.0.2.1/{name}"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    before = len(release.requests)
+    r = bb(exe, home, "upgrade", env={"BREADBOARD_DOWNLOAD_URL": f"{release.url}/{bad.name}"})
+    assert r.returncode == EX_SOURCE, r.stderr
+    assert (
+        f"refusing the artifact URL http://192.0.2.1/{name}, which {release.url}/{bad.name}/manifest.json lists "
+        f"for {name}: plain http is accepted only for loopback hosts"
+    ) in r.stderr
+    assert "hint: the release manifest must list https:// artifact URLs" in r.stderr
+    assert release.requests[before:] == [f"/{bad.name}/manifest.json"]
+    assert version_of(exe) == f"breadboard {OLD}"
 
 
 class _CutOffHandler(http.server.BaseHTTPRequestHandler):

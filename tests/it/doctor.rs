@@ -588,3 +588,50 @@ fn configured_port_held_by_another_process_names_it() {
     let (_, doc) = doctor(&ctx, &[]);
     assert_eq!(check(&doc, "engine.port")["status"], "ok", "{doc:#}");
 }
+
+#[test]
+fn corrupt_registration_is_moved_aside_by_fix() {
+    let ctx = TestContext::new();
+    ctx.install(&["--version", "0.1.1"]).success();
+    let run = ctx.home.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("engine.json"), b"{\"schema\": 1, \"pid\": ").unwrap();
+    let (code, doc) = doctor(&ctx, &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(
+        check(&doc, "engine.registration")["status"],
+        "error",
+        "{doc:#}"
+    );
+    assert!(
+        run.join("engine.json").exists(),
+        "doctor without --fix changes nothing"
+    );
+
+    let (code, doc) = doctor(&ctx, &["--fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(
+        check(&doc, "engine.registration")["status"],
+        "ok",
+        "{doc:#}"
+    );
+    assert!(!run.join("engine.json").exists());
+    let kept: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("engine.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the corrupt file is kept aside for inspection, not deleted"
+    );
+    assert!(
+        doc["repairs"].as_array().is_some_and(|r| !r.is_empty()),
+        "{doc:#}"
+    );
+}

@@ -1215,3 +1215,376 @@ fn on_failure_does_not_retry_a_start_that_fails_before_ready() {
     assert_eq!(out.status.code(), Some(10));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("exited unexpectedly"));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hosts, usage errors before side effects, uninstall under a running engine, failed stops, foreground mode.
+
+#[test]
+fn localhost_registers_the_bound_address_and_a_running_engine_refuses_uninstall_and_remote_hosts() {
+    let e = Engine::new();
+    let a = e
+        .cmd(&[
+            "engine",
+            "start",
+            "--host",
+            "localhost",
+            "--port",
+            "auto",
+            "--json",
+        ])
+        .assert();
+    let out = a.get_output().clone();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = started["url"].as_str().unwrap().to_owned();
+    let pid = started["pid"].as_i64().unwrap();
+    // Registered (and so reached) by the address the socket is bound to, never by a name that may resolve to ::1.
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let reg = e.registration().unwrap();
+    assert_eq!(reg["host"], "127.0.0.1", "{reg}");
+    assert_eq!(reg["url"], url.as_str());
+    let version = e.cmd(&["--version"]).assert().success();
+    assert_eq!(
+        format!("breadboard {}", reg["cli_version"].as_str().unwrap()),
+        stdout(&version).trim()
+    );
+    let (code, st) = e.status();
+    assert_eq!((code, st["state"].as_str()), (0, Some("running")), "{st}");
+
+    // A non-loopback --host without --allow-remote is a usage error even while an engine runs (start and restart),
+    // and nothing is touched.
+    for verb in ["start", "restart"] {
+        let a = e
+            .cmd(&["engine", verb, "--host", "0.0.0.0", "--port", "auto"])
+            .assert()
+            .code(2);
+        assert!(stderr(&a).contains("--allow-remote"), "{}", stderr(&a));
+        assert_eq!(e.registration().unwrap()["pid"].as_i64(), Some(pid));
+    }
+
+    // uninstall (with or without --purge --yes) refuses while the engine runs, and removes nothing.
+    assert!(e.ctx.home.join("data").is_dir());
+    for args in [
+        &["engine", "uninstall"][..],
+        &["engine", "uninstall", "--purge", "--yes"][..],
+    ] {
+        let a = e.cmd(args).assert().code(1);
+        let err = stderr(&a);
+        assert!(
+            err.contains("an engine is running") && err.contains("hint: breadboard engine stop"),
+            "{err}"
+        );
+        assert_eq!(e.ctx.version_dirs(), vec![("0.1.1".to_owned(), true)]);
+        assert_eq!(e.ctx.link("current").as_deref(), Some("0.1.1"));
+        assert!(e.ctx.home.join("data").is_dir());
+    }
+    let (code, st) = e.status();
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(st["pid"].as_i64(), Some(pid));
+
+    // Once stopped, it goes through.
+    e.cmd(&["engine", "stop"]).assert().success();
+    e.cmd(&["engine", "uninstall", "--purge", "--yes"])
+        .assert()
+        .success();
+    assert!(e.ctx.version_dirs().is_empty());
+    assert!(!e.ctx.home.join("data").exists());
+}
+
+#[test]
+fn bracketed_ipv6_loopback_is_accepted_and_bind_errors_say_what_to_do() {
+    let e = Engine::fake("ok");
+    let started = {
+        let a = e
+            .cmd(&[
+                "engine", "start", "--host", "[::1]", "--port", "auto", "--json",
+            ])
+            .assert();
+        let out = a.get_output().clone();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let url = started["url"].as_str().unwrap();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    assert_eq!(e.registration().unwrap()["host"], "::1");
+    let (code, st) = e.status();
+    assert_eq!((code, st["state"].as_str()), (0, Some("running")), "{st}");
+    e.cmd(&["engine", "stop"]).assert().success();
+
+    // An address that is not this machine's: exit 1 with the question to ask, before anything is spawned.
+    let a = e
+        .cmd(&[
+            "engine",
+            "start",
+            "--host",
+            "192.0.2.1",
+            "--allow-remote",
+            "--port",
+            "auto",
+        ])
+        .assert()
+        .code(1);
+    let err = stderr(&a);
+    assert!(
+        err.contains("could not bind 192.0.2.1")
+            && err.contains("hint: is 192.0.2.1 an address of this machine?"),
+        "{err}"
+    );
+    assert!(e.registration().is_none());
+}
+
+#[test]
+fn a_supervisor_that_cannot_take_the_instance_lock_is_reported_as_such() {
+    let e = Engine::fake("ok");
+    // An instance lock that cannot be opened: the supervisor exits 3 without starting an engine.
+    std::fs::create_dir_all(e.ctx.home.join("run/engine.lock")).unwrap();
+    let a = e
+        .cmd(&["engine", "start", "--port", "auto"])
+        .assert()
+        .code(1);
+    let err = stderr(&a);
+    assert!(
+        err.contains("the supervisor could not take the instance lock")
+            && err.contains("run/engine.lock")
+            && err.contains("could not open the instance lock"),
+        "{err}"
+    );
+    assert!(!err.contains("supervisor was killed"), "{err}");
+    assert!(!err.contains("exited unexpectedly"), "{err}");
+    assert!(e.registration().is_none());
+    let home = e.ctx.home.display().to_string();
+    let left: Vec<u32> = processes_mentioning("__supervise")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|cwd| cwd.display().to_string() == home)
+        })
+        .collect();
+    assert!(left.is_empty(), "supervisor left: {left:?}");
+}
+
+#[test]
+fn a_stop_that_leaves_the_port_listening_fails_naming_the_holder() {
+    let e = Engine::fake("ok");
+    let started = e.start();
+    let port = port_of(started["url"].as_str().unwrap());
+    // Someone else listens on the engine's port (on ::1; the engine is on 127.0.0.1), and outlives the stop.
+    let holder = std::net::TcpListener::bind(("::1", port)).unwrap();
+    let me = std::process::id();
+    let a = e.cmd(&["engine", "stop"]).assert().code(1);
+    let err = stderr(&a);
+    assert!(
+        err.contains(&format!("port {port} is still listening, held by pid {me}"))
+            && err.contains("every process of the engine ended")
+            && err.contains(&format!("hint: end it (kill {me}; kill -9 {me}")),
+        "{err}"
+    );
+    // The engine itself is gone, and that was a requested stop, not a crash.
+    let (code, st) = e.status();
+    assert_eq!((code, st["state"].as_str()), (10, Some("stopped")), "{st}");
+    assert!(e.registration().is_none());
+    drop(holder);
+    let a = e.cmd(&["engine", "stop"]).assert().success();
+    assert!(stdout(&a).contains("not running"), "{}", stdout(&a));
+    assert!(
+        !stderr(&a).contains("exited unexpectedly"),
+        "{}",
+        stderr(&a)
+    );
+}
+
+/// Runs `engine start --foreground` (plus `extra`) to its end; (exit code, stderr).
+fn foreground_until_exit(e: &Engine, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["engine", "start", "--foreground", "--port", "auto"];
+    args.extend_from_slice(extra);
+    let out = e
+        .cmd(&args)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn foreground_handshake_failures_stop_the_engine_as_a_requested_stop() {
+    // restart = "on-failure": a stop the CLI decided on must not be restarted (or end in a crash loop).
+    let mut e = Engine::fake("protocol9");
+    on_failure(&mut e, 100);
+    let (code, err) = foreground_until_exit(&e, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("error: handshake failed")
+            && err.contains("9.9")
+            && err.contains("--protocol soft"),
+        "{err}"
+    );
+    assert!(!err.contains("automatic restart"), "{err}");
+    assert!(!err.contains("the engine exited"), "{err}");
+    let (code, st) = e.status();
+    assert_eq!((code, st["state"].as_str()), (10, Some("stopped")), "{st}");
+    let exit: Value = serde_json::from_str(
+        &std::fs::read_to_string(e.ctx.home.join("run/last-exit.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exit["stop_requested"], true, "{exit}");
+    assert!(e.registration().is_none());
+    assert!(!e.ctx.home.join("run/stop-requested").exists());
+
+    // The same for an engine that never answers within --timeout.
+    e.env.push(("FAKE_ENGINE_MODE".into(), "no_health".into()));
+    let (code, err) = foreground_until_exit(&e, &["--timeout", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("error: the engine did not answer its handshake within 1s"),
+        "{err}"
+    );
+    assert!(!err.contains("automatic restart"), "{err}");
+    let (code, st) = e.status();
+    assert_eq!((code, st["state"].as_str()), (10, Some("stopped")), "{st}");
+}
+
+#[test]
+fn foreground_json_prints_one_start_document_once_ready() {
+    use std::io::BufRead;
+    let e = Engine::fake("ok");
+    let mut child = e
+        .command()
+        .args([
+            "engine",
+            "start",
+            "--foreground",
+            "--port",
+            "auto",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The document arrives while the engine runs (from the ready hook), not at exit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    let doc: Value = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no JSON document on stdout; got {text:?}"
+        );
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                text.push_str(&line);
+                text.push('\n');
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    break v;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("stdout closed before a JSON document: {e}; got {text:?}"),
+        }
+    };
+    let reg = e.registration().unwrap();
+    assert!(!reg["ready_at"].is_null(), "{reg}");
+    assert_eq!(doc["action"], "started", "{doc}");
+    assert_eq!(doc["url"], reg["url"], "{doc}");
+    assert_eq!(doc["pid"], reg["pid"], "{doc}");
+    assert_eq!(doc["supervisor_pid"].as_i64(), Some(i64::from(child.id())));
+    assert_eq!(doc["instance_id"], reg["instance_id"], "{doc}");
+    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        rest.is_empty(),
+        "more than one document on stdout: {rest:?}"
+    );
+    let (code, st) = e.status();
+    assert_eq!(code, 10, "{st}");
+}
+
+#[test]
+fn upgrade_uses_the_configured_protocol_mode_and_leaves_a_foreground_engine_running() {
+    let e = Engine {
+        ctx: TestContext::new(),
+        env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+    };
+    e.ctx.install(&["--version", "0.1.0"]).success();
+
+    // The restart of a running engine takes the protocol mode from the configuration, like `engine start`: an
+    // invalid one fails (exit 3) before anything is installed or stopped.
+    let started = e.start();
+    std::fs::write(
+        e.ctx.home.join("config.toml"),
+        "[protocol]\nmode = \"sloppy\"\n",
+    )
+    .unwrap();
+    let a = e.cmd(&["engine", "upgrade"]).assert().code(3);
+    assert!(stderr(&a).contains("protocol.mode"), "{}", stderr(&a));
+    assert_eq!(e.ctx.link("current").as_deref(), Some("0.1.0"));
+    assert_eq!(e.registration().unwrap()["pid"], started["pid"]);
+    std::fs::remove_file(e.ctx.home.join("config.toml")).unwrap();
+    e.cmd(&["engine", "stop"]).assert().success();
+
+    // A foreground engine is not replaced by a detached one: the upgrade installs and says to restart it.
+    let mut child = e
+        .command()
+        .args(["engine", "start", "--foreground", "--port", "auto"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the foreground engine", Duration::from_secs(60), || {
+        e.registration().is_some_and(|r| !r["ready_at"].is_null())
+    });
+    let before = e.registration().unwrap();
+    let a = e.cmd(&["engine", "upgrade"]).assert().success();
+    let err = stderr(&a);
+    assert!(
+        err.contains("runs in the foreground, so it was not restarted")
+            && err.contains("breadboard engine start --foreground"),
+        "{err}"
+    );
+    e.ctx.assert_current_complete("0.1.1");
+    let after = e.registration().unwrap();
+    assert_eq!(after["instance_id"], before["instance_id"]);
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(
+        after["supervisor_pid"].as_i64(),
+        Some(i64::from(child.id()))
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the foreground engine exited"
+    );
+    // Still the old version, now not the pinned one.
+    let (code, st) = e.status();
+    assert_eq!(
+        (code, st["state"].as_str()),
+        (13, Some("incompatible")),
+        "{st}"
+    );
+    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
