@@ -123,6 +123,18 @@ pub fn health(url: &str, token: Option<&str>) -> Option<Value> {
     c.get_json::<Value>("/health").ok()
 }
 
+/// Supervisor processes of this test's home still alive (they run with the home as their working directory).
+pub fn supervisors_of(e: &Engine) -> Vec<u32> {
+    let home = e.ctx.home.display().to_string();
+    processes_mentioning("__supervise")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|cwd| cwd.display().to_string() == home)
+        })
+        .collect()
+}
+
 pub fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -1202,14 +1214,7 @@ fn on_failure_does_not_retry_a_start_that_fails_before_ready() {
     let log = engine_log(&e);
     assert!(!log.contains("automatic restart"), "{log}");
     assert!(e.registration().is_none());
-    let home = e.ctx.home.display().to_string();
-    let left: Vec<u32> = processes_mentioning("__supervise")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/cwd"))
-                .is_ok_and(|cwd| cwd.display().to_string() == home)
-        })
-        .collect();
+    let left = supervisors_of(&e);
     assert!(left.is_empty(), "supervisor left: {left:?}");
     let out = e.cmd(&["engine", "status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(10));
@@ -1360,14 +1365,7 @@ fn a_supervisor_that_cannot_take_the_instance_lock_is_reported_as_such() {
     assert!(!err.contains("supervisor was killed"), "{err}");
     assert!(!err.contains("exited unexpectedly"), "{err}");
     assert!(e.registration().is_none());
-    let home = e.ctx.home.display().to_string();
-    let left: Vec<u32> = processes_mentioning("__supervise")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/cwd"))
-                .is_ok_and(|cwd| cwd.display().to_string() == home)
-        })
-        .collect();
+    let left = supervisors_of(&e);
     assert!(left.is_empty(), "supervisor left: {left:?}");
 }
 
