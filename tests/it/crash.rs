@@ -155,7 +155,13 @@ fn engine_survives_sighup_of_the_launching_terminal() {
     });
     let pid = e.registration().unwrap()["pid"].as_i64().unwrap() as i32;
     drop(guard); // kill-session: SIGHUP to the pane's processes
-    std::thread::sleep(Duration::from_millis(800));
+                 // The hangup reached the terminal's processes once the script's shell is gone; the engine got it then or never.
+    let script_path = s.to_string_lossy().into_owned();
+    wait_for(
+        "the terminal's shell to die of SIGHUP",
+        Duration::from_secs(10),
+        || processes_mentioning(&script_path).is_empty(),
+    );
     assert!(breadboard::procfs::alive(pid));
     let (code, st) = e.status();
     assert_eq!(code, 0, "{st}");
@@ -246,4 +252,60 @@ fn foreground_runs_attached_and_ctrl_c_stops_it_cleanly() {
     assert!(!breadboard::procfs::alive(pid));
     let (code, st) = e.status();
     assert_eq!(code, 10, "{st}");
+}
+
+#[test]
+fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
+    let e = Engine::new(); // installed, not started
+    let data = e.ctx.home.join("data");
+    std::fs::create_dir_all(data.join("sessions")).unwrap();
+    std::fs::write(data.join("sessions/keep.txt"), b"user data").unwrap();
+    for (answer, expect_exit) in [("n", "EXIT=2"), ("y", "EXIT=0")] {
+        let name = format!("bbpurge{}{answer}", std::process::id());
+        let s = script(
+            &e,
+            &format!("purge-{answer}.sh"),
+            "engine uninstall --purge",
+            "sleep 60",
+        );
+        assert!(tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-s",
+            &name,
+            s.to_str().unwrap()
+        ])
+        .status
+        .success());
+        let _guard = TmuxSession(name.clone());
+        wait_for("the purge question", Duration::from_secs(30), || {
+            pane(&name).contains("This cannot be undone.")
+        });
+        tmux(&["send-keys", "-t", &name, answer, "Enter"]);
+        wait_for("the answer handled", Duration::from_secs(60), || {
+            pane(&name).contains(expect_exit)
+        });
+        if answer == "n" {
+            assert!(
+                pane(&name).contains("nothing was removed"),
+                "{}",
+                pane(&name)
+            );
+            assert_eq!(
+                std::fs::read(data.join("sessions/keep.txt")).unwrap(),
+                b"user data"
+            );
+            assert!(
+                e.ctx.home.join("engine/current").exists(),
+                "the venv stays too"
+            );
+        } else {
+            assert!(!data.exists(), "{}", pane(&name));
+            assert!(!e.ctx.home.join("engine/current").exists());
+        }
+    }
 }
