@@ -232,7 +232,41 @@ fn start_status_logs_stop_on_the_real_engine() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("logs -f prints the existing tail");
+    // A line appended after it started following shows up: it follows rather than exiting at the end.
+    let marker = format!("follow-marker-{}", std::process::id());
+    {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(e.ctx.home.join("logs/engine.log"))
+            .unwrap();
+        writeln!(log, "{marker}").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(&marker) => {
+                seen = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(seen, "logs -f did not show a line appended while following");
     assert!(follow.try_wait().unwrap().is_none(), "logs -f exited");
     let _ = follow.kill();
     let _ = follow.wait();
