@@ -35,16 +35,24 @@ pub fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
         .into());
     }
     let mut out = std::io::stdout().lock();
-    for line in crash::log_tail(&path, args.lines, token.as_deref()) {
-        if writeln!(out, "{line}").is_err() {
+    if !args.follow {
+        for line in crash::log_tail(&path, args.lines, token.as_deref()) {
+            if writeln!(out, "{line}").is_err() {
+                return Ok(0);
+            }
+        }
+        let _ = out.flush();
+        return Ok(0);
+    }
+    // The tail and the follow come from one read of one open file, so a line written between printing the tail and
+    // starting to follow is neither lost nor shown twice.
+    let (mut follower, tail) = Follower::with_tail(path, args.lines);
+    for line in tail {
+        if writeln!(out, "{}", crash::redact(&line, token.as_deref())).is_err() {
             return Ok(0);
         }
     }
     let _ = out.flush();
-    if !args.follow {
-        return Ok(0);
-    }
-    let mut follower = Follower::at_end(path);
     let mut token = token;
     loop {
         let (lines, rotated) = follower.poll();
@@ -77,18 +85,32 @@ struct Follower {
     pending: Vec<u8>,
 }
 
+/// How far back from the end the tail is looked for: enough for any sensible `-n`, bounded for a huge log.
+const TAIL_WINDOW: u64 = 256 * 1024;
+
 impl Follower {
-    /// Starts at the current end of `path` (the tail was printed already).
-    fn at_end(path: PathBuf) -> Follower {
+    /// Opens `path` and reads its last `n` complete lines; following continues from exactly where that read ended.
+    fn with_tail(path: PathBuf, n: usize) -> (Follower, Vec<String>) {
         let file = File::open(&path).ok();
         let meta = file.as_ref().and_then(|f| f.metadata().ok());
-        Follower {
+        let start = meta
+            .as_ref()
+            .map_or(0, |m| m.len().saturating_sub(TAIL_WINDOW));
+        let mut follower = Follower {
             path,
             file,
-            pos: meta.as_ref().map_or(0, |m| m.len()),
+            pos: start,
             ino: meta.map(|m| m.ino()),
             pending: Vec::new(),
+        };
+        let mut lines = Vec::new();
+        follower.read_available(&mut lines);
+        if start > 0 && !lines.is_empty() {
+            // The window began mid-line.
+            lines.remove(0);
         }
+        let tail = lines.split_off(lines.len().saturating_sub(n));
+        (follower, tail)
     }
 
     /// The complete lines written since the last poll, and whether the file was rotated. On a rotation the old file
@@ -157,8 +179,9 @@ mod tests {
     fn follows_across_rotation_without_losing_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("engine.log");
-        append(&log, "already shown\n");
-        let mut f = Follower::at_end(log.clone());
+        append(&log, "older\nalready shown\n");
+        let (mut f, tail) = Follower::with_tail(log.clone(), 1);
+        assert_eq!(tail, ["already shown"]);
         assert_eq!(f.poll(), (vec![], false));
         append(&log, "one\ntwo (partial");
         assert_eq!(f.poll(), (vec!["one".to_owned()], false));
@@ -185,12 +208,33 @@ mod tests {
     fn follows_truncation_and_a_file_that_appears_later() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("engine.log");
-        let mut f = Follower::at_end(log.clone());
+        let (mut f, tail) = Follower::with_tail(log.clone(), 10);
+        assert!(tail.is_empty());
         assert_eq!(f.poll(), (vec![], false));
         append(&log, "born\n");
         assert_eq!(f.poll(), (vec!["born".to_owned()], true));
         std::fs::write(&log, "").unwrap();
         append(&log, "x\n");
         assert_eq!(f.poll(), (vec!["x".to_owned()], true));
+    }
+
+    #[test]
+    fn tail_of_a_huge_log_skips_the_cut_line_and_keeps_a_partial_last_line_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("engine.log");
+        let filler = "x".repeat(999);
+        let mut text = String::new();
+        for i in 0..600 {
+            text.push_str(&format!("{i:04}{filler}\n"));
+        }
+        text.push_str("partial");
+        append(&log, &text);
+        let (mut f, tail) = Follower::with_tail(log.clone(), 3);
+        let heads: Vec<&str> = tail.iter().map(|l| &l[..4]).collect();
+        assert_eq!(heads, ["0597", "0598", "0599"]);
+        let (_, all) = Follower::with_tail(log.clone(), usize::MAX);
+        assert!(all.iter().all(|l| l.len() == 1003), "a cut line was shown");
+        append(&log, " line\n");
+        assert_eq!(f.poll(), (vec!["partial line".to_owned()], false));
     }
 }
