@@ -87,7 +87,7 @@ fn kill_9_of_engine_and_supervisor_with_ray_leaves_no_orphans() {
     });
     let out = e
         .cmd(&["engine", "status"])
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(14));

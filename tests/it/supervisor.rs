@@ -290,7 +290,8 @@ fn port_held_by_another_process_fails_fast_naming_it() {
         .cmd(&["engine", "start", "--port", &port])
         .assert()
         .code(1);
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Well under the 60 s handshake timeout: it failed on the bind, not by waiting (slack for a loaded CI box).
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     let err = stderr(&a);
     assert!(err.contains(&format!("port {port}")), "{err}");
     assert!(
@@ -320,7 +321,8 @@ fn stop_ends_an_engine_that_ignores_shutdown_and_sigterm() {
         .assert()
         .success();
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(7), "stop took {took:?}");
+    // Bounded by --timeout 4 (the default ladder is 20 s), plus slack for a loaded CI box.
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert!(stdout(&a).contains("killed"), "{}", stdout(&a));
     assert!(stderr(&a).contains("SIGTERM"), "{}", stderr(&a));
     assert!(session(sid).is_empty());
@@ -941,8 +943,9 @@ fn a_stop_while_a_restart_is_pending_is_never_restarted() {
     );
     let t0 = Instant::now();
     let a = e.cmd(&["engine", "stop"]).assert().success();
+    // Well under the 20 s backoff: the stop did not wait for the pending restart.
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
+        t0.elapsed() < Duration::from_secs(12),
         "stop took {:?}",
         t0.elapsed()
     );
@@ -1244,7 +1247,8 @@ fn on_failure_does_not_retry_a_start_that_fails_before_ready() {
         "{err}"
     );
     // Not retried, and not waited on: the supervisor saw the stop intent during its backoff and exited.
-    assert!(took < Duration::from_secs(5), "start took {took:?}");
+    // Well under the 60 s handshake timeout.
+    assert!(took < Duration::from_secs(20), "start took {took:?}");
     let log = engine_log(&e);
     assert!(!log.contains("automatic restart"), "{log}");
     assert!(e.registration().is_none());
