@@ -44,10 +44,16 @@ def run_turn_on_ray(engine):
     return worker
 
 
-def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory):
-    engine = engine_factory().start(ray="background")
+def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    engine = engine_factory(env={"HOME": str(home)}).start(ray="background")
     ready = engine.wait_ready()
     assert ready["ray"]["state"] == "connected" and ready["ray"]["mode"] == "local"
+    # Ray's token is ours, private, and under the data dir: nothing written to the user's ~/.ray.
+    token = engine.data_dir / "ray_auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert not (home / ".ray").exists(), list((home / ".ray").iterdir())
     worker = run_turn_on_ray(engine)
     assert "ray::" in comm(worker) or "default_worker" in comm(worker)
     status = engine.client().get("/v1/status").json()["ray"]

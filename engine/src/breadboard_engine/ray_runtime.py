@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -49,11 +50,29 @@ def _enable_cluster_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _use_own_token_auth(token_file: Path) -> None:
+    """A local Ray's GCS and raylet listen on every interface (Ray maps 127.0.0.1 to the routable address on
+    purpose), so it must require a token. Left alone, Ray >= 2.5x writes one to ~/.ray/auth_token, mode 0644, outside
+    BREADBOARD_HOME and readable by every user; ours lives in the data dir, 0600, and reaches Ray's child processes
+    through the environment. An explicit RAY_AUTH_MODE is the user's choice and is left alone."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if not token_file.exists():
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+
+
 class RayRuntime:
     def __init__(self, mode: str, address: str | None, data_dir: Path):
         self.start_mode = mode  # background | lazy | off
         self.address = address
         self.temp_dir = None if address else ray_temp_dir(data_dir)
+        self.token_file = data_dir / "ray_auth_token"
         self.state = "off" if mode == "off" else "pending"
         self.error: str | None = None
         self.nodes = 0
@@ -83,8 +102,11 @@ class RayRuntime:
         try:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             os.environ.setdefault("RAY_DISABLE_DASHBOARD", "1")
+            # Before the import: Ray reads these once.
             if self.address:
-                _enable_cluster_token_auth()  # before the import: Ray reads it once
+                _enable_cluster_token_auth()
+            else:
+                _use_own_token_auth(self.token_file)
             import ray
 
             kwargs = dict(
