@@ -20,6 +20,7 @@ ROUTES = [
     ("GET", "/v1/sessions/x"),
     ("DELETE", "/v1/sessions/x"),
     ("POST", "/v1/sessions/x/input"),
+    ("POST", "/v1/sessions/x/command"),
     ("GET", "/v1/sessions/x/events"),
     ("POST", "/v1/shutdown"),
     ("GET", "/openapi.json"),

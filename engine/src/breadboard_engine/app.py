@@ -14,7 +14,14 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .ray_runtime import RayRuntime
-from .sessions import ResumeWindowExceeded, SessionClosed, SessionManager, SessionNotFound
+from .sessions import (
+    CommandNotImplemented,
+    InvalidCommand,
+    ResumeWindowExceeded,
+    SessionClosed,
+    SessionManager,
+    SessionNotFound,
+)
 from .settings import Settings
 from .version import PROTOCOL_VERSION, engine_version
 
@@ -42,6 +49,11 @@ class SessionInput(BaseModel):
         if not value.strip():
             raise ValueError("content must not be blank")
         return value
+
+
+class SessionCommand(BaseModel):
+    command: str
+    payload: dict | None = None
 
 
 def error(status: int, code: str, detail, path: str | None = None) -> JSONResponse:
@@ -169,6 +181,21 @@ def create_app(
         except SessionClosed as exc:
             return error(409, "conflict", str(exc), request.url.path)
         return JSONResponse({"status": "accepted"}, status_code=202)
+
+    @app.post("/v1/sessions/{session_id}/command", status_code=202)
+    async def post_command(session_id: str, body: SessionCommand, request: Request):
+        path = request.url.path
+        try:
+            detail = manager.command(session_id, body.command, body.payload or {})
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", path)
+        except SessionClosed as exc:
+            return error(409, "conflict", str(exc), path)
+        except InvalidCommand as exc:
+            return error(400, "invalid_request", str(exc), path)
+        except CommandNotImplemented as exc:
+            return error(501, "not_implemented", f"this engine does not implement the command {exc}", path)
+        return JSONResponse({"status": "accepted", "detail": detail}, status_code=202)
 
     @app.get("/v1/sessions/{session_id}/events")
     async def events(

@@ -254,20 +254,29 @@ class RayRuntime:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
+        cancelled = threading.Event()
 
         def work() -> None:
+            batches = providers.turn_batches(provider, request)
             try:
-                for batch in providers.turn_batches(provider, request):
+                for batch in batches:
+                    if cancelled.is_set():  # the turn was stopped or its session deleted: stop producing
+                        return
                     loop.call_soon_threadsafe(queue.put_nowait, batch)
                 loop.call_soon_threadsafe(queue.put_nowait, done)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the loop
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                batches.close()
 
         threading.Thread(target=work, daemon=True, name="turn-inline").start()
-        while True:
-            item = await queue.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()

@@ -37,6 +37,33 @@ class SessionClosed(Exception):
     pass
 
 
+class InvalidCommand(Exception):
+    """A command this engine does not know, or one whose payload is wrong (400)."""
+
+
+class CommandNotImplemented(Exception):
+    """An upstream command this engine knows but does not implement (501)."""
+
+
+# Commands upstream's session runner takes that this engine has no counterpart for yet (no checkpoints, permissions,
+# skills or child sessions): they get 501, not 400, so a client can tell "not here" from "misspelt".
+UPSTREAM_ONLY_COMMANDS = frozenset(
+    {
+        "list_checkpoints",
+        "restore_checkpoint",
+        "permission_decision",
+        "respond_permission",
+        "permission_response",
+        "set_skills",
+        "session_child_next",
+        "session_child_previous",
+        "session_parent",
+        "run_tests",
+        "apply_diff",
+    }
+)
+
+
 class ResumeWindowExceeded(Exception):
     def __init__(self, last_event_id: str, last_seq: int):
         super().__init__(last_event_id)
@@ -83,6 +110,10 @@ class Session:
         self.turn = 0
         self.in_turn = False
         self.history: list[tuple[str, str]] | None = None
+        # The task streaming the current turn; the `stop` command cancels it and only it.
+        self.turn_work: asyncio.Task | None = None
+        self.stop_requested = False
+        self.closing = False  # the runner itself is being cancelled (delete, shutdown): a stop must not swallow that
 
     @property
     def id(self) -> str:
@@ -231,6 +262,30 @@ class SessionManager:
         else:  # interrupted by a restart: pick the conversation up again
             self._start_runner(session, content)
 
+    def command(self, session_id: str, name: str, payload: dict) -> dict:
+        """Upstream's `POST /v1/sessions/{id}/command`: returns the `detail` of the 202 answer."""
+        session = self.get(session_id)
+        if name in ("set_model", "set_mode"):
+            key = name.removeprefix("set_")
+            value = payload.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidCommand(f"{name} needs payload.{key}, a non-empty string")
+            if session.row.status in CLOSED:
+                raise SessionClosed(f"session is {session.row.status}")
+            session.row.metadata = {**(session.row.metadata or {}), key: value}
+            self._set_status(session, session.row.status)  # persists the metadata
+            return {"status": "ok", key: value}
+        if name == "stop":
+            work = session.turn_work
+            stopping = work is not None and not work.done() and not session.closing
+            if stopping:
+                session.stop_requested = True
+                work.cancel()
+            return {"status": "ok", "stopped": stopping}
+        if name in UPSTREAM_ONLY_COMMANDS:
+            raise CommandNotImplemented(name)
+        raise InvalidCommand(f"Unsupported command: {name}")
+
     async def delete(self, session_id: str) -> None:
         session = self.get(session_id)
         await self._stop_runner(session)
@@ -248,12 +303,12 @@ class SessionManager:
         session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input))
 
     async def _run(self, session: Session, first_input: str | None) -> None:
-        failed = False
+        outcome = "completed"
         try:
             if first_input is not None:
-                failed = not await self._turn(session, first_input)
+                outcome = await self._turn(session, first_input)
             if session.oneshot:
-                self._set_status(session, "failed" if failed else "completed")
+                self._set_status(session, {"completed": "completed", "stopped": "stopped"}.get(outcome, "failed"))
                 return
             while True:
                 content = await session.inputs.get()
@@ -290,7 +345,8 @@ class SessionManager:
             }
         return provider, request
 
-    async def _turn(self, session: Session, content: str) -> bool:
+    async def _turn(self, session: Session, content: str) -> str:
+        """Runs one turn; returns how it ended: completed, stopped (the `stop` command) or error."""
         session.log  # noqa: B018 - loads the turn counter after a restart
         session.turn += 1
         turn = session.turn
@@ -300,7 +356,9 @@ class SessionManager:
         self._publish(session, "turn_start", {"turn": turn, "mode": provider}, turn)
         count, error, reply = 2, None, None
         seen: set[str] = set()
-        try:
+
+        async def stream() -> None:
+            nonlocal count, reply
             async for batch in self.ray.run_turn(provider, request):
                 for event in batch:
                     kind = event["type"]
@@ -312,15 +370,31 @@ class SessionManager:
                     count += 1
                 # Let followers drain between batches: a burst published in one go would overflow every queue.
                 await asyncio.sleep(0)
+
+        session.stop_requested = False
+        session.turn_work = asyncio.ensure_future(stream())
+        stopped = False
+        try:
+            await session.turn_work
         except asyncio.CancelledError:
-            session.in_turn = False
-            raise
+            if not session.stop_requested or session.closing:
+                session.in_turn = False
+                raise
+            stopped = True
         except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
             error = str(exc) or type(exc).__name__
             self._publish(session, "error", {"message": error}, turn)
             count += 1
-        completed = error is None and "error" not in seen
-        reason = "error" if not completed else ("replay" if provider == "replay" else "completed")
+        finally:
+            session.turn_work = None
+            session.stop_requested = False
+        completed = error is None and "error" not in seen and not stopped
+        if stopped:
+            reason = "stopped"
+        elif not completed:
+            reason = "error"
+        else:
+            reason = "replay" if provider == "replay" else "completed"
         if "completion" not in seen:
             summary = {"completed": completed, "reason": reason}
             self._publish(session, "completion", {"summary": summary, "mode": provider}, turn)
@@ -337,10 +411,11 @@ class SessionManager:
         self._set_status(session, session.row.status)  # persists last_seq and the summary
         if self.settings.fsync == "turn":
             await asyncio.to_thread(session.log.sync)
-        return completed
+        return "stopped" if stopped else ("completed" if completed else "error")
 
     async def _stop_runner(self, session: Session) -> None:
         if session.runner is not None and not session.runner.done():
+            session.closing = True
             session.runner.cancel()
             try:
                 await session.runner

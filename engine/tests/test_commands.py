@@ -1,0 +1,93 @@
+"""POST /v1/sessions/{id}/command: upstream's set_mode/set_model/stop, its unknown-command 400, and 501 for the
+upstream commands this engine has no counterpart for."""
+
+import pytest
+from conftest import replay_all, turn_done, wait_until
+
+
+def command(engine, sid, name, payload=None):
+    return engine.client().post(f"/v1/sessions/{sid}/command", json={"command": name, "payload": payload})
+
+
+def test_set_mode_and_model_answer_like_upstream_and_survive_a_restart(engine_factory, tmp_path):
+    engine = engine_factory(tmp_path / "data").start()
+    sid = engine.create("")
+    r = command(engine, sid, "set_mode", {"mode": "plan"})
+    assert r.status_code == 202
+    assert r.json() == {"status": "accepted", "detail": {"status": "ok", "mode": "plan"}}
+    r = command(engine, sid, "set_model", {"model": "gpt-test"})
+    assert r.json()["detail"] == {"status": "ok", "model": "gpt-test"}
+    summary = engine.client().get(f"/v1/sessions/{sid}").json()
+    assert (summary["mode"], summary["model"]) == ("plan", "gpt-test")
+    assert engine.shutdown() == 0
+    engine = engine_factory(tmp_path / "data").start()
+    summary = engine.client().get(f"/v1/sessions/{sid}").json()
+    assert (summary["mode"], summary["model"]) == ("plan", "gpt-test")
+
+
+def test_bad_commands_get_the_error_envelope(engine):
+    sid = engine.create("")
+    r = command(engine, sid, "bogus")
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "invalid_request",
+        "detail": "Unsupported command: bogus",
+        "path": f"/v1/sessions/{sid}/command",
+    }
+    r = command(engine, sid, "set_mode", {"mode": "  "})
+    assert r.status_code == 400 and "payload.mode" in r.json()["detail"]
+    r = command(engine, sid, "set_model")
+    assert r.status_code == 400 and "payload.model" in r.json()["detail"]
+    r = command(engine, sid, "list_checkpoints")
+    assert r.status_code == 501 and r.json()["error"] == "not_implemented"
+    r = engine.client().post(f"/v1/sessions/{sid}/command", json={"payload": {}})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert command(engine, "nope", "stop").status_code == 404
+    done = engine.create("x", metadata={"cli_session_kind": "oneshot"})
+    engine.wait_status(done, "completed")
+    r = command(engine, done, "set_mode", {"mode": "plan"})
+    assert r.status_code == 409 and r.json()["error"] == "conflict"
+
+
+def long_turn(engine, sid):
+    """A turn that streams for ~10 s (5000 words, 2 ms apart): still going when we stop it."""
+    engine.send(sid, " ".join(f"w{i}" for i in range(5000)))
+    wait_until(lambda: any(e["data"]["type"] == "assistant_delta" for e in replay_all(engine, sid)), what="the turn")
+
+
+@pytest.mark.parametrize("ray", ["off", "background"])
+def test_stop_ends_the_turn_not_the_session(engine_factory, ray):
+    engine = engine_factory().start(ray=ray)
+    if ray != "off":
+        engine.wait_ready()
+    sid = engine.create("", metadata={"echo_delay_ms": 2})
+    assert command(engine, sid, "stop").json()["detail"] == {"status": "ok", "stopped": False}  # nothing to stop
+    long_turn(engine, sid)
+    r = command(engine, sid, "stop")
+    assert r.status_code == 202 and r.json()["detail"] == {"status": "ok", "stopped": True}
+    events = turn_done(engine, sid, 1)
+    kinds = [e["data"]["type"] for e in events]
+    assert kinds[-2:] == ["completion", "run_finished"], kinds[-5:]
+    assert events[-1]["data"]["payload"]["reason"] == "stopped"
+    assert events[-2]["data"]["payload"]["summary"] == {"completed": False, "reason": "stopped"}
+    deltas = sum(k == "assistant_delta" for k in kinds)
+    assert 0 < deltas < 5000, deltas
+    # Nothing more arrives for the stopped turn, and the session takes the next input.
+    last = events[-1]["data"]["seq"]
+    assert engine.client().get(f"/v1/sessions/{sid}").json()["status"] == "running"
+    engine.send(sid, "after stop")
+    events = turn_done(engine, sid, 2)
+    after = [e["data"] for e in events if e["data"]["seq"] > last]
+    assert after[0]["type"] == "user_message" and after[0]["turn"] == 2, after[:2]
+    assert after[-1]["type"] == "run_finished" and after[-1]["payload"]["reason"] == "completed"
+    assert "".join(e["payload"]["text"] for e in after if e["type"] == "assistant_delta") == "after stop"
+
+
+def test_a_stopped_oneshot_session_ends_stopped(engine):
+    sid = engine.create(
+        " ".join(f"w{i}" for i in range(5000)), metadata={"cli_session_kind": "oneshot", "echo_delay_ms": 2}
+    )
+    wait_until(lambda: any(e["data"]["type"] == "assistant_delta" for e in replay_all(engine, sid)), what="the turn")
+    assert command(engine, sid, "stop").json()["detail"]["stopped"] is True
+    engine.wait_status(sid, "stopped")
+    assert turn_done(engine, sid)[-1]["data"]["payload"]["reason"] == "stopped"
