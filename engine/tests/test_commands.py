@@ -1,6 +1,8 @@
 """POST /v1/sessions/{id}/command: upstream's set_mode/set_model/stop, its unknown-command 400, and 501 for the
 upstream commands this engine has no counterpart for."""
 
+import threading
+
 import pytest
 from conftest import replay_all, turn_done, wait_until
 
@@ -68,6 +70,7 @@ def test_stop_ends_the_turn_not_the_session(engine_factory, ray):
     events = turn_done(engine, sid, 1)
     kinds = [e["data"]["type"] for e in events]
     assert kinds[-2:] == ["completion", "run_finished"], kinds[-5:]
+    assert (kinds.count("completion"), kinds.count("run_finished")) == (1, 1), kinds
     assert events[-1]["data"]["payload"]["reason"] == "stopped"
     assert events[-2]["data"]["payload"]["summary"] == {"completed": False, "reason": "stopped"}
     deltas = sum(k == "assistant_delta" for k in kinds)
@@ -91,3 +94,23 @@ def test_a_stopped_oneshot_session_ends_stopped(engine):
     assert command(engine, sid, "stop").json()["detail"]["stopped"] is True
     engine.wait_status(sid, "stopped")
     assert turn_done(engine, sid)[-1]["data"]["payload"]["reason"] == "stopped"
+
+
+def test_stop_racing_a_delete_leaves_the_engine_working(engine):
+    """The delete cancels the runner while the stop cancels the turn: neither may be swallowed."""
+    sid = engine.create("", metadata={"echo_delay_ms": 2})
+    long_turn(engine, sid)
+    answers = {}
+
+    def stop():
+        answers["stop"] = command(engine, sid, "stop").status_code
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    assert engine.client().delete(f"/v1/sessions/{sid}").status_code == 204
+    thread.join(30)
+    assert answers["stop"] in (202, 404), answers
+    assert engine.client().get(f"/v1/sessions/{sid}").status_code == 404
+    # The engine still runs turns.
+    other = engine.create("still here", metadata={"cli_session_kind": "oneshot"})
+    engine.wait_status(other, "completed")

@@ -181,3 +181,11 @@ def test_stored_sessions_hold_no_file_descriptors(engine):
     engine.send(live, "x")
     turn_done(engine, live)
     assert len(open_logs()) == 1  # only the live session's log is open for appends
+
+
+def test_a_second_engine_on_the_same_data_dir_is_refused(engine_factory, tmp_path):
+    first = engine_factory(tmp_path / "data").start()
+    second = engine_factory(tmp_path / "data").start(wait=False)
+    assert second.proc.wait(30) == 1
+    assert f"in use by another engine (pid {first.proc.pid})" in second.log_text(), second.log_text()
+    assert first.client().get("/health").status_code == 200

@@ -6,15 +6,17 @@ format and records what it was sent, so the test checks both directions.
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import turn_done
+from conftest import replay_all, turn_done, wait_until
 
 
 @pytest.fixture
 def chat_server():
     requests: list[dict] = []
+    hung_up = threading.Event()  # a client closed an "endless" stream
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -31,6 +33,16 @@ def chat_server():
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
+            if body["model"] == "endless":  # a model that talks until the client hangs up (at most a minute)
+                give_up = time.monotonic() + 60
+                try:
+                    while time.monotonic() < give_up:
+                        self.wfile.write(b'data: {"choices": [{"delta": {"content": "more "}}]}\n\n')
+                        self.wfile.flush()
+                        time.sleep(0.02)
+                except OSError:
+                    hung_up.set()
+                return
             reply = "echo of " + body["messages"][-1]["content"]
             for word in reply.split(" "):
                 chunk = {"choices": [{"delta": {"content": word + " "}}]}
@@ -41,12 +53,12 @@ def chat_server():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests, hung_up
     server.shutdown()
 
 
 def test_openai_provider_streams_and_keeps_history(engine_factory, chat_server):
-    base_url, requests = chat_server
+    base_url, requests, _ = chat_server
     env = {"BREADBOARD_OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-test"}
     engine = engine_factory(env=env).start()
     sid = engine.create("hello model", provider="openai", metadata={"model": "tiny"})
@@ -66,7 +78,7 @@ def test_openai_provider_streams_and_keeps_history(engine_factory, chat_server):
 
 
 def test_openai_error_ends_the_turn_with_an_error_event(engine_factory, chat_server):
-    base_url, _ = chat_server
+    base_url, _, _ = chat_server
     engine = engine_factory(env={"BREADBOARD_OPENAI_BASE_URL": base_url}).start()
     sid = engine.create("hi", provider="openai", metadata={"model": "broken", "cli_session_kind": "oneshot"})
     engine.wait_status(sid, "failed")
@@ -74,3 +86,16 @@ def test_openai_error_ends_the_turn_with_an_error_event(engine_factory, chat_ser
     error = next(e["data"]["payload"] for e in events if e["data"]["type"] == "error")
     assert "500" in error["message"] and "model exploded" in error["message"]
     assert events[-1]["data"]["payload"]["completed"] is False
+
+
+@pytest.mark.parametrize("ray", ["off", "background"])
+def test_stop_hangs_up_on_the_model(engine_factory, chat_server, ray):
+    """`stop` must end the provider's HTTP stream, not only stop relaying it (tokens cost money)."""
+    base_url, _, hung_up = chat_server
+    engine = engine_factory(env={"BREADBOARD_OPENAI_BASE_URL": base_url}).start(ray=ray)
+    sid = engine.create("talk", provider="openai", metadata={"model": "endless"})
+    wait_until(lambda: any(e["data"]["type"] == "assistant_delta" for e in replay_all(engine, sid)), what="tokens")
+    r = engine.client().post(f"/v1/sessions/{sid}/command", json={"command": "stop"})
+    assert r.json()["detail"]["stopped"] is True
+    assert turn_done(engine, sid)[-1]["data"]["payload"]["reason"] == "stopped"
+    wait_until(hung_up.is_set, 20, what="the engine to close the model's stream")

@@ -47,12 +47,16 @@ def run_turn_on_ray(engine):
 def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
+    # A token file left empty (a kill mid-write) and readable by others: replaced, or Ray would refuse to start.
+    token = tmp_path / "data" / "ray_auth_token"
+    token.parent.mkdir()
+    token.write_text("")
+    token.chmod(0o644)
     engine = engine_factory(env={"HOME": str(home)}).start(ray="background")
     ready = engine.wait_ready()
     assert ready["ray"]["state"] == "connected" and ready["ray"]["mode"] == "local"
     # Ray's token is ours, private, and under the data dir: nothing written to the user's ~/.ray.
-    token = engine.data_dir / "ray_auth_token"
-    assert token.stat().st_mode & 0o777 == 0o600
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
     assert not (home / ".ray").exists(), list((home / ".ray").iterdir())
     worker = run_turn_on_ray(engine)
     assert "ray::" in comm(worker) or "default_worker" in comm(worker)

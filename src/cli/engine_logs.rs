@@ -93,9 +93,12 @@ impl Follower {
     fn with_tail(path: PathBuf, n: usize) -> (Follower, Vec<String>) {
         let file = File::open(&path).ok();
         let meta = file.as_ref().and_then(|f| f.metadata().ok());
+        // A window that does not start at the file's start begins one byte early, on the previous line's last
+        // byte: its first "line" is then either a cut line or empty (the window began exactly at a line start), and
+        // is dropped either way.
         let start = meta
             .as_ref()
-            .map_or(0, |m| m.len().saturating_sub(TAIL_WINDOW));
+            .map_or(0, |m| m.len().saturating_sub(TAIL_WINDOW + 1));
         let mut follower = Follower {
             path,
             file,
@@ -105,9 +108,12 @@ impl Follower {
         };
         let mut lines = Vec::new();
         follower.read_available(&mut lines);
-        if start > 0 && !lines.is_empty() {
-            // The window began mid-line.
-            lines.remove(0);
+        if start > 0 {
+            if lines.is_empty() {
+                follower.pending.clear(); // one line longer than the window: no whole line to show
+            } else {
+                lines.remove(0);
+            }
         }
         let tail = lines.split_off(lines.len().saturating_sub(n));
         (follower, tail)
@@ -236,5 +242,20 @@ mod tests {
         assert!(all.iter().all(|l| l.len() == 1003), "a cut line was shown");
         append(&log, " line\n");
         assert_eq!(f.poll(), (vec!["partial line".to_owned()], false));
+    }
+
+    #[test]
+    fn a_window_that_starts_exactly_at_a_line_start_keeps_that_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("engine.log");
+        // 1 + 1 + TAIL_WINDOW bytes: the window [len - TAIL_WINDOW, len) begins exactly at line "b...".
+        let body = "b".repeat(TAIL_WINDOW as usize - 1);
+        append(&log, &format!("a\n{body}\n"));
+        let (_, tail) = Follower::with_tail(log.clone(), 5);
+        assert_eq!(tail, std::slice::from_ref(&body));
+        // One more byte in front: now the window cuts "xa" and only the whole line remains too.
+        let log2 = dir.path().join("engine2.log");
+        append(&log2, &format!("xa\n{body}\n"));
+        assert_eq!(Follower::with_tail(log2, 5).1, [body]);
     }
 }

@@ -116,12 +116,16 @@ def turn_batches(provider: str, request: dict) -> Iterator[list[dict]]:
     import threading
 
     pending: queue.Queue = queue.Queue()
+    abandoned = threading.Event()  # the consumer is gone (the turn was stopped): stop the provider too
 
     worker_pid = os.getpid()
 
     def produce() -> None:
+        events = PROVIDERS[provider](request)
         try:
-            for event in PROVIDERS[provider](request):
+            for event in events:
+                if abandoned.is_set():
+                    return
                 if event["type"] == "assistant_message":
                     # Where the turn ran: a Ray worker's pid, or the engine's own when Ray is off.
                     event["payload"].setdefault("worker_pid", worker_pid)
@@ -129,21 +133,26 @@ def turn_batches(provider: str, request: dict) -> Iterator[list[dict]]:
             pending.put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it in the Ray task
             pending.put(exc)
+        finally:
+            events.close()  # closes an open HTTP stream (openai) at once rather than at garbage collection
 
     threading.Thread(target=produce, daemon=True, name=f"provider-{provider}").start()
-    while True:
-        batch = [pending.get()]
-        while len(batch) < BATCH_MAX:
-            try:
-                batch.append(pending.get_nowait())
-            except queue.Empty:
-                break
-        end = next((i for i, item in enumerate(batch) if item is _DONE or isinstance(item, BaseException)), None)
-        if end is None:
-            yield batch
-            continue
-        if end:
-            yield batch[:end]
-        if isinstance(batch[end], BaseException):
-            raise batch[end]
-        return
+    try:
+        while True:
+            batch = [pending.get()]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            end = next((i for i, item in enumerate(batch) if item is _DONE or isinstance(item, BaseException)), None)
+            if end is None:
+                yield batch
+                continue
+            if end:
+                yield batch[:end]
+            if isinstance(batch[end], BaseException):
+                raise batch[end]
+            return
+    finally:
+        abandoned.set()

@@ -11,6 +11,7 @@ Ray is started from one long-lived owner thread, for two reasons found the hard 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -57,14 +58,31 @@ def _use_own_token_auth(token_file: Path) -> None:
     through the environment. An explicit RAY_AUTH_MODE is the user's choice and is left alone."""
     if "RAY_AUTH_MODE" in os.environ:
         return
-    if not token_file.exists():
+    if not _usable_token(token_file):
+        # Missing, or empty after a kill or power loss mid-write (Ray then fails rather than falling back), or not
+        # private: a fresh one, written aside and renamed so it is never seen half-written. The engine holds the data
+        # dir's lock, so no other engine writes it meanwhile.
         token_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        aside = token_file.with_name(f".{token_file.name}.{os.getpid()}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(aside, token_file)
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+
+
+def _usable_token(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        return st.st_uid == os.getuid() and st.st_mode & 0o077 == 0 and bool(f.read().strip())
 
 
 class RayRuntime:
@@ -181,7 +199,12 @@ class RayRuntime:
             return
         if self.state == "pending":
             self.start()
-        await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        # asyncio.wait, not wait_for: before Python 3.12 wait_for can swallow a cancellation (a `stop`) that lands
+        # just as the future completes.
+        done, _ = await asyncio.wait({self._connected}, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"Ray did not connect within {timeout:.0f}s")
+        self._connected.result()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel work we started and stop (local) or disconnect from (cluster) Ray. Blocking; call off the loop."""
@@ -225,8 +248,9 @@ class RayRuntime:
     async def run_turn(self, provider: str, request: dict) -> AsyncIterator[list[dict]]:
         """Batches of events from one turn, as the provider produced them."""
         if self.state == "off":
-            async for batch in self._run_inline(provider, request):
-                yield batch
+            async with contextlib.aclosing(self._run_inline(provider, request)) as batches:
+                async for batch in batches:
+                    yield batch
             return
         await self.ensure()
         gen = self._remote.options(num_returns="streaming").remote(provider, request)

@@ -47,6 +47,11 @@ def serve(args) -> int:
         print(f"breadboard-engine: {exc}", file=sys.stderr)
         return 2
 
+    holder = claim_data_dir(settings.data_dir)
+    if holder is not None:
+        print(f"breadboard-engine: {holder}", file=sys.stderr)
+        return 1
+
     from .app import create_app
     from .ray_runtime import RayRuntime
     from .sessions import SessionManager
@@ -113,6 +118,36 @@ def serve(args) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+_DATA_DIR_LOCK: int | None = None  # held, never closed: the kernel releases it when this process ends
+
+
+def claim_data_dir(data_dir) -> str | None:
+    """One engine per data dir: two would interleave their writes to the same event logs and index. Returns why the
+    dir cannot be claimed, or None once it is ours (the lock file also names our pid, for that message)."""
+    import fcntl
+
+    global _DATA_DIR_LOCK
+    path = data_dir / "engine.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return f"cannot use the data dir {data_dir}: {exc.strerror} ({exc.filename})"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return (
+            f"the data dir {data_dir} is in use by another engine (pid {other}); stop that one first "
+            f"(`breadboard engine stop`), or give this one its own --data-dir"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _DATA_DIR_LOCK = fd
+    return None
 
 
 class EngineServer(uvicorn.Server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,8 +113,6 @@ class Session:
         self.history: list[tuple[str, str]] | None = None
         # The task streaming the current turn; the `stop` command cancels it and only it.
         self.turn_work: asyncio.Task | None = None
-        self.stop_requested = False
-        self.closing = False  # the runner itself is being cancelled (delete, shutdown): a stop must not swallow that
 
     @property
     def id(self) -> str:
@@ -277,9 +276,8 @@ class SessionManager:
             return {"status": "ok", key: value}
         if name == "stop":
             work = session.turn_work
-            stopping = work is not None and not work.done() and not session.closing
+            stopping = work is not None and not work.done()
             if stopping:
-                session.stop_requested = True
                 work.cancel()
             return {"status": "ok", "stopped": stopping}
         if name in UPSTREAM_ONLY_COMMANDS:
@@ -359,35 +357,38 @@ class SessionManager:
 
         async def stream() -> None:
             nonlocal count, reply
-            async for batch in self.ray.run_turn(provider, request):
-                for event in batch:
-                    kind = event["type"]
-                    seen.add(kind)
-                    payload = event.get("payload") or {}
-                    if kind == "assistant_message":
-                        reply = payload.get("text")
-                    self._publish(session, kind, payload, event.get("turn", turn))
-                    count += 1
-                # Let followers drain between batches: a burst published in one go would overflow every queue.
-                await asyncio.sleep(0)
+            # aclosing: a stop that lands between batches cleans up (cancels the Ray task) now, not at GC time.
+            async with contextlib.aclosing(self.ray.run_turn(provider, request)) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        kind = event["type"]
+                        seen.add(kind)
+                        payload = event.get("payload") or {}
+                        if kind == "assistant_message":
+                            reply = payload.get("text")
+                        self._publish(session, kind, payload, event.get("turn", turn))
+                        count += 1
+                    # Let followers drain between batches: a burst published in one go would overflow every queue.
+                    await asyncio.sleep(0)
 
-        session.stop_requested = False
-        session.turn_work = asyncio.ensure_future(stream())
-        stopped = False
+        work = session.turn_work = asyncio.ensure_future(stream())
         try:
-            await session.turn_work
+            # asyncio.wait, not `await work`: it raises CancelledError only when the runner itself is cancelled
+            # (delete, shutdown), so a `stop` (which cancels `work` alone) is told apart without flags.
+            await asyncio.wait({work})
         except asyncio.CancelledError:
-            if not session.stop_requested or session.closing:
-                session.in_turn = False
-                raise
-            stopped = True
-        except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
+            work.cancel()
+            await asyncio.wait({work})  # its cleanup (the Ray task cancelled) finishes before the runner ends
+            session.turn_work = None
+            session.in_turn = False
+            raise
+        session.turn_work = None
+        stopped = work.cancelled()
+        if not stopped and work.exception() is not None:
+            exc = work.exception()
             error = str(exc) or type(exc).__name__
             self._publish(session, "error", {"message": error}, turn)
             count += 1
-        finally:
-            session.turn_work = None
-            session.stop_requested = False
         completed = error is None and "error" not in seen and not stopped
         if stopped:
             reason = "stopped"
@@ -415,7 +416,6 @@ class SessionManager:
 
     async def _stop_runner(self, session: Session) -> None:
         if session.runner is not None and not session.runner.done():
-            session.closing = True
             session.runner.cancel()
             try:
                 await session.runner
