@@ -71,6 +71,23 @@ def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory, tmp_path):
     wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
 
 
+def test_a_stop_while_ray_is_starting_does_not_wait_for_it(engine_factory):
+    engine = engine_factory().start(ray="background")
+    wait_until(
+        lambda: any("gcs_server" in comm(p) for p, _ in descendants(engine.proc.pid)),
+        60,
+        interval=0.05,
+        what="Ray to begin starting",
+    )
+    assert engine.client().get("/ready").json()["ray"]["state"] == "starting"  # ray.init takes seconds more
+    family = descendants(engine.proc.pid)
+    started = time.monotonic()
+    assert engine.shutdown(timeout=30) == 0
+    assert time.monotonic() - started < 5, "the stop waited for Ray to finish starting"
+    assert "Ray was still starting" in engine.log_text()
+    wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
+
+
 def test_lazy_ray_and_kill_9_leaves_no_orphans(engine_factory):
     engine = engine_factory().start(ray="lazy")
     ready = engine.client().get("/ready").json()

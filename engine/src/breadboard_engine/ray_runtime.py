@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from . import providers
-from .procs import descendants
+from .procs import descendants, start_time
 
 log = logging.getLogger("breadboard_engine.ray")
 
@@ -212,6 +213,8 @@ class RayRuntime:
             self._cancel(gen)
         self._stop.set()
         if self._thread is not None:
+            if self.state == "starting":
+                self._abandon_start()
             self._thread.join(timeout)
         if self._reaper is not None and self._reaper.stdin is not None:
             self._reaper.stdin.close()  # nothing left to reap after a clean ray.shutdown(); the reaper exits
@@ -219,6 +222,22 @@ class RayRuntime:
                 self._reaper.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
+
+    def _abandon_start(self) -> None:
+        """A stop while ray.init is still running: it cannot be interrupted and takes many seconds on a loaded
+        machine (a stop must not wait for it, docs/protocol.md), so end what it has spawned so far (all ours: the
+        engine's own descendants) and let the engine exit. The owner thread is a daemon; it dies with the process."""
+        self._thread.join(0.2)
+        if not self._thread.is_alive():
+            return
+        log.warning("Ray was still starting: ending its processes instead of waiting for it")
+        for pid, start in descendants(os.getpid()):
+            if start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self._thread = None
 
     def status(self) -> dict:
         doc = {

@@ -11,6 +11,7 @@ CAPABILITIES = [
     "events.sse",
     "events.resume",
     "sessions.durable",
+    "sessions.command",
     "serve.fd",
     "shutdown.http",
     "ray.local",
