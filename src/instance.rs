@@ -80,7 +80,9 @@ pub enum Probe {
 }
 
 fn lock_busy(paths: &Paths) -> bool {
-    let Ok(file) = OpenOptions::new().write(true).open(paths.engine_lock()) else {
+    // Read-only: flock needs no write access, and a home on a read-only mount must still see its running engine
+    // (opened for writing, EROFS read as "no supervisor" and a healthy engine was reported crashed).
+    let Ok(file) = OpenOptions::new().read(true).open(paths.engine_lock()) else {
         return false;
     };
     match file.try_lock() {

@@ -1385,6 +1385,42 @@ fn bracketed_ipv6_loopback_is_accepted_and_bind_errors_say_what_to_do() {
 }
 
 #[test]
+fn status_on_a_read_only_home_still_sees_the_running_engine() {
+    let e = Engine::fake("ok");
+    e.start();
+    // A read-only bind mount of the home in a private mount namespace (CI runs as root); the touch proves it is
+    // read-only before status runs.
+    let template = e.command();
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount --bind -o ro "$BREADBOARD_HOME" "$BREADBOARD_HOME" || exit 98
+           touch "$BREADBOARD_HOME/probe" 2>/dev/null && exit 99
+           exec "$0" "$@""#,
+    ])
+    .arg(template.get_program())
+    .args(["engine", "status", "--json"]);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        (out.status.code(), doc["state"].as_str()),
+        (Some(0), Some("running")),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.cmd(&["engine", "stop"]).assert().success();
+}
+
+#[test]
 fn a_supervisor_that_cannot_take_the_instance_lock_is_reported_as_such() {
     let e = Engine::fake("ok");
     // An instance lock that cannot be opened: the supervisor exits 3 without starting an engine.
