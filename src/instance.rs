@@ -1165,6 +1165,52 @@ pub enum Stopped {
     Stopped { pid: i32, forced: bool },
 }
 
+/// The supervisor holding the instance lock when there is no readable registration (it was deleted or corrupted
+/// under a running engine). Only our supervisor takes that lock; its command line is checked all the same.
+pub fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {
+    procfs::flock_holder(&paths.engine_lock())
+        .filter(|pid| procfs::cmdline(*pid).is_some_and(|c| c.contains("__supervise")))
+}
+
+/// Stops a supervisor whose registration is gone: without it there is no engine pid, port or token to use, but
+/// SIGTERM to the supervisor is a stop it understands (it stops its engine and ends its session); a second
+/// escalates to SIGKILL of the engine's group. Without this the engine could not be stopped by any command.
+fn stop_unregistered(
+    paths: &Paths,
+    printer: &Printer,
+    sup: sys::Pid,
+    timeout: Duration,
+    force: bool,
+) -> anyhow::Result<Stopped> {
+    printer.warn(&format!(
+        "{} is missing or unreadable, but supervisor pid {sup} holds {}: stopping it by signal",
+        paths.registration().display(),
+        paths.engine_lock().display()
+    ));
+    let free = || !lock_busy(paths);
+    let _ = sys::kill(sup, libc::SIGTERM);
+    let mut forced = force;
+    if force {
+        let _ = sys::kill(sup, libc::SIGTERM);
+    } else if !wait_until(timeout.mul_f64(0.8), free) {
+        printer.info("the engine did not stop in time; escalating to SIGKILL");
+        let _ = sys::kill(sup, libc::SIGTERM);
+        forced = true;
+    }
+    if !wait_until(Duration::from_secs(5).max(timeout.mul_f64(0.2)), free) {
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!("supervisor pid {sup} did not exit after SIGTERM"),
+        )
+        .hint(format!(
+            "inspect: fuser -v {}",
+            paths.engine_lock().display()
+        ))
+        .into());
+    }
+    Ok(Stopped::Stopped { pid: sup, forced })
+}
+
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1204,18 +1250,21 @@ pub fn stop_locked(
             return Ok(Stopped::NotRunning);
         }
         Probe::Live { reg: None, .. } => {
-            return Err(CliError::new(
-                ErrorKind::Failure,
-                format!(
-                    "{} is held by a process without a registration; refusing to signal anything",
+            return match unregistered_supervisor(paths) {
+                Some(sup) => stop_unregistered(paths, printer, sup, timeout, force),
+                None => Err(CliError::new(
+                    ErrorKind::Failure,
+                    format!(
+                        "{} is held by a process without a registration; refusing to signal anything",
+                        paths.engine_lock().display()
+                    ),
+                )
+                .hint(format!(
+                    "find the holder with: fuser -v {}",
                     paths.engine_lock().display()
-                ),
-            )
-            .hint(format!(
-                "find the holder with: fuser -v {}",
-                paths.engine_lock().display()
-            ))
-            .into());
+                ))
+                .into()),
+            };
         }
         Probe::Live {
             reg: Some(reg),

@@ -52,6 +52,26 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     stat(pid).map(|s| s.start_ticks)
 }
 
+/// The process holding a `flock` on `path`, from `/proc/locks` (matched by inode; waiters, shown as `->`, skipped).
+pub fn flock_holder(path: &Path) -> Option<Pid> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    flock_holder_in(&locks, ino)
+}
+
+fn flock_holder_in(locks: &str, ino: u64) -> Option<Pid> {
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
+        (file_ino == ino).then(|| f.get(4)?.parse().ok()).flatten()
+    })
+}
+
 pub fn cmdline(pid: Pid) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let parts: Vec<String> = raw
@@ -197,6 +217,16 @@ pub fn port_listening(port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flock_holder_reads_proc_locks_and_skips_waiters() {
+        let locks = "1: POSIX  ADVISORY  WRITE 11 00:2a:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 5151 00:2a:1234 0 EOF\n";
+        assert_eq!(flock_holder_in(locks, 1234), Some(4242));
+        assert_eq!(flock_holder_in(locks, 77), None);
+        assert_eq!(flock_holder_in(locks, 9), None);
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {

@@ -85,8 +85,17 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
             None => State::Stopped,
         },
         Probe::Live { reg: None, .. } => {
-            out.detail =
-                Some("the supervisor holds the instance lock and has not registered yet".into());
+            // Normally for an instant while a supervisor starts; if it lasts, the registration was lost or
+            // corrupted under a running engine, and `stop` ends that supervisor by signal.
+            let who = instance::unregistered_supervisor(paths).map_or_else(
+                || "the supervisor".to_owned(),
+                |p| format!("supervisor pid {p}"),
+            );
+            out.detail = Some(format!(
+                "{who} holds the instance lock but {} is missing or unreadable (it is still starting, or its \
+                 registration was lost: `breadboard engine stop` stops it)",
+                paths.registration().display()
+            ));
             State::Starting
         }
         Probe::Live {

@@ -1385,6 +1385,43 @@ fn bracketed_ipv6_loopback_is_accepted_and_bind_errors_say_what_to_do() {
 }
 
 #[test]
+fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
+    let e = Engine::fake("ok");
+    e.start();
+    let reg = e.registration().unwrap();
+    let (pid, sid) = (
+        reg["pid"].as_i64().unwrap() as i32,
+        reg["sid"].as_i64().unwrap(),
+    );
+    let sup = reg["supervisor_pid"].as_i64().unwrap();
+    std::fs::write(e.ctx.home.join("run/engine.json"), "{not json").unwrap();
+    let (code, st) = e.status();
+    let detail = st["detail"].as_str().unwrap_or_default();
+    assert_eq!(code, 11, "{st}");
+    assert!(
+        detail.contains(&format!("supervisor pid {sup}"))
+            && detail.contains("breadboard engine stop"),
+        "{st}"
+    );
+    let a = e.cmd(&["engine", "stop"]).assert().success();
+    assert!(
+        stderr(&a).contains("missing or unreadable"),
+        "{}",
+        stderr(&a)
+    );
+    wait_for(
+        "the engine's session to end",
+        Duration::from_secs(20),
+        || session(sid).is_empty(),
+    );
+    assert!(!breadboard::procfs::alive(pid));
+    assert!(supervisors_of(&e).is_empty());
+    let (code, _) = e.status();
+    assert_eq!(code, 10);
+    e.start();
+}
+
+#[test]
 fn status_on_a_read_only_home_still_sees_the_running_engine() {
     let e = Engine::fake("ok");
     e.start();
