@@ -1165,6 +1165,27 @@ pub enum Stopped {
     Stopped { pid: i32, forced: bool },
 }
 
+/// After the current version was switched without a restart (`install`, `rollback`): a running engine keeps its
+/// old version until restarted, and says so only as `incompatible` later; say it now.
+pub fn warn_if_running_another(paths: &Paths, printer: &Printer, current: &str) {
+    let Some(reg) = registration::peek(paths).filter(|_| lock_busy(paths)) else {
+        return;
+    };
+    // No version: an engine from BREADBOARD_ENGINE_CMD, not from the managed venv.
+    let Some(running) = reg.engine_version.as_deref().filter(|v| *v != current) else {
+        return;
+    };
+    let how = if reg.foreground {
+        "stop it (Ctrl-C in its terminal) and start it again"
+    } else {
+        "run `breadboard engine restart`"
+    };
+    printer.warn(&format!(
+        "the running engine (pid {}) is still {running}; to use {current}, {how}",
+        reg.pid
+    ));
+}
+
 /// The supervisor holding the instance lock when there is no readable registration (it was deleted or corrupted
 /// under a running engine). Only our supervisor takes that lock; its command line is checked all the same.
 pub fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {

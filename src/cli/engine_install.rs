@@ -77,6 +77,7 @@ pub fn run(ctx: &Ctx, args: &InstallArgs) -> anyhow::Result<u8> {
     };
     let outcome = install_locked(ctx, &store, plan)?;
     report(ctx.printer, &outcome, args.json);
+    crate::instance::warn_if_running_another(&ctx.paths, ctx.printer, &outcome.version);
     Ok(0)
 }
 

@@ -36,6 +36,7 @@ pub fn run(ctx: &Ctx, args: &RollbackArgs) -> anyhow::Result<u8> {
     }
     let from = store.current().filter(|c| store.is_complete(c));
     store.swap(&target, from.as_deref())?;
+    crate::instance::warn_if_running_another(&ctx.paths, ctx.printer, &target);
     if args.json {
         ctx.printer.json(&RollbackJson {
             current: target,

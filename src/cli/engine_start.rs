@@ -139,5 +139,29 @@ pub fn run(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
     // The control lock covers the start only; the instance lock covers the engine's life (a foreground start took
     // it under the control lock).
     drop(lock);
+    if started.already_running {
+        warn_unapplied(ctx, args, &started.reg);
+    }
     finish(ctx, started, args.json, "started")
+}
+
+/// Flags the running engine was not started with are not applied by a start that finds it running: say so.
+fn warn_unapplied(ctx: &Ctx, args: &StartArgs, reg: &Registration) {
+    let mut differ = Vec::new();
+    if let Some(PortSpec::Fixed(port)) = args.port {
+        if port != reg.port {
+            differ.push(format!("--port {port} (it uses {})", reg.port));
+        }
+    }
+    if let Some(addr) = args.ray_address.as_deref() {
+        if reg.ray_address.as_deref() != Some(addr) {
+            differ.push(format!("--ray-address {addr}"));
+        }
+    }
+    if !differ.is_empty() {
+        ctx.printer.warn(&format!(
+            "the engine was already running, so {} was not applied; to apply it, run `breadboard engine restart` with the same flags",
+            differ.join(" and ")
+        ));
+    }
 }

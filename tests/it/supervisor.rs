@@ -1422,6 +1422,46 @@ fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
 }
 
 #[test]
+fn install_rollback_and_start_under_a_running_engine_say_what_they_did_not_change() {
+    let e = Engine::new();
+    e.start();
+    let pid = e.registration().unwrap()["pid"].as_i64().unwrap();
+    let a = e.ctx.install(&["--version", "0.1.0"]).success();
+    let err = stderr(&a);
+    assert!(
+        err.contains(&format!("the running engine (pid {pid}) is still 0.1.1; to use 0.1.0, run `breadboard engine restart`")),
+        "{err}"
+    );
+    // Back to the version it runs: nothing to say.
+    let a = e.cmd(&["engine", "rollback"]).assert().success();
+    assert!(!stderr(&a).contains("still"), "{}", stderr(&a));
+    // A start that finds it running does not apply a different port, and says so.
+    let port = e.registration().unwrap()["port"].as_u64().unwrap();
+    let other = (port + 1).to_string();
+    let a = e
+        .cmd(&["engine", "start", "--port", &other])
+        .assert()
+        .success();
+    assert!(
+        stdout(&a).contains("engine already running"),
+        "{}",
+        stdout(&a)
+    );
+    assert!(
+        stderr(&a).contains(&format!("--port {other} (it uses {port}) was not applied")),
+        "{}",
+        stderr(&a)
+    );
+    let a = e.cmd(&["engine", "rollback"]).assert().success();
+    assert!(
+        stderr(&a).contains("is still 0.1.1; to use 0.1.0"),
+        "{}",
+        stderr(&a)
+    );
+    e.cmd(&["engine", "stop"]).assert().success();
+}
+
+#[test]
 fn status_on_a_read_only_home_still_sees_the_running_engine() {
     let e = Engine::fake("ok");
     e.start();
