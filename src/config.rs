@@ -73,10 +73,8 @@ pub struct RayConfig {
 impl Config {
     /// Loads `path`; a missing file is an empty config. Warns once per unknown key.
     pub fn load(path: &Path, printer: &Printer) -> anyhow::Result<Config> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        let Some(text) = read_text(path)? else {
+            return Ok(Config::default());
         };
         let config: Config = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
         for key in config.unknown_keys() {
@@ -90,10 +88,9 @@ impl Config {
 
     /// Parses without printing warnings (for doctor, which reports unknown keys as a finding).
     pub fn load_quiet(path: &Path) -> anyhow::Result<Config> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| parse_error(path, &text, &e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+        match read_text(path)? {
+            Some(text) => toml::from_str(&text).map_err(|e| parse_error(path, &text, &e)),
+            None => Ok(Config::default()),
         }
     }
 
@@ -112,6 +109,29 @@ impl Config {
     }
 }
 
+/// The config file's text; `None` when there is none. Bytes that are not UTF-8 are a config error (exit 3) like any
+/// other that keeps the file from parsing.
+fn read_text(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(CliError::new(
+            ErrorKind::Config,
+            format!("could not parse {}: it is not UTF-8 text", path.display()),
+        )
+        .hint(move_aside_hint(path))
+        .into()),
+        Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+    }
+}
+
+fn move_aside_hint(path: &Path) -> String {
+    format!(
+        "fix the file, or move it aside to start from defaults: mv {0} {0}.bak",
+        path.display()
+    )
+}
+
 fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> anyhow::Error {
     let location = match err.span() {
         Some(span) => {
@@ -125,10 +145,7 @@ fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> anyhow::Error 
         ErrorKind::Config,
         format!("could not parse {}{location}: {detail}", path.display()),
     )
-    .hint(format!(
-        "fix the file, or move it aside to start from defaults: mv {0} {0}.bak",
-        path.display()
-    ))
+    .hint(move_aside_hint(path))
     .into()
 }
 
@@ -146,11 +163,7 @@ pub fn write_keys(
     section: &str,
     values: &[(&str, Option<toml_edit::Value>)],
 ) -> anyhow::Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
-    };
+    let text = read_text(path)?.unwrap_or_default();
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
         CliError::new(
             ErrorKind::Config,

@@ -515,6 +515,14 @@ fn stale_and_corrupt_registration_and_corrupt_config() {
         let a = e.cmd(args).assert().code(3);
         assert!(stderr(&a).contains("line 2"), "{}", stderr(&a));
     }
+    // Not even text: the same exit 3, with the same way out.
+    std::fs::write(e.ctx.home.join("config.toml"), b"\xff\n").unwrap();
+    let a = e.cmd(&["engine", "status"]).assert().code(3);
+    assert!(
+        stderr(&a).contains("is not UTF-8 text") && stderr(&a).contains(".bak"),
+        "{}",
+        stderr(&a)
+    );
     std::fs::write(
         e.ctx.home.join("config.toml"),
         "[protocol]\nmode = \"sloppy\"\n",
