@@ -743,6 +743,22 @@ fn engine_identity_checks(store: &Store) -> Vec<Finding> {
 /// `pip check` of the venv's dependencies. uv-built venvs have no pip, so uv does it there.
 fn pip_check(store: &Store, version: &str) -> Finding {
     let python = venv_python(store, version);
+    // pip check reads only metadata: a package deleted with its dist-info left behind passes it, and then the
+    // engine fails to import. Looking the engine's modules up (without importing them) costs one Python start.
+    if let Some(missing) = missing_modules(&python) {
+        return Finding::error(
+            "Engine venv",
+            "venv.pip_check",
+            format!("the venv is missing modules the engine imports: {missing}"),
+            "their package metadata may still be there, so `pip check` alone would not see it",
+        )
+        .fix(format!(
+            "breadboard engine install --force --version {version}"
+        ))
+        .repair(Repair::RebuildVenv {
+            version: version.to_owned(),
+        });
+    }
     // uv's check takes milliseconds where pip's takes over a second; uv-built venvs have no pip at all.
     let cmd = if let Some(uv) = installer::find_uv() {
         let mut c = Command::new(uv);
@@ -753,11 +769,11 @@ fn pip_check(store: &Store, version: &str) -> Finding {
         c.args(["-m", "pip", "check", "--disable-pip-version-check"]);
         c
     } else {
-        return Finding::ok(
+        return Finding::warn(
             "Engine venv",
             "venv.pip_check",
-            "dependency check skipped",
-            "the venv has no pip and uv is not available",
+            "dependency check skipped (its modules are present)",
+            "the venv has no pip and uv is not available to check its requirements",
         );
     };
     match run_with_deadline(cmd, SLOW) {
@@ -793,6 +809,31 @@ fn pip_check(store: &Store, version: &str) -> Finding {
             why,
         ),
     }
+}
+
+/// The top-level modules the engine imports that its venv cannot find, space-separated; `None` when all are there
+/// (or the probe itself could not run: the engine-version check reports a Python that does not run).
+fn missing_modules(python: &Path) -> Option<String> {
+    const MODULES: [&str; 6] = [
+        "breadboard_engine",
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "ray",
+        "httpx",
+    ];
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-I",
+        "-c",
+        "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))",
+    ])
+    .args(MODULES);
+    let out = run_with_deadline(cmd, SLOW)
+        .ok()
+        .filter(|o| o.status.success())?;
+    let missing = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!missing.is_empty()).then_some(missing)
 }
 
 fn ray_checks(setup: &Setup, store: &Store, import: bool) -> Vec<Finding> {

@@ -413,6 +413,24 @@ fn broken_dependency_fails_pip_check_and_the_fix_rebuilds() {
     let (code, doc) = doctor(&ctx, &[]);
     assert_eq!(check(&doc, "venv.pip_check")["status"], "ok", "{doc:#}");
     assert_eq!(code, 0, "{doc:#}");
+
+    // A package deleted with its metadata left behind: `pip check` passes, the engine would not import.
+    std::fs::rename(site.join("fastapi"), site.join("fastapi.aside")).unwrap();
+    let (code, doc) = doctor(&ctx, &[]);
+    let finding = check(&doc, "venv.pip_check");
+    assert_eq!(
+        (code, finding["status"].as_str()),
+        (1, Some("error")),
+        "{doc:#}"
+    );
+    assert!(
+        finding["title"].as_str().unwrap().ends_with(": fastapi"),
+        "{finding}"
+    );
+    run_fix(&ctx, finding["fix"].as_str().unwrap());
+    let (code, doc) = doctor(&ctx, &[]);
+    assert_eq!(check(&doc, "venv.pip_check")["status"], "ok", "{doc:#}");
+    assert_eq!(code, 0, "{doc:#}");
 }
 
 #[test]
