@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::error::{CliError, ErrorKind};
 use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
 
@@ -117,6 +118,33 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// For commands that need only `run/` and the logs (stop, status, logs): a config.toml that does not parse is
+    /// warned about and defaults are used, so a typo in it never keeps a running engine from being seen or stopped.
+    pub fn load_lenient(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {
+        match Ctx::load(printer) {
+            Err(e) => match e.downcast_ref::<CliError>() {
+                Some(ce) if ce.kind == ErrorKind::Config => {
+                    let hint = ce
+                        .hint
+                        .as_deref()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
+                    printer.warn(&format!(
+                        "{}; using defaults for this command{hint}",
+                        ce.message
+                    ));
+                    Ok(Ctx {
+                        paths: Paths::from_env()?,
+                        printer,
+                        config: Config::default(),
+                    })
+                }
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
     pub fn load(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {
         let paths = Paths::from_env()?;
         let config = Config::load(&paths.config_file(), printer)?;
@@ -141,12 +169,12 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             EngineCommand::Rollback(args) => engine_rollback::run(&Ctx::load(printer)?, &args),
             EngineCommand::Uninstall(args) => engine_uninstall::run(&Ctx::load(printer)?, &args),
             EngineCommand::Start(args) => engine_start::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Stop(args) => engine_stop::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Stop(args) => engine_stop::run(&Ctx::load_lenient(printer)?, &args),
             EngineCommand::Restart(args) => engine_restart::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Status(args) => engine_status::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Status(args) => engine_status::run(&Ctx::load_lenient(printer)?, &args),
             // Doctor loads the config itself: a broken config is one of its findings, not a reason to stop.
             EngineCommand::Doctor(args) => engine_doctor::run(&Paths::from_env()?, printer, &args),
-            EngineCommand::Logs(args) => engine_logs::run(&Ctx::load(printer)?, &args),
+            EngineCommand::Logs(args) => engine_logs::run(&Ctx::load_lenient(printer)?, &args),
         },
         Command::Upgrade(args) => upgrade::run(printer, &cli.global, &args),
         Command::Supervise(args) => supervise::run(&args),

@@ -505,19 +505,31 @@ fn stale_and_corrupt_registration_and_corrupt_config() {
         e.cmd(&["engine", "stop"]).assert().success();
     }
 
-    // A config.toml that does not parse: exit 3 naming line and column, nothing started.
+    // A config.toml that does not parse: start exits 3 naming line and column, nothing started. status, stop and
+    // logs need only run/ and warn: a typo in the config never keeps a running engine from being seen or stopped.
+    e.start();
     std::fs::write(e.ctx.home.join("config.toml"), "[protocol]\nmode = \n").unwrap();
-    for args in [
-        &["engine", "start", "--port", "auto"][..],
-        &["engine", "status"][..],
-        &["engine", "stop"][..],
+    let a = e
+        .cmd(&["engine", "start", "--port", "auto"])
+        .assert()
+        .code(3);
+    assert!(stderr(&a).contains("line 2"), "{}", stderr(&a));
+    for (args, code) in [
+        (&["engine", "status"][..], 0),
+        (&["engine", "logs", "-n", "1"][..], 0),
+        (&["engine", "stop"][..], 0),
+        (&["engine", "status"][..], 10),
     ] {
-        let a = e.cmd(args).assert().code(3);
-        assert!(stderr(&a).contains("line 2"), "{}", stderr(&a));
+        let a = e.cmd(args).assert().code(code);
+        assert!(
+            stderr(&a).contains("line 2") && stderr(&a).contains("using defaults for this command"),
+            "{}",
+            stderr(&a)
+        );
     }
-    // Not even text: the same exit 3, with the same way out.
+    // Not even text: the same error, with the same way out.
     std::fs::write(e.ctx.home.join("config.toml"), b"\xff\n").unwrap();
-    let a = e.cmd(&["engine", "status"]).assert().code(3);
+    let a = e.cmd(&["engine", "install"]).assert().code(3);
     assert!(
         stderr(&a).contains("is not UTF-8 text") && stderr(&a).contains(".bak"),
         "{}",
