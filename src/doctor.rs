@@ -458,9 +458,38 @@ fn disk_check(path: &Path) -> Finding {
     }
 }
 
+/// The settings' values, checked by the same functions the commands use: a value they refuse is an error here
+/// rather than a surprise at the next `start` or `install`.
+fn invalid_values(config: &Config) -> Vec<String> {
+    let errors = [
+        crate::config::resolve_installer(None, config).err(),
+        crate::instance::configured_port(config).err(),
+        crate::instance::configured_protocol_mode(config).err(),
+        crate::instance::restart_policy(config).err(),
+    ];
+    errors
+        .into_iter()
+        .flatten()
+        .map(|e| match e.downcast_ref::<crate::error::CliError>() {
+            Some(ce) => ce.message.clone(),
+            None => format!("{e:#}"),
+        })
+        .collect()
+}
+
 fn config_check(setup: &Setup) -> Finding {
     let file = setup.paths.config_file();
     match &setup.config {
+        Ok(config) if !invalid_values(config).is_empty() => Finding::error(
+            "Config",
+            "config.parse",
+            "config.toml holds values the commands refuse",
+            invalid_values(config).join("; "),
+        )
+        .fix(format!(
+            "fix those values in {} (see docs/cli.md)",
+            file.display()
+        )),
         Ok(config) => {
             let unknown = config.unknown_keys();
             if unknown.is_empty() {

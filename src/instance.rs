@@ -193,7 +193,12 @@ pub fn protocol_mode(flag: Option<ProtocolMode>, ctx: &Ctx) -> anyhow::Result<Pr
             .into()),
         };
     }
-    match ctx.config.protocol.mode.as_deref() {
+    configured_protocol_mode(&ctx.config)
+}
+
+/// `[protocol] mode` of config.toml (doctor checks it with the same code).
+pub fn configured_protocol_mode(config: &crate::config::Config) -> anyhow::Result<ProtocolMode> {
+    match config.protocol.mode.as_deref() {
         None | Some("strict") => Ok(ProtocolMode::Strict),
         Some("soft") => Ok(ProtocolMode::Soft),
         Some(other) => Err(CliError::new(
@@ -201,6 +206,21 @@ pub fn protocol_mode(flag: Option<ProtocolMode>, ctx: &Ctx) -> anyhow::Result<Pr
             format!("protocol.mode = {other:?} in config.toml: expected \"strict\" or \"soft\""),
         )
         .hint("set [protocol] mode = \"strict\" or \"soft\"")
+        .into()),
+    }
+}
+
+/// `[engine] restart` of config.toml: the supervisor's restart policy (doctor checks it with the same code).
+pub fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
+    match &config.engine.restart {
+        Some(toml::Value::String(s)) if s == "on-failure" => Ok("on-failure"),
+        Some(toml::Value::String(s)) if s == "no" || s == "never" => Ok("no"),
+        None => Ok("no"),
+        Some(other) => Err(CliError::new(
+            ErrorKind::Config,
+            format!("engine.restart = {other} in config.toml: expected \"no\" or \"on-failure\""),
+        )
+        .hint("set [engine] restart = \"no\" or \"on-failure\"")
         .into()),
     }
 }
@@ -631,20 +651,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
         cli_version: crate::build_info::VERSION.to_owned(),
         ..Default::default()
     };
-    let restart_policy = match &ctx.config.engine.restart {
-        Some(toml::Value::String(s)) if s == "on-failure" => "on-failure",
-        Some(toml::Value::String(s)) if s == "no" || s == "never" => "no",
-        None => "no",
-        Some(other) => {
-            return Err(CliError::new(
-                ErrorKind::Config,
-                format!(
-                    "engine.restart = {other} in config.toml: expected \"no\" or \"on-failure\""
-                ),
-            )
-            .into())
-        }
-    };
+    let restart_policy = restart_policy(&ctx.config)?;
     let mut env: Vec<(String, String)> = vec![
         ("BREADBOARD_INSTANCE_ID".into(), instance_id.clone()),
         (

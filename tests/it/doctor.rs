@@ -127,6 +127,36 @@ fn corrupt_config_is_a_finding_not_a_crash() {
         .as_str()
         .unwrap()
         .contains("engine.mystery"));
+
+    // Values the commands refuse: the same messages `start` and `install` would give, before either is run.
+    std::fs::write(
+        ctx.home.join("config.toml"),
+        "[engine]\nrestart = \"always\"\ninstaller = \"conda\"\n[protocol]\nmode = \"loose\"\n",
+    )
+    .unwrap();
+    let (code, doc) = doctor(&ctx, &[]);
+    let finding = check(&doc, "config.parse");
+    assert_eq!(
+        (code, finding["status"].as_str()),
+        (1, Some("error")),
+        "{doc:#}"
+    );
+    let detail = finding["detail"].as_str().unwrap();
+    for key in ["engine.restart", "conda", "protocol.mode"] {
+        assert!(detail.contains(key), "{key} missing: {detail}");
+    }
+    let a = ctx.cmd(&["engine", "start"]).assert().code(3);
+    assert!(
+        detail.contains(
+            stderr(&a)
+                .lines()
+                .next()
+                .unwrap()
+                .trim_start_matches("error: ")
+        ),
+        "start said {} but doctor {detail}",
+        stderr(&a)
+    );
 }
 
 #[test]
