@@ -320,7 +320,10 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
                 "BREADBOARD_HOME is not writable",
                 format!("{}: {e}", home.display()),
             )
-            .fix(format!("chown -R \"$(id -un)\" {}", home.display())),
+            .fix(crate::error::io_hint(&e).map_or_else(
+                || format!("chown -R \"$(id -un)\" {}", home.display()),
+                str::to_owned,
+            )),
         ),
     }
     let run = paths.run_dir();

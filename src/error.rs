@@ -91,12 +91,31 @@ pub fn fail<T>(
     Err(e.into())
 }
 
-/// The exit code and hint for any error: the outermost [`CliError`] in the chain decides, else 1.
+/// The exit code and hint for any error: the outermost [`CliError`] in the chain decides, else 1, with a hint for
+/// the file-system errors whose cause is not this program (read-only, permissions, a full disk).
 pub fn classify(err: &anyhow::Error) -> (u8, Option<&str>) {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<CliError>() {
             return (e.kind.exit_code(), e.hint.as_deref());
         }
     }
-    (ErrorKind::Failure.exit_code(), None)
+    let hint = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .and_then(io_hint);
+    (ErrorKind::Failure.exit_code(), hint)
+}
+
+/// What to do about an I/O error that comes from the machine rather than from breadboard.
+pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
+    match err.raw_os_error()? {
+        libc::EROFS => Some(
+            "that file system is mounted read-only: make it writable, or point BREADBOARD_HOME at a writable directory",
+        ),
+        libc::EACCES | libc::EPERM => Some(
+            "permission denied: check who owns BREADBOARD_HOME (`ls -ld`), and run breadboard as that user or fix the owner",
+        ),
+        libc::ENOSPC | libc::EDQUOT => Some("the disk (or your quota) is full: free some space and retry"),
+        _ => None,
+    }
 }

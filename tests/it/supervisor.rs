@@ -1482,30 +1482,33 @@ fn install_rollback_and_start_under_a_running_engine_say_what_they_did_not_chang
 }
 
 #[test]
-fn status_on_a_read_only_home_still_sees_the_running_engine() {
+fn a_read_only_home_still_sees_its_engine_and_says_what_it_cannot_do() {
     let e = Engine::fake("ok");
     e.start();
     // A read-only bind mount of the home in a private mount namespace (CI runs as root); the touch proves it is
-    // read-only before status runs.
-    let template = e.command();
-    let mut c = Command::new("unshare");
-    c.args([
-        "-m",
-        "sh",
-        "-c",
-        r#"mount --bind -o ro "$BREADBOARD_HOME" "$BREADBOARD_HOME" || exit 98
-           touch "$BREADBOARD_HOME/probe" 2>/dev/null && exit 99
-           exec "$0" "$@""#,
-    ])
-    .arg(template.get_program())
-    .args(["engine", "status", "--json"]);
-    for (k, v) in template.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    let out = c.output().unwrap();
+    // read-only before the command runs.
+    let on_read_only_home = |args: &[&str]| {
+        let template = e.command();
+        let mut c = Command::new("unshare");
+        c.args([
+            "-m",
+            "sh",
+            "-c",
+            r#"mount --bind -o ro "$BREADBOARD_HOME" "$BREADBOARD_HOME" || exit 98
+               touch "$BREADBOARD_HOME/probe" 2>/dev/null && exit 99
+               exec "$0" "$@""#,
+        ])
+        .arg(template.get_program())
+        .args(args);
+        for (k, v) in template.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.output().unwrap()
+    };
+    let out = on_read_only_home(&["engine", "status", "--json"]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(
         (out.status.code(), doc["state"].as_str()),
@@ -1513,6 +1516,25 @@ fn status_on_a_read_only_home_still_sees_the_running_engine() {
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    // What cannot work there says why and what to do, and doctor's fix is not a chown.
+    let out = on_read_only_home(&["engine", "restart"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hint: that file system is mounted read-only"),
+        "{err}"
+    );
+    let out = on_read_only_home(&["engine", "doctor", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let dirs = doc["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|f| f["id"] == "home.dirs"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        dirs["fix"].as_str().unwrap_or("").contains("read-only"),
+        "{dirs}"
     );
     e.cmd(&["engine", "stop"]).assert().success();
 }
