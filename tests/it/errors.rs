@@ -199,3 +199,29 @@ fn colour_only_when_asked_and_never_with_no_color() {
         stderr(&coloured)
     );
 }
+
+#[test]
+fn color_never_reaches_usage_errors_in_a_terminal() {
+    // `script` gives the binary a terminal, where clap would colour its usage errors.
+    let run = |args: &str| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{BIN} {args}"), "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = run("engine stat");
+    assert!(coloured.contains("unrecognized subcommand"), "{coloured}");
+    assert!(
+        coloured.contains('\x1b'),
+        "no colour even without --color: {coloured:?}"
+    );
+    for flag in ["--color never", "--color=never"] {
+        let plain = run(&format!("{flag} engine stat"));
+        assert!(plain.contains("unrecognized subcommand"), "{plain}");
+        assert!(!plain.contains('\x1b'), "{flag}: {plain:?}");
+    }
+}
