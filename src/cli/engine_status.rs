@@ -40,8 +40,10 @@ struct StatusJson {
 
 #[derive(Serialize)]
 struct RayJson {
-    /// `cluster` (joined an existing cluster), `local (background|lazy)` or `off`.
+    /// `local`, `cluster` (joined an existing cluster) or `off`: the engine's own `/ready` values.
     mode: String,
+    /// When a local Ray starts: `background` (right after the port opens) or `lazy` (at the first turn).
+    start: Option<String>,
     address: Option<String>,
     /// As the engine reports it (`GET /ready`), when it answers: pending | starting | connected | failed | off.
     state: Option<String>,
@@ -202,17 +204,14 @@ fn fill(out: &mut StatusJson, r: &crate::registration::Registration) {
     out.restarts = r.restart_policy.as_ref().map(|_| r.restarts);
     out.started_at = Some(r.started_at.clone());
     out.log_path = r.log_path.display().to_string();
+    let (mode, start) = match (&r.ray_address, r.ray_start.as_deref()) {
+        (Some(_), _) => ("cluster", None),
+        (None, Some("off")) => ("off", None),
+        (None, start) => ("local", start.map(str::to_owned)),
+    };
     out.ray = Some(RayJson {
-        mode: if r.ray_address.is_some() {
-            "cluster".into()
-        } else {
-            r.ray_start
-                .clone()
-                .map_or("local".into(), |s| match s.as_str() {
-                    "off" => "off".into(),
-                    other => format!("local ({other})"),
-                })
-        },
+        mode: mode.into(),
+        start,
         address: r.ray_address.clone(),
         state: None,
         nodes: None,
@@ -237,10 +236,8 @@ fn fill_ray_state(out: &mut StatusJson, reg: &crate::registration::Registration)
     };
     let text = |k: &str| ray.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     if let Some(mode) = text("mode") {
-        r.mode = match (mode.as_str(), text("start")) {
-            ("local", Some(start)) => format!("local ({start})"),
-            _ => mode,
-        };
+        r.start = text("start").filter(|_| mode == "local");
+        r.mode = mode;
     }
     if let Some(addr) = text("address") {
         r.address = Some(addr);
@@ -302,8 +299,12 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
             live.push(e.clone());
         }
         details.push(format!(
-            "  ray: {}{}{}",
+            "  ray: {}{}{}{}",
             r.mode,
+            r.start
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
             r.address
                 .as_ref()
                 .map(|a| format!(" {a}"))

@@ -124,9 +124,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     let outcome = engine_install::install_locked(ctx, &store, plan)?;
     engine_install::report(ctx.printer, &outcome, args.json);
     match (running, protocol) {
-        (Some(reg), Some(protocol)) => {
-            restart_onto_new(ctx, &store, &reg, &current, protocol, args.json)
-        }
+        (Some(reg), Some(protocol)) => restart_onto_new(ctx, &store, &reg, &current, protocol),
         (Some(reg), None) => {
             let new = store.current().unwrap_or_default();
             if new != current {
@@ -150,7 +148,6 @@ fn restart_onto_new(
     reg: &crate::registration::Registration,
     old: &str,
     protocol: ProtocolMode,
-    json: bool,
 ) -> anyhow::Result<u8> {
     let opts = StartOpts {
         port: PortSpec::Fixed(reg.port),
@@ -173,12 +170,9 @@ fn restart_onto_new(
                 "engine restarted at {} (pid {}, engine {new})",
                 started.reg.url, started.reg.pid
             );
-            // With --json, stdout holds exactly one document (the install report above).
-            if json {
-                ctx.printer.info(&line);
-            } else {
-                ctx.printer.result(&line);
-            }
+            // stdout holds one result, the install report above (one document with --json): the restart that
+            // follows it is progress.
+            ctx.printer.info(&line);
             Ok(0)
         }
         Err(e) => {

@@ -180,6 +180,12 @@ fn start_status_logs_stop_on_the_real_engine() {
     assert_eq!(st["state"], "running");
     assert_eq!(st["pid"].as_i64(), Some(pid));
     assert_eq!(st["engine_version"], "0.1.1");
+    // The engine's own values (its /ready), not a display string.
+    assert_eq!(
+        (st["ray"]["mode"].as_str(), &st["ray"]["start"]),
+        (Some("off"), &Value::Null),
+        "{st}"
+    );
     let human = e.cmd(&["engine", "status"]).assert().success();
     assert!(stdout(&human).contains("running at"), "{}", stdout(&human));
 
@@ -1736,7 +1742,19 @@ fn upgrade_uses_the_configured_protocol_mode_and_leaves_a_foreground_engine_runn
     assert_eq!(e.ctx.link("current").as_deref(), Some("0.1.0"));
     assert_eq!(e.registration().unwrap()["pid"], started["pid"]);
     std::fs::remove_file(e.ctx.home.join("config.toml")).unwrap();
+    // With a valid mode it restarts the running engine onto the new version; stdout has the one result line (the
+    // install), the restart is progress on stderr.
+    let a = e.cmd(&["engine", "upgrade"]).assert().success();
+    let out = stdout(&a);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("0.1.1"), "{out}");
+    assert!(stderr(&a).contains("engine restarted at"), "{}", stderr(&a));
+    let (_, st) = e.status();
+    assert_eq!(st["engine_version"], "0.1.1", "{st}");
+    assert_ne!(st["pid"], started["pid"], "{st}");
     e.cmd(&["engine", "stop"]).assert().success();
+    e.cmd(&["engine", "rollback"]).assert().success();
+    assert_eq!(e.ctx.link("current").as_deref(), Some("0.1.0"));
 
     // A foreground engine is not replaced by a detached one: the upgrade installs and says to restart it.
     let mut child = e
