@@ -105,6 +105,19 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
         let refusal = method
             .refusal(requested.as_deref())
             .expect("every method but SelfManaged is refused");
+        if args.check && !args.rollback {
+            // Checking replaces nothing, so it works for every copy (rustup `check`); what would upgrade this copy
+            // is said alongside.
+            printer.warn(&format!(
+                "{} ({})",
+                refusal.message,
+                refusal.hint.as_deref().unwrap_or_default()
+            ));
+            let source = ReleaseSource::resolve(None, &paths.home)?;
+            let manifest = release_manifest(printer, &source, requested.as_deref())?;
+            let action = plan(VERSION, &manifest.version, requested.is_some());
+            return check(printer, &engine, &exe, args, &manifest.version, action);
+        }
         return Err(refusal.into());
     };
     if args.rollback {
@@ -120,33 +133,7 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
 
     // 2. The release to move to.
     let client = release::client()?;
-    let manifest_url = source.manifest_url(requested.as_deref());
-    printer.debug(&format!(
-        "release manifest: {manifest_url} (from {})",
-        source.origin
-    ));
-    let manifest = release::fetch_manifest(&client, &manifest_url, requested.as_deref())?;
-    if let Some(want) = &requested {
-        if manifest.version != *want {
-            let hint = if source.origin == env_vars::BREADBOARD_DOWNLOAD_URL {
-                format!(
-                    "{} points at one version's directory: unset it, or point it at {want}'s",
-                    env_vars::BREADBOARD_DOWNLOAD_URL
-                )
-            } else {
-                "the release tree is mislabelled; report it, or pick another version".to_owned()
-            };
-            return Err(CliError::new(
-                ErrorKind::Source,
-                format!(
-                    "{manifest_url} (from {}) is the manifest of breadboard {}, not of the requested {want}",
-                    source.origin, manifest.version
-                ),
-            )
-            .hint(hint)
-            .into());
-        }
-    }
+    let manifest = release_manifest(printer, &source, requested.as_deref())?;
     let action = plan(VERSION, &manifest.version, requested.is_some());
 
     if args.check {
@@ -387,6 +374,43 @@ fn not_runnable(previous: &Path, why: &str) -> anyhow::Error {
     )
     .hint("install a given release instead: breadboard upgrade --version V")
     .into()
+}
+
+/// The manifest of the release to move to (the newest, or `requested`), checked to be the one asked for.
+fn release_manifest(
+    printer: &Printer,
+    source: &ReleaseSource,
+    requested: Option<&str>,
+) -> anyhow::Result<release::Manifest> {
+    let client = release::client()?;
+    let manifest_url = source.manifest_url(requested);
+    printer.debug(&format!(
+        "release manifest: {manifest_url} (from {})",
+        source.origin
+    ));
+    let manifest = release::fetch_manifest(&client, &manifest_url, requested)?;
+    if let Some(want) = requested {
+        if manifest.version != want {
+            let hint = if source.origin == env_vars::BREADBOARD_DOWNLOAD_URL {
+                format!(
+                    "{} points at one version's directory: unset it, or point it at {want}'s",
+                    env_vars::BREADBOARD_DOWNLOAD_URL
+                )
+            } else {
+                "the release tree is mislabelled; report it, or pick another version".to_owned()
+            };
+            return Err(CliError::new(
+                ErrorKind::Source,
+                format!(
+                    "{manifest_url} (from {}) is the manifest of breadboard {}, not of the requested {want}",
+                    source.origin, manifest.version
+                ),
+            )
+            .hint(hint)
+            .into());
+        }
+    }
+    Ok(manifest)
 }
 
 fn check(

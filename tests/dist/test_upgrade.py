@@ -590,14 +590,16 @@ def test_npm_managed_copy_defers_to_npm(release: Release, home: Path) -> None:
     r = bb(exe, home, "upgrade", "--version", NEW, env=npm)
     assert r.returncode == EX_NOT_SELF_UPDATABLE
     assert f"hint: npm install -g breadboard-cli@{NEW}" in r.stderr
-    r = bb(exe, home, "upgrade", "--check", env={**npm, "BREADBOARD_MANAGED_BY": "pnpm"})
-    assert r.returncode == EX_NOT_SELF_UPDATABLE
-    assert "hint: pnpm add -g breadboard-cli@latest" in r.stderr
     # The engine is breadboard's own, not npm's: --engine-only goes ahead (here: nothing installed to upgrade).
     r = bb(exe, home, "upgrade", "--engine-only", env=npm)
     assert r.returncode == EX_FAILURE
     assert "no engine is installed" in r.stderr and "hint: breadboard engine install" in r.stderr
     assert release.requests[before:] == []  # not a single request
+    # --check replaces nothing, so it answers for any copy, naming the package manager's command alongside.
+    r = bb(exe, home, "upgrade", "--check", env={**npm, "BREADBOARD_MANAGED_BY": "pnpm"})
+    assert r.returncode == EX_AVAILABLE, r.stderr
+    assert r.stdout.strip() == f"breadboard upgrade available: {OLD} -> {NEW}"
+    assert "pnpm add -g breadboard-cli@latest" in r.stderr
     assert exe.read_bytes() == old_bytes
     assert listing(exe.parent) == ["breadboard"]
 
@@ -613,12 +615,23 @@ def test_copy_the_receipt_does_not_name_is_refused(release: Release, home: Path,
     assert f"breadboard at {other} is not the copy install.sh installed, which is {exe}" in r.stderr
     assert f"hint: upgrade that copy with `{exe} upgrade`" in r.stderr
 
-    # No receipt at all (another BREADBOARD_HOME): refused, naming where it looked.
+    # No receipt at all (another BREADBOARD_HOME, or a cargo-built binary): refused, naming where it looked.
     elsewhere = tmp_path / "other-home"
-    r = bb(other, home, "upgrade", "--check", env={"BREADBOARD_HOME": str(elsewhere)})
+    r = bb(other, home, "upgrade", env={"BREADBOARD_HOME": str(elsewhere)})
     assert r.returncode == EX_NOT_SELF_UPDATABLE, r.stderr
     assert f"no install receipt at {elsewhere / 'install-receipt.json'}" in r.stderr
     assert release.requests[before:] == []
+    # --check still answers (rustup `check`), with the refusal as a warning: it replaces nothing.
+    r = bb(
+        other,
+        home,
+        "upgrade",
+        "--check",
+        env={"BREADBOARD_HOME": str(elsewhere), "BREADBOARD_RELEASES_URL": release.releases_url},
+    )
+    assert r.returncode == EX_AVAILABLE, r.stderr
+    assert r.stdout.strip() == f"breadboard upgrade available: {OLD} -> {NEW}"
+    assert f"no install receipt at {elsewhere / 'install-receipt.json'}" in r.stderr
     assert other.read_bytes() == exe.read_bytes()
     assert version_of(exe) == f"breadboard {OLD}"
 
