@@ -148,6 +148,22 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                     out.detail = Some(format!("waiting for the handshake ({e})"));
                     State::Starting
                 }
+                Some(Err(crate::engine_client::ClientError::Http(401, _))) => {
+                    // Our token is what it refuses: say which file, since that is what changed.
+                    out.detail = Some(match crate::registration::token(&reg) {
+                        None => format!(
+                            "it refuses requests without its token, and {} is missing or empty; \
+                             `breadboard engine restart` issues a new one",
+                            reg.token_file.display()
+                        ),
+                        Some(_) => format!(
+                            "it refuses the token in {} (was the file replaced?); \
+                             `breadboard engine restart` issues a new one",
+                            reg.token_file.display()
+                        ),
+                    });
+                    State::Unhealthy
+                }
                 Some(Err(e)) => {
                     out.detail = Some(format!("alive but not answering: {e}"));
                     State::Unhealthy

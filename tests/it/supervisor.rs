@@ -1411,6 +1411,24 @@ fn bracketed_ipv6_loopback_is_accepted_and_bind_errors_say_what_to_do() {
 }
 
 #[test]
+fn a_lost_token_file_is_named_by_status_and_restart_recovers() {
+    let e = Engine::new();
+    e.start();
+    std::fs::remove_file(e.ctx.home.join("run/engine.token")).unwrap();
+    let (code, st) = e.status();
+    let detail = st["detail"].as_str().unwrap_or_default();
+    assert_eq!(code, 12, "{st}");
+    assert!(
+        detail.contains("run/engine.token is missing or empty")
+            && detail.contains("breadboard engine restart"),
+        "{st}"
+    );
+    e.cmd(&["engine", "restart"]).assert().success();
+    assert_eq!(e.status().0, 0);
+    e.cmd(&["engine", "stop"]).assert().success();
+}
+
+#[test]
 fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
     let e = Engine::fake("ok");
     e.start();
