@@ -18,9 +18,7 @@ use crate::printer::Printer;
 pub struct Config {
     pub engine: EngineConfig,
     pub python: PythonConfig,
-    /// Read by the supervisor issue; declared here so it is not reported as unknown.
     pub protocol: ProtocolConfig,
-    /// Read by the supervisor issue; declared here so it is not reported as unknown.
     pub ray: RayConfig,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
@@ -140,13 +138,35 @@ fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> anyhow::Error 
         }
         None => String::new(),
     };
-    let detail = err.message().trim();
+    let detail = in_config_terms(err.message().trim());
     CliError::new(
         ErrorKind::Config,
         format!("could not parse {}{location}: {detail}", path.display()),
     )
     .hint(move_aside_hint(path))
     .into()
+}
+
+/// serde's words for our types are Rust's ("expected struct EngineConfig"); say them as the file's terms.
+fn in_config_terms(message: &str) -> String {
+    [
+        (
+            "expected struct EngineConfig",
+            "expected the table [engine]",
+        ),
+        (
+            "expected struct PythonConfig",
+            "expected the table [python]",
+        ),
+        (
+            "expected struct ProtocolConfig",
+            "expected the table [protocol]",
+        ),
+        ("expected struct RayConfig", "expected the table [ray]"),
+        ("expected u16", "expected a port number (1-65535)"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (from, to)| m.replace(from, to))
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -310,6 +330,24 @@ pub fn resolve_installer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_errors_are_said_in_the_file_s_terms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let printer = Printer::new(crate::printer::Verbosity::Quiet, Default::default(), true);
+        for (text, want) in [
+            ("engine = 5\n", "expected the table [engine]"),
+            (
+                "[engine]\nport = 70000\n",
+                "expected a port number (1-65535)",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", Config::load(&path, &printer).unwrap_err());
+            assert!(err.contains(want) && !err.contains("struct"), "{err}");
+        }
+    }
 
     #[test]
     fn line_and_column_are_one_based() {
