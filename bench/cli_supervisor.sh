@@ -4,6 +4,8 @@
 #   2. supervisor overhead: `engine start` to ready, minus the engine's own spawn-to-/health time measured in
 #      the same run by spawning `python -m breadboard_engine serve` directly (target <= 50 ms)
 #   3. `engine stop` with SSE streams open (target <= 2 s)
+#   4. `engine stop` right after `engine start` with a local Ray (still starting), against the same stop once Ray is
+#      connected (target <= 2 s; a stop must not wait for ray.init)
 # Usage: bench/cli_supervisor.sh [runs]   (builds the release binary; installs the engine from target/fixtures)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -125,3 +127,39 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 python3 -c "print(f'stop with 3 open streams: {($t1-$t0)*1000:.0f} ms')"
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+
+echo "## engine stop with a local Ray: while it is still starting vs once connected ($runs runs each)"
+python3 - "$bin" "$BREADBOARD_HOME" "$runs" <<'PY'
+import json, os, subprocess, sys, time, urllib.request
+bin_, home, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+env = {k: v for k, v in os.environ.items() if k != "BREADBOARD_RAY_START"}  # the default: background
+
+def ready():
+    reg = json.load(open(f"{home}/run/engine.json"))
+    tok = open(f"{home}/run/engine.token").read().strip()
+    req = urllib.request.Request(reg["url"] + "/ready", headers={"Authorization": f"Bearer {tok}"})
+    return json.load(urllib.request.urlopen(req, timeout=2))["ray"]["state"]
+
+def stop_ms():
+    t0 = time.monotonic()
+    subprocess.run([bin_, "engine", "stop"], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (time.monotonic() - t0) * 1000
+
+starting, connected = [], []
+quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+for _ in range(runs):
+    subprocess.run([bin_, "engine", "start", "--port", "auto"], check=True, env=env, **quiet)
+    while (state := ready()) == "pending":  # Ray begins right after the port opens
+        time.sleep(0.02)
+    starting.append((stop_ms(), state))
+    subprocess.run([bin_, "engine", "start", "--port", "auto"], check=True, env=env, **quiet)
+    deadline = time.monotonic() + 120
+    while ready() != "connected" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    connected.append(stop_ms())
+s = sorted(m for m, _ in starting)
+c = sorted(connected)
+print(f"Ray state when the stop began: {[st for _, st in starting]}")
+print(f"stop while Ray is starting: median {s[len(s)//2]:.0f} ms  (max {s[-1]:.0f})")
+print(f"stop once Ray is connected: median {c[len(c)//2]:.0f} ms  (max {c[-1]:.0f})")
+PY
