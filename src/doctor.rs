@@ -486,11 +486,11 @@ fn config_check(setup: &Setup) -> Finding {
         Ok(config) if !invalid_values(config).is_empty() => Finding::error(
             "Config",
             "config.parse",
-            "config.toml holds values the commands refuse",
+            "settings hold values the commands refuse",
             invalid_values(config).join("; "),
         )
         .fix(format!(
-            "fix those values in {} (see docs/cli.md)",
+            "fix each value where its message says (in {}, or the environment variable it names; see docs/cli.md)",
             file.display()
         )),
         Ok(config) => {

@@ -113,7 +113,7 @@ pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
             "that file system is mounted read-only: make it writable, or point BREADBOARD_HOME at a writable directory",
         ),
         libc::EACCES | libc::EPERM => Some(
-            "permission denied: check who owns BREADBOARD_HOME (`ls -ld`), and run breadboard as that user or fix the owner",
+            "permission denied on the path above: check its owner and mode (`ls -ld`), and run breadboard as that user or fix them",
         ),
         libc::ENOSPC | libc::EDQUOT => Some("the disk (or your quota) is full: free some space and retry"),
         _ => None,

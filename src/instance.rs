@@ -80,9 +80,22 @@ pub enum Probe {
 }
 
 fn lock_busy(paths: &Paths) -> bool {
-    // Read-only: flock needs no write access, and a home on a read-only mount must still see its running engine
-    // (opened for writing, EROFS read as "no supervisor" and a healthy engine was reported crashed).
-    let Ok(file) = OpenOptions::new().read(true).open(paths.engine_lock()) else {
+    // For writing where possible (NFS emulates flock with fcntl locks, whose exclusive kind needs a writable fd);
+    // read-only where the home is not writable: flock itself needs no write access, and a read-only home must still
+    // see its running engine (the write open failing was read as "no supervisor", a healthy engine as crashed).
+    let path = paths.engine_lock();
+    let file = match OpenOptions::new().write(true).open(&path) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            OpenOptions::new().read(true).open(&path)
+        }
+        other => other,
+    };
+    let Ok(file) = file else {
         return false;
     };
     match file.try_lock() {
@@ -1200,6 +1213,20 @@ pub fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {
         .filter(|pid| procfs::cmdline(*pid).is_some_and(|c| c.contains("__supervise")))
 }
 
+/// A supervisor, then every process of its session (it is the session leader) and below it.
+fn supervisor_session(sup: sys::Pid) -> Vec<sys::Pid> {
+    let mut v = vec![sup];
+    for p in procfs::descendants(sup)
+        .into_iter()
+        .chain(procfs::session_members(sup, &[sup]))
+    {
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
 /// Stops a supervisor whose registration is gone: without it there is no engine pid, port or token to use, but
 /// SIGTERM to the supervisor is a stop it understands (it stops its engine and ends its session); a second
 /// escalates to SIGKILL of the engine's group. Without this the engine could not be stopped by any command.
@@ -1216,19 +1243,31 @@ fn stop_unregistered(
         paths.engine_lock().display()
     ));
     let free = || !lock_busy(paths);
-    let _ = sys::kill(sup, libc::SIGTERM);
-    let mut forced = force;
-    if force {
+    // Identity is re-checked before each signal: the pid must still be the process found holding the lock.
+    let Some(ticks) = procfs::start_ticks(sup) else {
+        return Ok(Stopped::NotRunning);
+    };
+    let same = || procfs::same_process(sup, ticks);
+    let mut done = false;
+    if !force && same() {
         let _ = sys::kill(sup, libc::SIGTERM);
-    } else if !wait_until(timeout.mul_f64(0.8), free) {
-        printer.info("the engine did not stop in time; escalating to SIGKILL");
-        let _ = sys::kill(sup, libc::SIGTERM);
-        forced = true;
+        done = wait_until(timeout.mul_f64(0.8), free);
+    }
+    let forced = !done;
+    if !done && same() {
+        // Without a registration there is no stop intent to record, so the supervisor goes first: killed, it cannot
+        // mistake its engine's death for a crash and restart it.
+        if !force {
+            printer.info("the engine did not stop in time; killing its session");
+        }
+        for p in supervisor_session(sup) {
+            let _ = sys::kill(p, libc::SIGKILL);
+        }
     }
     if !wait_until(Duration::from_secs(5).max(timeout.mul_f64(0.2)), free) {
         return Err(CliError::new(
             ErrorKind::Failure,
-            format!("supervisor pid {sup} did not exit after SIGTERM"),
+            format!("supervisor pid {sup} did not exit"),
         )
         .hint(format!(
             "inspect: fuser -v {}",

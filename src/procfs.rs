@@ -52,24 +52,41 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     stat(pid).map(|s| s.start_ticks)
 }
 
-/// The process holding a `flock` on `path`, from `/proc/locks` (matched by inode; waiters, shown as `->`, skipped).
+/// The process holding a `flock` on `path`: candidates from `/proc/locks` by inode number (waiters, shown as `->`,
+/// skipped), kept only if the process has `path` itself open (same device and inode through `/proc/<pid>/fd`), since
+/// another file system can reuse the inode number and `/proc/locks`' device field does not match `stat` on every file
+/// system.
 pub fn flock_holder(path: &Path) -> Option<Pid> {
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(path).ok()?.ino();
+    let meta = std::fs::metadata(path).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    flock_holder_in(&locks, ino)
+    flock_candidates(&locks, meta.ino())
+        .into_iter()
+        .find(|pid| has_open(*pid, meta.dev(), meta.ino()))
 }
 
-fn flock_holder_in(locks: &str, ino: u64) -> Option<Pid> {
-    locks.lines().find_map(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.get(1) != Some(&"FLOCK") {
-            return None;
-        }
-        let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
-        (file_ino == ino).then(|| f.get(4)?.parse().ok()).flatten()
-    })
+fn flock_candidates(locks: &str, ino: u64) -> Vec<Pid> {
+    locks
+        .lines()
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&"FLOCK") {
+                return None;
+            }
+            let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
+            (file_ino == ino).then(|| f.get(4)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+fn has_open(pid: Pid, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
 pub fn cmdline(pid: Pid) -> Option<String> {
@@ -223,9 +240,22 @@ mod tests {
         let locks = "1: POSIX  ADVISORY  WRITE 11 00:2a:77 0 EOF\n\
                      2: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF\n\
                      2: -> FLOCK  ADVISORY  WRITE 5151 00:2a:1234 0 EOF\n";
-        assert_eq!(flock_holder_in(locks, 1234), Some(4242));
-        assert_eq!(flock_holder_in(locks, 77), None);
-        assert_eq!(flock_holder_in(locks, 9), None);
+        assert_eq!(flock_candidates(locks, 1234), [4242]);
+        assert!(flock_candidates(locks, 77).is_empty());
+        assert!(flock_candidates(locks, 9).is_empty());
+    }
+
+    #[test]
+    fn flock_holder_is_the_process_that_has_the_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.lock");
+        let file = std::fs::File::create(&path).unwrap();
+        file.lock().unwrap();
+        assert_eq!(flock_holder(&path), Some(crate::sys::getpid()));
+        // A file nobody holds a lock on.
+        let other = dir.path().join("other.lock");
+        std::fs::File::create(&other).unwrap();
+        assert_eq!(flock_holder(&other), None);
     }
 
     #[test]

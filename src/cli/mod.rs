@@ -121,7 +121,9 @@ impl<'a> Ctx<'a> {
     /// For commands that need only `run/` and the logs (stop, status, logs): a config.toml that does not parse is
     /// warned about and defaults are used, so a typo in it never keeps a running engine from being seen or stopped.
     pub fn load_lenient(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {
-        match Ctx::load(printer) {
+        let paths = Paths::from_env()?;
+        let config = match Config::load(&paths.config_file(), printer) {
+            Ok(config) => config,
             Err(e) => match e.downcast_ref::<CliError>() {
                 Some(ce) if ce.kind == ErrorKind::Config => {
                     let hint = ce
@@ -133,16 +135,16 @@ impl<'a> Ctx<'a> {
                         "{}; using defaults for this command{hint}",
                         ce.message
                     ));
-                    Ok(Ctx {
-                        paths: Paths::from_env()?,
-                        printer,
-                        config: Config::default(),
-                    })
+                    Config::default()
                 }
-                _ => Err(e),
+                _ => return Err(e),
             },
-            ok => ok,
-        }
+        };
+        Ok(Ctx {
+            paths,
+            printer,
+            config,
+        })
     }
 
     pub fn load(printer: &'a Printer) -> anyhow::Result<Ctx<'a>> {

@@ -113,7 +113,13 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
                 refusal.message,
                 refusal.hint.as_deref().unwrap_or_default()
             ));
-            let source = ReleaseSource::resolve(None, &paths.home)?;
+            // The receipt's release source, when there is one (another copy's install), as install.sh would use.
+            let receipt_path = paths.home.join(install_receipt::RECEIPT_FILE);
+            let receipt_url = install_receipt::InstallReceipt::read(&receipt_path)
+                .ok()
+                .flatten()
+                .and_then(|r| r.releases_url);
+            let source = ReleaseSource::resolve(receipt_url.as_deref(), &receipt_path)?;
             let manifest = release_manifest(printer, &source, requested.as_deref())?;
             let action = plan(VERSION, &manifest.version, requested.is_some());
             return check(printer, &engine, &exe, args, &manifest.version, action);

@@ -614,6 +614,12 @@ def test_copy_the_receipt_does_not_name_is_refused(release: Release, home: Path,
     assert r.returncode == EX_NOT_SELF_UPDATABLE, r.stderr
     assert f"breadboard at {other} is not the copy install.sh installed, which is {exe}" in r.stderr
     assert f"hint: upgrade that copy with `{exe} upgrade`" in r.stderr
+    # --check answers all the same, from the release source that install recorded in its receipt.
+    r = bb(other, home, "upgrade", "--check")
+    assert r.returncode == EX_AVAILABLE, r.stderr
+    assert r.stdout.strip() == f"breadboard upgrade available: {OLD} -> {NEW}"
+    assert f"is not the copy install.sh installed, which is {exe}" in r.stderr
+    before = len(release.requests)
 
     # No receipt at all (another BREADBOARD_HOME, or a cargo-built binary): refused, naming where it looked.
     elsewhere = tmp_path / "other-home"

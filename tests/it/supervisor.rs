@@ -1462,7 +1462,37 @@ fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
     assert!(supervisors_of(&e).is_empty());
     let (code, _) = e.status();
     assert_eq!(code, 10);
+
+    // --force: the whole session at once, supervisor first (no stop intent can be recorded without a registration).
     e.start();
+    let sid = e.registration().unwrap()["sid"].as_i64().unwrap();
+    std::fs::remove_file(e.ctx.home.join("run/engine.json")).unwrap();
+    let a = e.cmd(&["engine", "stop", "--force"]).assert().success();
+    assert!(stdout(&a).contains("killed"), "{}", stdout(&a));
+    wait_for("the session to end", Duration::from_secs(10), || {
+        session(sid).is_empty()
+    });
+    assert_eq!(e.status().0, 10);
+}
+
+#[test]
+fn a_lost_registration_of_an_engine_that_ignores_sigterm_ends_in_a_session_kill() {
+    let e = Engine::fake("stubborn");
+    e.start();
+    let sid = e.registration().unwrap()["sid"].as_i64().unwrap();
+    std::fs::write(e.ctx.home.join("run/engine.json"), "").unwrap();
+    let t0 = Instant::now();
+    let a = e
+        .cmd(&["engine", "stop", "--timeout", "3"])
+        .assert()
+        .success();
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(stdout(&a).contains("killed"), "{}", stdout(&a));
+    assert!(stderr(&a).contains("killing its session"), "{}", stderr(&a));
+    wait_for("the session to end", Duration::from_secs(10), || {
+        session(sid).is_empty()
+    });
+    assert!(supervisors_of(&e).is_empty());
 }
 
 #[test]

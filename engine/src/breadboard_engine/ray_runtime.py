@@ -104,6 +104,7 @@ class RayRuntime:
         self._remote = None
         self._inflight: set = set()
         self._reaper: subprocess.Popen | None = None
+        self._abandoned = False  # a stop ended a start still in ray.init
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,6 +156,8 @@ class RayRuntime:
             ray.shutdown()
             self.state = "stopped"
         except BaseException as exc:  # noqa: BLE001 - reported through /ready and to every waiting turn
+            if self._abandoned:
+                return  # the engine is stopping and killed this start on purpose: not a failure to report
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("ray failed to start: %s", self.error)
@@ -212,9 +215,9 @@ class RayRuntime:
         for gen in list(self._inflight):
             self._cancel(gen)
         self._stop.set()
+        if self._thread is not None and self.state == "starting":
+            self._abandon_start()
         if self._thread is not None:
-            if self.state == "starting":
-                self._abandon_start()
             self._thread.join(timeout)
         if self._reaper is not None and self._reaper.stdin is not None:
             self._reaper.stdin.close()  # nothing left to reap after a clean ray.shutdown(); the reaper exits
@@ -228,8 +231,9 @@ class RayRuntime:
         machine (a stop must not wait for it, docs/protocol.md), so end what it has spawned so far (all ours: the
         engine's own descendants) and let the engine exit. The owner thread is a daemon; it dies with the process."""
         self._thread.join(0.2)
-        if not self._thread.is_alive():
-            return
+        if not self._thread.is_alive() or self.state != "starting":
+            return  # it finished starting meanwhile: the normal shutdown (join) applies
+        self._abandoned = True
         log.warning("Ray was still starting: ending its processes instead of waiting for it")
         for pid, start in descendants(os.getpid()):
             if start_time(pid) == start:
