@@ -92,10 +92,12 @@ fn print_human(printer: &Printer, findings: &[Finding], errors: usize, warnings:
             printer.info(&format!("      {}", f.detail));
         }
         if let Some(fix) = &f.fix {
-            printer.info(&format!(
-                "      You can solve this by running: {}",
-                printer.style(Style::Bold, fix)
-            ));
+            let lead = if is_command(fix) {
+                "You can solve this by running:"
+            } else {
+                "To solve this:"
+            };
+            printer.info(&format!("      {lead} {}", printer.style(Style::Bold, fix)));
         }
     }
     let summary = match (errors, warnings) {
@@ -207,4 +209,37 @@ fn rebuild(printer: &Printer, version: &str) -> anyhow::Result<String> {
     Ok(format!(
         "rebuilt engine {version} (breadboard engine install --force --version {version})"
     ))
+}
+
+/// Whether a fix is a command to run, or advice (edit a file, free some space) that "running" would misdescribe.
+fn is_command(fix: &str) -> bool {
+    const PROGRAMS: [&str; 12] = [
+        "breadboard",
+        "chmod",
+        "chown",
+        "sudo",
+        "pip",
+        "export",
+        "mv",
+        "rm",
+        "kill",
+        "curl",
+        "uv",
+        "unset",
+    ];
+    let first = fix.split_whitespace().next().unwrap_or_default();
+    PROGRAMS.contains(&first) || first.starts_with('/') || first.starts_with("BREADBOARD_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_command;
+
+    #[test]
+    fn commands_are_told_from_advice() {
+        assert!(is_command("breadboard engine install --force --version 0.1.1"));
+        assert!(is_command("chmod 700 /home/me/.breadboard/run"));
+        assert!(!is_command("fix the file, or move it aside to start from defaults: mv a a.bak"));
+        assert!(!is_command("free some space before `breadboard engine upgrade`"));
+    }
 }
