@@ -315,7 +315,7 @@ pub fn resolve_installer(
                 ErrorKind::Config,
                 format!("{origin} is {other:?}; expected \"uv\", \"pip\" or \"auto\""),
             )
-            .hint("set it to uv or pip"),
+            .hint(format!("set {origin} to \"uv\", \"pip\" or \"auto\"")),
         )),
     };
     if let Some(v) = crate::env_vars::get(crate::env_vars::BREADBOARD_INSTALLER) {

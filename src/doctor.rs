@@ -463,19 +463,19 @@ fn disk_check(path: &Path) -> Finding {
 
 /// The settings' values, checked by the same functions the commands use: a value they refuse is an error here
 /// rather than a surprise at the next `start` or `install`.
-fn invalid_values(config: &Config) -> Vec<String> {
+fn invalid_values(config: &Config) -> Vec<(String, Option<String>)> {
     let errors = [
         crate::config::resolve_installer(None, config).err(),
         crate::instance::configured_port(config).err(),
-        crate::instance::configured_protocol_mode(config).err(),
+        crate::instance::protocol_mode(None, config).err(),
         crate::instance::restart_policy(config).err(),
     ];
     errors
         .into_iter()
         .flatten()
         .map(|e| match e.downcast_ref::<crate::error::CliError>() {
-            Some(ce) => ce.message.clone(),
-            None => format!("{e:#}"),
+            Some(ce) => (ce.message.clone(), ce.hint.clone()),
+            None => (format!("{e:#}"), None),
         })
         .collect()
 }
@@ -483,16 +483,22 @@ fn invalid_values(config: &Config) -> Vec<String> {
 fn config_check(setup: &Setup) -> Finding {
     let file = setup.paths.config_file();
     match &setup.config {
-        Ok(config) if !invalid_values(config).is_empty() => Finding::error(
-            "Config",
-            "config.parse",
-            "settings hold values the commands refuse",
-            invalid_values(config).join("; "),
-        )
-        .fix(format!(
-            "fix each value where its message says (in {}, or the environment variable it names; see docs/cli.md)",
-            file.display()
-        )),
+        Ok(config) if !invalid_values(config).is_empty() => {
+            let invalid = invalid_values(config);
+            let messages: Vec<&str> = invalid.iter().map(|(m, _)| m.as_str()).collect();
+            // The commands' own hints, one per value (they name the setting, in config.toml or the environment).
+            let fixes: Vec<String> = invalid
+                .iter()
+                .map(|(m, h)| h.clone().unwrap_or_else(|| format!("fix: {m}")))
+                .collect();
+            Finding::error(
+                "Config",
+                "config.parse",
+                "settings hold values the commands refuse",
+                messages.join("; "),
+            )
+            .fix(fixes.join("; "))
+        }
         Ok(config) => {
             let unknown = config.unknown_keys();
             if unknown.is_empty() {

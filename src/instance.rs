@@ -188,7 +188,10 @@ pub enum ProtocolMode {
 }
 
 /// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict.
-pub fn protocol_mode(flag: Option<ProtocolMode>, ctx: &Ctx) -> anyhow::Result<ProtocolMode> {
+pub fn protocol_mode(
+    flag: Option<ProtocolMode>,
+    config: &crate::config::Config,
+) -> anyhow::Result<ProtocolMode> {
     if let Some(m) = flag {
         return Ok(m);
     }
@@ -206,11 +209,11 @@ pub fn protocol_mode(flag: Option<ProtocolMode>, ctx: &Ctx) -> anyhow::Result<Pr
             .into()),
         };
     }
-    configured_protocol_mode(&ctx.config)
+    configured_protocol_mode(config)
 }
 
-/// `[protocol] mode` of config.toml (doctor checks it with the same code).
-pub fn configured_protocol_mode(config: &crate::config::Config) -> anyhow::Result<ProtocolMode> {
+/// `[protocol] mode` of config.toml.
+fn configured_protocol_mode(config: &crate::config::Config) -> anyhow::Result<ProtocolMode> {
     match config.protocol.mode.as_deref() {
         None | Some("strict") => Ok(ProtocolMode::Strict),
         Some("soft") => Ok(ProtocolMode::Soft),
@@ -283,11 +286,10 @@ pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printe
             );
         }
         registration::clear_stop_request(paths, &r.instance_id);
-        // The dead instance's token opens nothing any more (only ever our own file, whatever the record says).
-        if r.token_file == paths.token_file() {
-            let _ = fsutil::remove_file_if_exists(&r.token_file);
-        }
     }
+    // The dead instance's token opens nothing any more; with the lock free no engine can be using ours, even one
+    // whose registration was lost (only ever our own file, whatever a record says).
+    let _ = fsutil::remove_file_if_exists(&paths.token_file());
     let _ = registration::remove(paths);
 }
 
@@ -1264,7 +1266,9 @@ fn stop_unregistered(
             let _ = sys::kill(p, libc::SIGKILL);
         }
     }
-    if !wait_until(Duration::from_secs(5).max(timeout.mul_f64(0.2)), free) {
+    if wait_until(Duration::from_secs(5).max(timeout.mul_f64(0.2)), free) {
+        clean_stale(paths, None, printer);
+    } else {
         return Err(CliError::new(
             ErrorKind::Failure,
             format!("supervisor pid {sup} did not exit"),

@@ -71,6 +71,18 @@ def test_local_ray_runs_turns_and_stop_leaves_nothing(engine_factory, tmp_path):
     wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
 
 
+def test_sigterm_with_ray_up_takes_the_graceful_path(engine_factory):
+    engine = engine_factory().start(ray="background")
+    engine.wait_ready()
+    run_turn_on_ray(engine)
+    family = descendants(engine.proc.pid)
+    engine.proc.send_signal(signal.SIGTERM)
+    assert engine.proc.wait(30) == -signal.SIGTERM  # uvicorn re-raises it once the graceful shutdown is done
+    log_text = engine.log_text()
+    assert "engine stopped" in log_text and "SIGTERM received" not in log_text, log_text[-3000:]
+    wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
+
+
 def test_a_stop_while_ray_is_starting_does_not_wait_for_it(engine_factory):
     engine = engine_factory().start(ray="background")
     wait_until(

@@ -237,9 +237,15 @@ mod tests {
 
     #[test]
     fn commands_are_told_from_advice() {
-        assert!(is_command("breadboard engine install --force --version 0.1.1"));
+        assert!(is_command(
+            "breadboard engine install --force --version 0.1.1"
+        ));
         assert!(is_command("chmod 700 /home/me/.breadboard/run"));
-        assert!(!is_command("fix the file, or move it aside to start from defaults: mv a a.bak"));
-        assert!(!is_command("free some space before `breadboard engine upgrade`"));
+        assert!(!is_command(
+            "fix the file, or move it aside to start from defaults: mv a a.bak"
+        ));
+        assert!(!is_command(
+            "free some space before `breadboard engine upgrade`"
+        ));
     }
 }

@@ -19,8 +19,12 @@ pub struct RestartArgs {
 
 pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     let mut opts = engine_start::opts(ctx, &args.start)?;
-    // Keep the running engine's port and Ray cluster unless told otherwise.
-    if let Some(prev) = crate::registration::peek(&ctx.paths) {
+    // Keep the running engine's port and Ray cluster unless told otherwise (from its supervisor's own spec when the
+    // registration file was lost).
+    let prev = crate::registration::peek(&ctx.paths).or_else(|| {
+        instance::unregistered_supervisor(&ctx.paths).and_then(crate::registration::from_supervisor)
+    });
+    if let Some(prev) = prev {
         if args.start.port.is_none() {
             opts.port = instance::PortSpec::Fixed(prev.port);
         }

@@ -73,7 +73,7 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
             .filter(|a| !a.is_empty()),
         timeout: Duration::from_secs_f64(args.timeout),
         foreground: args.foreground,
-        protocol: instance::protocol_mode(args.protocol, ctx)?,
+        protocol: instance::protocol_mode(args.protocol, &ctx.config)?,
         allow_remote: args.allow_remote,
     })
 }

@@ -118,7 +118,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let protocol = match &running {
-        Some(reg) if !reg.foreground => Some(instance::protocol_mode(None, ctx)?),
+        Some(reg) if !reg.foreground => Some(instance::protocol_mode(None, &ctx.config)?),
         _ => None,
     };
     let outcome = engine_install::install_locked(ctx, &store, plan)?;

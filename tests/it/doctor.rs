@@ -145,6 +145,13 @@ fn corrupt_config_is_a_finding_not_a_crash() {
     for key in ["engine.restart", "conda", "protocol.mode"] {
         assert!(detail.contains(key), "{key} missing: {detail}");
     }
+    // The fix is the commands' own hints, one per value.
+    let fix = finding["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("set [engine] restart = \"no\" or \"on-failure\"")
+            && fix.contains("[engine] installer"),
+        "{fix}"
+    );
     let a = ctx.cmd(&["engine", "start"]).assert().code(3);
     assert!(
         detail.contains(
@@ -156,6 +163,22 @@ fn corrupt_config_is_a_finding_not_a_crash() {
         ),
         "start said {} but doctor {detail}",
         stderr(&a)
+    );
+    // An environment variable wins over the file, so doctor judges what is in effect.
+    let out = ctx
+        .command()
+        .args(["engine", "doctor", "--json"])
+        .env("BREADBOARD_PROTOCOL_STRICT", "maybe")
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let with_env = check(&doc, "config.parse")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        with_env.contains("BREADBOARD_PROTOCOL_STRICT"),
+        "{with_env}"
     );
 }
 

@@ -1463,8 +1463,31 @@ fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
     let (code, _) = e.status();
     assert_eq!(code, 10);
 
+    assert!(
+        !e.ctx.home.join("run/engine.token").exists(),
+        "the dead instance's token was left"
+    );
+
+    // restart keeps the port, recovered from the supervisor's own spec.
+    let port = e.start()["url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::write(e.ctx.home.join("run/engine.json"), "{not json").unwrap();
+    let a = e.cmd(&["engine", "restart", "--json"]).assert().success();
+    let restarted: Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert!(
+        restarted["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
+        "{restarted}"
+    );
+
     // --force: the whole session at once, supervisor first (no stop intent can be recorded without a registration).
-    e.start();
     let sid = e.registration().unwrap()["sid"].as_i64().unwrap();
     std::fs::remove_file(e.ctx.home.join("run/engine.json")).unwrap();
     let a = e.cmd(&["engine", "stop", "--force"]).assert().success();

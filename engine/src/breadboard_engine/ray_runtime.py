@@ -122,6 +122,9 @@ class RayRuntime:
         try:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             os.environ.setdefault("RAY_DISABLE_DASHBOARD", "1")
+            # Ray's C++ failure-signal handler also takes SIGTERM in the driver: it dumps a stack and aborts
+            # (SIGABRT), so the graceful SIGTERM path (docs/protocol.md) was lost as soon as Ray was up.
+            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             # Before the import: Ray reads these once.
             if self.address:
                 _enable_cluster_token_auth()
