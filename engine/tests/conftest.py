@@ -224,7 +224,8 @@ def replay_all(engine: Engine, session_id: str) -> list[dict]:
     return read_until_seq(engine, session_id, last, replay="true")
 
 
-def read_until_seq(engine: Engine, session_id: str, seq: int, **params) -> list[dict]:
+def read_until_seq(engine: Engine, session_id: str, seq: int, on_open=None, **params) -> list[dict]:
+    """Follows until `seq`; `on_open` is called once the response headers are in (the follower is registered)."""
     headers = dict(engine.headers)
     if "last_event_id" in params:
         headers["Last-Event-ID"] = str(params.pop("last_event_id"))
@@ -233,6 +234,8 @@ def read_until_seq(engine: Engine, session_id: str, seq: int, **params) -> list[
         "GET", f"{engine.url}/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=60
     ) as r:
         assert r.status_code == 200, r.read()
+        if on_open is not None:
+            on_open()
         for frame in parse_sse(r.iter_bytes()):
             if "data" in frame:
                 out.append(frame)

@@ -123,16 +123,15 @@ def test_follower_without_replay_starts_at_the_live_edge(engine):
     engine.send(sid, "before")
     before = turn_done(engine, sid)
     box = {}
+    opened = threading.Event()
 
     def follow():
-        box["events"] = read_until_seq(engine, sid, 2 * len(before))
+        box["events"] = read_until_seq(engine, sid, 2 * len(before), on_open=opened.set)
 
     t = threading.Thread(target=follow)
     t.start()
-    wait_until(lambda: engine.client().get("/v1/status").status_code == 200, what="status")
-    # The follower may connect a moment later; retry the input until it has seen the new turn.
-    time.sleep(0)  # yield to the follower thread
-    wait_until(lambda: _connected(engine, sid), 10, what="follower registered")
+    # The engine registers a follower before its response starts: once the headers are in, nothing is missed.
+    assert opened.wait(30), "the stream did not open"
     engine.send(sid, "after")
     t.join(60)
     assert box["events"][0]["data"]["seq"] == len(before) + 1

@@ -489,17 +489,27 @@ class SessionManager:
                 return found
         raise ResumeWindowExceeded(last_event_id, events.last_seq)
 
-    async def follow(self, session: Session, after: int, replay: bool, limit: int | None) -> AsyncIterator[bytes]:
-        """SSE frames: the stored events after `after` (when replaying), then live ones until the session stops."""
+    def follow(self, session: Session, after: int, replay: bool, limit: int | None) -> AsyncIterator[bytes]:
+        """SSE frames: the stored events after `after` (when replaying), then live ones until the session stops.
+
+        The follower is registered here, before the response starts, not when its body is first iterated: the
+        response headers go out before that, and a client that saw them and then sent an input would have missed
+        that input's first events."""
         events = session.log
         sub = Subscriber(self.settings.client_queue)
-        sub.task = asyncio.current_task()
         # Register and take the snapshot with no await in between: every event is either replayed or queued.
         snapshot = events.last_seq
         # Only a closed session's stream ends after its replay; an interrupted one can take input again.
         live = session.row.status not in CLOSED and not self.stopping
         if live:
             session.subscribers.add(sub)
+        return self._stream(session, sub, snapshot, live, after, replay, limit)
+
+    async def _stream(
+        self, session: Session, sub: Subscriber, snapshot: int, live: bool, after: int, replay: bool, limit: int | None
+    ) -> AsyncIterator[bytes]:
+        events = session.log
+        sub.task = asyncio.current_task()
         try:
             first = after + 1 if replay else snapshot + 1
             if limit is not None and limit > 0:
