@@ -482,9 +482,13 @@ fn invalid_values(config: &Config) -> Vec<(String, Option<String>)> {
 
 fn config_check(setup: &Setup) -> Finding {
     let file = setup.paths.config_file();
+    let invalid = setup
+        .config
+        .as_ref()
+        .map(invalid_values)
+        .unwrap_or_default();
     match &setup.config {
-        Ok(config) if !invalid_values(config).is_empty() => {
-            let invalid = invalid_values(config);
+        Ok(_) if !invalid.is_empty() => {
             let messages: Vec<&str> = invalid.iter().map(|(m, _)| m.as_str()).collect();
             // The commands' own hints, one per value (they name the setting, in config.toml or the environment).
             let fixes: Vec<String> = invalid

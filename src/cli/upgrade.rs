@@ -120,7 +120,8 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
                 .flatten()
                 .and_then(|r| r.releases_url);
             let source = ReleaseSource::resolve(receipt_url.as_deref(), &receipt_path)?;
-            let manifest = release_manifest(printer, &source, requested.as_deref())?;
+            let manifest =
+                release_manifest(printer, &release::client()?, &source, requested.as_deref())?;
             let action = plan(VERSION, &manifest.version, requested.is_some());
             return check(printer, &engine, &exe, args, &manifest.version, action);
         }
@@ -139,7 +140,7 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
 
     // 2. The release to move to.
     let client = release::client()?;
-    let manifest = release_manifest(printer, &source, requested.as_deref())?;
+    let manifest = release_manifest(printer, &client, &source, requested.as_deref())?;
     let action = plan(VERSION, &manifest.version, requested.is_some());
 
     if args.check {
@@ -385,16 +386,16 @@ fn not_runnable(previous: &Path, why: &str) -> anyhow::Error {
 /// The manifest of the release to move to (the newest, or `requested`), checked to be the one asked for.
 fn release_manifest(
     printer: &Printer,
+    client: &reqwest::blocking::Client,
     source: &ReleaseSource,
     requested: Option<&str>,
 ) -> anyhow::Result<release::Manifest> {
-    let client = release::client()?;
     let manifest_url = source.manifest_url(requested);
     printer.debug(&format!(
         "release manifest: {manifest_url} (from {})",
         source.origin
     ));
-    let manifest = release::fetch_manifest(&client, &manifest_url, requested)?;
+    let manifest = release::fetch_manifest(client, &manifest_url, requested)?;
     if let Some(want) = requested {
         if manifest.version != want {
             let hint = if source.origin == env_vars::BREADBOARD_DOWNLOAD_URL {
