@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
@@ -68,26 +67,60 @@ pub struct RestartPending {
     pub after: String,
 }
 
-/// Reads the registration: `Ok(None)` when absent, or when corrupt (then it is moved aside and a warning printed).
+/// A registration is a few hundred bytes; anything much larger is not one (and is never read into memory whole).
+const MAX_BYTES: u64 = 1024 * 1024;
+
+/// Why the registration file could not be used.
+enum Unreadable {
+    Missing,
+    Bad(String),
+}
+
+/// The registration file's content, checked: a regular file of at most [`MAX_BYTES`], UTF-8, JSON of schema 1 with
+/// a supervisor pid. Every other state (a directory, a symlink loop, permission denied, random bytes, another JSON
+/// shape, a huge file) is `Bad`, which callers treat exactly like a corrupt file.
+fn load(path: &Path) -> Result<Registration, Unreadable> {
+    use std::io::Read;
+    let bad = |why: String| Unreadable::Bad(why);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unreadable::Missing),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".into()));
+    }
+    if meta.len() > MAX_BYTES {
+        return Err(bad(format!(
+            "{} bytes, far more than a registration",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(bad("it is far larger than a registration".into()));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("it is not UTF-8 text".into()))?;
+    match serde_json::from_str::<Registration>(&text) {
+        Ok(r) if r.schema == SCHEMA && r.supervisor_pid > 0 => Ok(r),
+        Ok(r) => Err(bad(format!("unsupported schema {} or no pid", r.schema))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Reads the registration: `Ok(None)` when absent, or when unreadable in any way (then it is moved aside and a
+/// warning printed), so a damaged file can never keep a running engine from being stopped or restarted.
 pub fn read(paths: &Paths, printer: Option<&Printer>) -> anyhow::Result<Option<Registration>> {
     let path = paths.registration();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
-    };
-    match serde_json::from_str::<Registration>(&text) {
-        Ok(r) if r.schema == SCHEMA && r.supervisor_pid > 0 => Ok(Some(r)),
-        Ok(r) => {
-            set_aside(
-                &path,
-                &format!("unsupported schema {} or no pid", r.schema),
-                printer,
-            );
-            Ok(None)
-        }
-        Err(e) => {
-            set_aside(&path, &e.to_string(), printer);
+    match load(&path) {
+        Ok(r) => Ok(Some(r)),
+        Err(Unreadable::Missing) => Ok(None),
+        Err(Unreadable::Bad(why)) => {
+            set_aside(&path, &why, printer);
             Ok(None)
         }
     }
@@ -95,10 +128,7 @@ pub fn read(paths: &Paths, printer: Option<&Printer>) -> anyhow::Result<Option<R
 
 /// Reads without moving a corrupt file aside (for read-only commands racing a writer, e.g. `status`).
 pub fn peek(paths: &Paths) -> Option<Registration> {
-    let text = std::fs::read_to_string(paths.registration()).ok()?;
-    serde_json::from_str::<Registration>(&text)
-        .ok()
-        .filter(|r| r.schema == SCHEMA)
+    load(&paths.registration()).ok()
 }
 
 /// The registration a live supervisor was started with (its spec, in its environment), for when the file was lost
@@ -119,14 +149,18 @@ pub fn exists(paths: &Paths) -> bool {
 
 fn set_aside(path: &Path, why: &str, printer: Option<&Printer>) {
     let aside = path.with_file_name(format!("engine.json.corrupt-{}", fsutil::unix_now() as u64));
-    let moved = std::fs::rename(path, &aside).is_ok();
+    let moved = std::fs::rename(path, &aside);
     if let Some(p) = printer {
-        if moved {
-            p.warn(&format!(
+        match moved {
+            Ok(()) => p.warn(&format!(
                 "{} is unreadable ({why}); moved it to {} and ignored it",
                 path.display(),
                 aside.display()
-            ));
+            )),
+            Err(e) => p.warn(&format!(
+                "{} is unreadable ({why}) and could not be moved aside ({e}); ignoring it",
+                path.display()
+            )),
         }
     }
 }

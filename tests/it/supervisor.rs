@@ -1868,3 +1868,74 @@ fn upgrade_uses_the_configured_protocol_mode_and_leaves_a_foreground_engine_runn
     breadboard::sys::kill(child.id() as i32, 2).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn every_unreadable_registration_under_a_running_engine_is_set_aside_and_stop_ends_it() {
+    let e = Engine::fake("ok");
+    let reg_path = e.ctx.home.join("run/engine.json");
+    let random: Vec<u8> = (0..200u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+        .collect();
+    type Damage = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "bytes that are not UTF-8",
+            Box::new(move |p| std::fs::write(p, &random).unwrap()),
+        ),
+        (
+            "a directory",
+            Box::new(|p| {
+                std::fs::remove_file(p).unwrap();
+                std::fs::create_dir(p).unwrap();
+            }),
+        ),
+        (
+            "a symlink to itself (unopenable, as permission denied is for a non-root user)",
+            Box::new(|p| {
+                std::fs::remove_file(p).unwrap();
+                std::os::unix::fs::symlink("engine.json", p).unwrap();
+            }),
+        ),
+        (
+            "JSON of another shape",
+            Box::new(|p| std::fs::write(p, r#"["schema", 1]"#).unwrap()),
+        ),
+        (
+            "a huge file",
+            Box::new(|p| {
+                let f = std::fs::File::create(p).unwrap();
+                f.set_len(64 * 1024 * 1024).unwrap();
+            }),
+        ),
+    ];
+    for (what, damage) in &cases {
+        e.start();
+        let sid = e.registration().unwrap()["sid"].as_i64().unwrap();
+        damage(&reg_path);
+        let a = e.cmd(&["engine", "stop"]).assert();
+        let err = stderr(&a);
+        assert!(
+            a.get_output().status.success(),
+            "{what}: stop failed: {err}"
+        );
+        assert!(err.contains("unreadable"), "{what}: {err}");
+        wait_for(
+            &format!("{what}: the engine's session to end"),
+            Duration::from_secs(20),
+            || session(sid).is_empty(),
+        );
+        assert_eq!(e.status().0, 10, "{what}");
+    }
+    // The fix doctor suggests, `engine restart`, works on such a registration too, and `start` says what it found.
+    e.start();
+    std::fs::write(&reg_path, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let a = e.cmd(&["engine", "start"]).assert().code(1);
+    assert!(
+        !stderr(&a).contains("stream did not contain") && stderr(&a).contains("no registration"),
+        "{}",
+        stderr(&a)
+    );
+    std::fs::write(&reg_path, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    e.cmd(&["engine", "restart"]).assert().success();
+    assert_eq!(e.status().0, 0);
+}
