@@ -26,8 +26,10 @@ pub struct Health {
 
 #[derive(Debug)]
 pub enum ClientError {
-    /// Nothing answered (refused, timed out).
+    /// Nothing could be reached (refused, no route, connect timed out).
     Unreachable(String),
+    /// Connected, but no complete answer came within the timeout: the engine is there and busy, not gone.
+    Slow(Duration),
     /// Something answered, but not as expected (status, body).
     Http(u16, String),
 }
@@ -36,6 +38,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Unreachable(why) => write!(f, "not reachable: {why}"),
+            ClientError::Slow(t) => write!(
+                f,
+                "connected, but it answered nothing within {} ms (busy)",
+                t.as_millis()
+            ),
             ClientError::Http(code, body) => {
                 let body: String = body.chars().take(200).collect();
                 write!(f, "HTTP {code}: {body}")
@@ -113,6 +120,15 @@ impl EngineClient {
                     if complete(&buf) {
                         break;
                     }
+                }
+                // A read timeout (EAGAIN on a socket with SO_RCVTIMEO) is an engine too busy to answer in time.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Slow(self.timeout))
                 }
                 Err(e) if buf.is_empty() => return Err(ClientError::Unreachable(e.to_string())),
                 Err(_) => break,
@@ -243,6 +259,23 @@ mod tests {
             timeout: Duration::from_millis(500),
         };
         assert!(c.connect().is_ok());
+    }
+
+    #[test]
+    fn a_read_timeout_is_slow_and_a_refused_connect_unreachable() {
+        // Accepts (the kernel completes the handshake on the backlog) but never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let c = EngineClient::new("127.0.0.1", port, None, Duration::from_millis(100)).unwrap();
+        let e = c.health().unwrap_err();
+        assert!(matches!(e, ClientError::Slow(_)), "{e}");
+        assert!(
+            e.to_string().contains("answered nothing within 100 ms"),
+            "{e}"
+        );
+        drop(listener);
+        let e = c.health().unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
     }
 
     #[test]

@@ -143,6 +143,19 @@ pub fn probe(paths: &Paths, printer: Option<&Printer>, mutate: bool) -> anyhow::
     Ok(Probe::Live { reg, health })
 }
 
+/// Asks `/health` again, with a longer read timeout, of an engine that connected but did not answer in time (busy,
+/// e.g. while a local Ray connects). Other answers are returned as they are.
+pub fn health_patiently(
+    reg: &Registration,
+    first: Option<Result<Health, ClientError>>,
+    patience: Duration,
+) -> Option<Result<Health, ClientError>> {
+    match first {
+        Some(Err(ClientError::Slow(_))) => client_for(reg, patience).map(|c| c.health()),
+        other => other,
+    }
+}
+
 /// Health matches the registration's pid and instance.
 pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
     h.pid == i64::from(reg.pid) && h.instance_id == reg.instance_id
@@ -580,7 +593,9 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     check_host(&opts.host, opts.allow_remote)?;
     paths.ensure_run_dir()?;
     match probe(paths, Some(printer), true)? {
-        Probe::Live { reg, health } => return already_live(paths, reg, health),
+        Probe::Live { reg, health } => {
+            return already_live(paths, printer, reg, health, opts.timeout)
+        }
         Probe::Down { stale, crash } => {
             if let Some(exit) = &crash {
                 report_crash_once(paths, printer, stale.as_ref(), exit);
@@ -770,8 +785,10 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
 
 fn already_live(
     paths: &Paths,
+    printer: &Printer,
     reg: Option<Registration>,
     health: Option<Result<Health, ClientError>>,
+    timeout: Duration,
 ) -> anyhow::Result<Started> {
     let Some(reg) = reg else {
         return Err(CliError::new(
@@ -780,6 +797,18 @@ fn already_live(
         )
         .hint("breadboard engine status; breadboard engine restart")
         .into());
+    };
+    // A running engine that is busy (connected, no answer yet) is waited for, up to --timeout, rather than called
+    // unreachable: it answers once the work that holds it up is done.
+    let health = if let Some(Err(e @ ClientError::Slow(_))) = &health {
+        printer.info(&format!(
+            "the engine (pid {}) is running but busy: {e}; waiting up to {}s for it to answer",
+            reg.pid,
+            timeout.as_secs_f64()
+        ));
+        health_patiently(&reg, health, timeout)
+    } else {
+        health
     };
     match health {
         Some(Ok(h)) if identity_ok(&h, &reg) => {
@@ -801,6 +830,12 @@ fn already_live(
             format!("the engine at {} answers with another identity than its registration (pid {}, instance {})", reg.url, reg.pid, reg.instance_id),
         )
         .hint("breadboard engine restart")
+        .into()),
+        Some(Err(e @ ClientError::Slow(_))) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("an engine is running (pid {}, supervisor {}) but busy at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
+        )
+        .hint("wait and retry (breadboard engine status), or breadboard engine restart  (see: breadboard engine logs -n 100)")
         .into()),
         Some(Err(e)) => Err(CliError::new(
             ErrorKind::Failure,
@@ -1428,7 +1463,8 @@ pub fn stop_locked(
         }
     }
     if !force && !done {
-        if let (Some(Ok(_)), Some(client)) =
+        // A busy engine (connected, slow to answer) is asked to shut down too: it reads the request when it can.
+        if let (Some(Ok(_) | Err(ClientError::Slow(_))), Some(client)) =
             (&health, client_for(&reg, Duration::from_millis(1000)))
         {
             match client.shutdown() {

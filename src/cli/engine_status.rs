@@ -2,6 +2,8 @@
 //! each with its own exit code. Fast: a lock probe, a file read and loopback HTTP requests (`/health`, and `/ready`
 //! for Ray's state when the engine answers); no Python.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::Ctx;
@@ -109,6 +111,8 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                 // How the engine last crashed (it was restarted since).
                 out.last_exit = crash::read(paths).filter(|e| e.instance_id == reg.instance_id);
             }
+            // Busy (connected, no answer in 500 ms): give it a little longer before judging.
+            let health = instance::health_patiently(&reg, health, Duration::from_secs(2));
             match health {
                 Some(Ok(h)) if instance::identity_ok(&h, &reg) => {
                     out.engine_version = Some(h.engine_version.clone());
@@ -162,6 +166,10 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                             reg.token_file.display()
                         ),
                     });
+                    State::Unhealthy
+                }
+                Some(Err(e @ crate::engine_client::ClientError::Slow(_))) => {
+                    out.detail = Some(format!("alive but busy: {e}"));
                     State::Unhealthy
                 }
                 Some(Err(e)) => {

@@ -1939,3 +1939,47 @@ fn every_unreadable_registration_under_a_running_engine_is_set_aside_and_stop_en
     e.cmd(&["engine", "restart"]).assert().success();
     assert_eq!(e.status().0, 0);
 }
+
+#[test]
+fn a_busy_engine_is_reported_busy_and_an_idempotent_start_waits_for_it() {
+    let mut e = Engine::fake("ok");
+    let stall = e.ctx.dir.path().join("stall");
+    e.env.push((
+        "FAKE_ENGINE_HEALTH_STALL".into(),
+        stall.display().to_string(),
+    ));
+    let started = e.start();
+    // Slower than one probe (500 ms), well within what status and start now wait for.
+    std::fs::write(&stall, "1.2").unwrap();
+    let (code, st) = e.status();
+    assert_eq!(
+        code, 0,
+        "a busy engine that answers in 1.2 s is running: {st}"
+    );
+    let a = e.cmd(&["engine", "start", "--json"]).assert().success();
+    let again: Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(again["pid"], started["pid"], "{again}");
+    assert!(stderr(&a).contains("busy"), "{}", stderr(&a));
+    // Busy beyond every budget: said as busy, never as unreachable; start gives up after its --timeout.
+    std::fs::write(&stall, "30").unwrap();
+    let (code, st) = e.status();
+    let detail = st["detail"].as_str().unwrap_or_default();
+    assert_eq!(code, 12, "{st}");
+    assert!(
+        detail.contains("answered nothing within") && !detail.contains("not reachable"),
+        "{st}"
+    );
+    let t0 = Instant::now();
+    let a = e
+        .cmd(&["engine", "start", "--timeout", "2"])
+        .assert()
+        .code(1);
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    let err = stderr(&a);
+    assert!(
+        err.contains("busy") && !err.contains("not reachable"),
+        "{err}"
+    );
+    std::fs::remove_file(&stall).unwrap();
+    e.cmd(&["engine", "stop"]).assert().success();
+}
