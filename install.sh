@@ -680,7 +680,12 @@ main() {
     bb_targets=$(detect_targets) ||
         die "$EX_PLATFORM" "unsupported platform: $(platform_name); breadboard is built for: $BB_KNOWN_TARGETS"
 
-    mkdir -p "$bb_home" || die "$EX_FAIL" "cannot create $bb_home"
+    # The home holds session data, logs and the engine's token: private to this user (0700), whatever the umask.
+    # Only the home itself: its parents are created as usual.
+    if [ ! -d "$bb_home" ]; then
+        mkdir -p "$(dirname "$bb_home")" && mkdir -m 700 "$bb_home" 2>/dev/null || [ -d "$bb_home" ] ||
+            die "$EX_FAIL" "cannot create $bb_home"
+    fi
     mkdir -p "$bb_dir" || die "$EX_FAIL" "cannot create the install directory $bb_dir"
     [ -w "$bb_dir" ] || die "$EX_FAIL" "the install directory $bb_dir is not writable (set BREADBOARD_INSTALL_DIR)"
 

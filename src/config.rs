@@ -205,7 +205,8 @@ pub fn write_keys(
             }
         }
     }
-    crate::fsutil::write_atomic(path, doc.to_string().as_bytes())
+    // Private: an index URL in it can carry credentials.
+    crate::fsutil::write_private(path, doc.to_string().as_bytes())
 }
 
 /// A setting together with where it came from, for messages (and later `engine doctor`).

@@ -32,6 +32,8 @@ pub enum Status {
 pub enum Repair {
     /// chmod 700 a directory, 600 a file.
     ChmodPrivate(PathBuf),
+    /// chmod go-rwx each path (owner bits kept: Ray's executables stay executable).
+    MakePrivate(Vec<PathBuf>),
     CleanLeftovers,
     /// Clean up after a dead engine: its registration (`instance_id`), or a registration that does not parse
     /// (`None`). Re-checked under the control lock before anything is removed: an engine may have started since.
@@ -302,6 +304,20 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
         );
         return out;
     }
+    if !home.is_dir() {
+        let e = crate::paths::home_not_a_dir(home);
+        let mut f = Finding::error(
+            "Home",
+            "home.dirs",
+            e.message.clone(),
+            home.display().to_string(),
+        );
+        if let Some(h) = e.hint {
+            f = f.fix(h);
+        }
+        out.push(f);
+        return out;
+    }
     let probe = home.join(format!(".doctor-probe-{}", std::process::id()));
     match std::fs::write(&probe, b"") {
         Ok(()) => {
@@ -351,7 +367,7 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
             );
         } else if mode & 0o077 != 0 {
             out.push(
-                Finding::warn(
+                Finding::error(
                     "Home",
                     "home.run_dir",
                     "the run directory is readable by others",
@@ -372,9 +388,129 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
             ));
         }
     }
+    out.push(privacy_check(paths));
     out.push(filesystem_check(home));
     out.push(disk_check(home));
     out
+}
+
+/// At most this many entries are looked at under `data/` (Ray's temp dir can hold many): enough for every file a
+/// home normally holds, and a bound on doctor's time.
+const PRIVACY_SCAN_LIMIT: usize = 20_000;
+
+/// Paths under the home that hold user data or runtime sockets and that other users can read, write or traverse:
+/// the home, `data/` with everything in it (the session index and its `-wal`/`-shm`, each session's
+/// `events.jsonl`, Ray's temp dir and sockets), `logs/` and its files, `run/`'s files (the run directory itself, the
+/// token and the registration have their own findings), and config.toml when an index URL in it carries credentials.
+/// Symlinks are not followed. Returns the too-open paths with their modes, and how many entries were looked at.
+pub fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut open = Vec::new();
+    let mut seen = 0usize;
+    let look = |path: &Path, open: &mut Vec<(PathBuf, u32)>, seen: &mut usize| {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        *seen += 1;
+        if meta.file_type().is_symlink() {
+            return None;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            open.push((path.to_owned(), mode));
+        }
+        Some(meta)
+    };
+    look(&paths.home, &mut open, &mut seen);
+    if config_has_credentials(&paths.config_file()) {
+        look(&paths.config_file(), &mut open, &mut seen);
+    }
+    let skip = [paths.token_file(), paths.registration()];
+    for (dir, recurse) in [
+        (paths.data_dir(), true),
+        (paths.logs_dir(), false),
+        (paths.run_dir(), false),
+    ] {
+        if dir != paths.run_dir() {
+            look(&dir, &mut open, &mut seen);
+        }
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if seen >= PRIVACY_SCAN_LIMIT {
+                    return (open, seen);
+                }
+                let path = entry.path();
+                if skip.contains(&path) {
+                    continue;
+                }
+                if let Some(meta) = look(&path, &mut open, &mut seen) {
+                    if recurse && meta.is_dir() {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+    }
+    (open, seen)
+}
+
+/// A URL with a user part (`https://user:token@host/...`): config.toml then holds a secret.
+fn config_has_credentials(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| {
+        text.split("://").skip(1).any(|rest| {
+            let authority = rest.split(['/', '"', '\'', ' ']).next().unwrap_or_default();
+            authority.contains('@')
+        })
+    })
+}
+
+fn privacy_check(paths: &Paths) -> Finding {
+    let (open, seen) = too_open(paths);
+    if open.is_empty() {
+        return Finding::ok(
+            "Home",
+            "home.private",
+            "session data, logs and runtime files are private",
+            format!(
+                "{} entries under {} checked{}",
+                seen,
+                paths.home.display(),
+                if seen >= PRIVACY_SCAN_LIMIT {
+                    " (the first ones only)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    const SHOWN: usize = 8;
+    let mut listed: Vec<String> = open
+        .iter()
+        .take(SHOWN)
+        .map(|(p, mode)| format!("{} ({mode:o})", p.display()))
+        .collect();
+    if open.len() > SHOWN {
+        listed.push(format!("and {} more", open.len() - SHOWN));
+    }
+    Finding::error(
+        "Home",
+        "home.private",
+        "session data or runtime files are open to other users",
+        format!(
+            "other local users can read or change them (prompts, session history, Ray's sockets): {}",
+            listed.join(", ")
+        ),
+    )
+    .fix(format!(
+        "breadboard engine doctor --fix   # or: chmod go-rwx {} && chmod -R go-rwx {} {} {}",
+        paths.home.display(),
+        paths.data_dir().display(),
+        paths.logs_dir().display(),
+        paths.run_dir().display()
+    ))
+    .repair(Repair::MakePrivate(open.into_iter().map(|(p, _)| p).collect()))
 }
 
 /// Locks need a local filesystem: flock over NFS or SMB is unreliable (supervisors.md C1).

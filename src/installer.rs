@@ -154,10 +154,12 @@ impl Installer {
             cmd.stdout(Stdio::from(fd)).stderr(Stdio::inherit());
             None
         } else {
+            use std::os::unix::fs::OpenOptionsExt;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .read(true)
+                .mode(0o600)
                 .open(&self.log)
                 .with_context(|| format!("could not open {}", self.log.display()))?;
             let _ = writeln!(file, "$ {}", display_cmd(cmd));

@@ -591,7 +591,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     let printer = ctx.printer;
     // Before any side effect (callers check it in their option parsing too).
     check_host(&opts.host, opts.allow_remote)?;
-    paths.ensure_run_dir()?;
+    paths.ensure_private(printer)?;
     match probe(paths, Some(printer), true)? {
         Probe::Live { reg, health } => {
             return already_live(paths, printer, reg, health, opts.timeout)
@@ -633,7 +633,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
         host.clone()
     };
     let log_path = paths.engine_log();
-    Paths::ensure_dir(&paths.logs_dir())?;
+    paths.ensure_logs_dir()?;
     supervise::rotate(&log_path);
 
     let mut argv = launch.argv.clone();

@@ -7,6 +7,7 @@
 //! holder so a waiter can say whom it waits for.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ impl ControlLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .with_context(|| format!("could not open {}", lock_path.display()))?;
         let timeout = lock_timeout()?;
@@ -93,7 +95,7 @@ impl ControlLock {
             since: fsutil::now_rfc3339(),
         };
         let holder_path = paths.control_lock_holder();
-        fsutil::write_atomic(&holder_path, serde_json::to_string(&holder)?.as_bytes())?;
+        fsutil::write_private(&holder_path, serde_json::to_string(&holder)?.as_bytes())?;
         Ok(ControlLock {
             _file: file,
             holder_path,

@@ -94,23 +94,111 @@ impl Paths {
         self.home.join("data")
     }
 
+    /// The directories under the home that hold user data or runtime state, private to the user (0700): `data/`
+    /// (sessions, Ray's sockets), `logs/` and `run/` (locks, registration, token).
+    pub fn private_dirs(&self) -> [PathBuf; 3] {
+        [self.data_dir(), self.logs_dir(), self.run_dir()]
+    }
+
+    /// Creates the home 0700 when it does not exist yet (see [`ensure_private_home`]).
+    pub fn ensure_home(&self) -> anyhow::Result<()> {
+        ensure_private_home(&self.home)
+    }
+
     pub fn ensure_run_dir(&self) -> anyhow::Result<PathBuf> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        self.ensure_home()?;
         let dir = self.run_dir();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("could not create {}", dir.display()))?;
-        // DirBuilder's mode is filtered by the umask and ignored for an existing dir: set it explicitly.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("could not set permissions of {}", dir.display()))?;
+        ensure_private_dir(&dir)?;
         Ok(dir)
+    }
+
+    /// Before an engine starts: the private directories exist and are 0700. One found looser (made by an older
+    /// version, by hand, or under a permissive umask) is tightened, and the user is told, since other users could
+    /// read what it held until now. A home found open is only reported: it may be shared on purpose, and with its
+    /// private directories closed it exposes no session data. Another user's directory is left alone (doctor says).
+    pub fn ensure_private(&self, printer: &crate::printer::Printer) -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        self.ensure_home()?;
+        let me = crate::sys::getuid();
+        for dir in self.private_dirs() {
+            let before = std::fs::metadata(&dir).ok();
+            ensure_private_dir(&dir)?;
+            if let Some(meta) = before.filter(|m| m.uid() == me) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    printer.warn(&format!(
+                        "{} was mode {mode:o}, open to other users; made it private (700)",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `logs/`, created 0700 (the engine's and the installer's logs can hold prompts and index URLs).
+    pub fn ensure_logs_dir(&self) -> anyhow::Result<()> {
+        self.ensure_home()?;
+        ensure_private_dir(&self.logs_dir())
     }
 
     pub fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))
     }
+}
+
+/// Creates a BREADBOARD_HOME 0700 when it does not exist yet (its parents as usual), so nothing under it is ever
+/// reachable by other users, whatever the umask. An existing home is left as it is.
+pub fn ensure_private_home(home: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if home.is_dir() {
+        return Ok(());
+    }
+    if home.symlink_metadata().is_ok() {
+        return Err(home_not_a_dir(home).into());
+    }
+    if let Some(parent) = home.parent() {
+        Paths::ensure_dir(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(home) {
+        Ok(()) => std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("could not set permissions of {}", home.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && home.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("could not create {}", home.display())),
+    }
+}
+
+/// The error for a BREADBOARD_HOME that exists but is a file (or a dangling symlink), not a directory.
+pub fn home_not_a_dir(home: &Path) -> CliError {
+    CliError::new(
+        ErrorKind::Config,
+        format!(
+            "BREADBOARD_HOME {} is a file, not a directory",
+            home.display()
+        ),
+    )
+    .hint(format!(
+        "move it out of the way (mv {0} {0}.bak), or point BREADBOARD_HOME at a directory",
+        home.display()
+    ))
+}
+
+/// Creates `dir` (and parents) and makes it 0700 if this user owns it: DirBuilder's mode is filtered by the umask and
+/// ignored for an existing dir, so the mode is set explicitly.
+fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("could not create {}", dir.display()))?;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("could not read {}", dir.display()))?;
+    if meta.uid() == crate::sys::getuid() && meta.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("could not set permissions of {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Makes `path` absolute against the working directory without resolving symlinks.

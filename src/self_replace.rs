@@ -432,8 +432,7 @@ impl InstallLock {
         printer: &crate::printer::Printer,
         timeout: Duration,
     ) -> anyhow::Result<InstallLock> {
-        std::fs::create_dir_all(home)
-            .with_context(|| format!("could not create {}", home.display()))?;
+        crate::paths::ensure_private_home(home)?;
         let dir = home.join(LOCK_NAME);
         let deadline = Instant::now() + timeout;
         let mut announced = false;

@@ -162,6 +162,26 @@ fn file_repair(
                 .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
             format!("chmod {mode:o} {}", path.display())
         }
+        Repair::MakePrivate(list) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mut done = 0;
+            for path in list {
+                // Looked at again: never follow a symlink put there since, never loosen anything.
+                let Ok(meta) = std::fs::symlink_metadata(path) else {
+                    continue;
+                };
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
+                let mode = meta.permissions().mode() & 0o7777;
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))
+                        .with_context(|| format!("chmod go-rwx {}", path.display()))?;
+                    done += 1;
+                }
+            }
+            format!("made {done} path(s) private to you (chmod go-rwx)")
+        }
         Repair::CleanLeftovers => {
             Store::new(paths).clean_leftovers(printer)?;
             "removed half-installed engine versions".to_owned()

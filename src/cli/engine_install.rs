@@ -281,7 +281,7 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
     }
 
     let log = ctx.paths.logs_dir().join(format!("install-{v}.log"));
-    Paths::ensure_dir(&ctx.paths.logs_dir())?;
+    ctx.paths.ensure_logs_dir()?;
     let _ = std::fs::remove_file(&log);
     let installer = Installer::choose(plan.installer, log, printer)?;
     let fallback = existing

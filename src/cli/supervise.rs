@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -411,6 +412,7 @@ pub fn take_instance_lock(paths: &Paths) -> Result<File, String> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| format!("could not open the instance lock {}: {e}", path.display()))?;
     let deadline = Instant::now() + Duration::from_secs(5);

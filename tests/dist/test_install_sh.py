@@ -663,6 +663,22 @@ def test_quiet_prints_nothing(release: Release, home: Path) -> None:
     assert version_of(bin_of(home)) == f"breadboard {NEW}"
 
 
+def test_the_home_it_creates_is_private_whatever_the_umask(release: Release, home: Path) -> None:
+    """A new BREADBOARD_HOME is 0700 even under umask 022 (it holds session data and the token); its parent is
+    created as usual."""
+    bb_home = home / "deep" / "bbhome"
+    r = subprocess.run(
+        ["sh", "-c", f"umask 022; exec sh {shlex.quote(str(REPO / 'install.sh'))} -q --no-modify-path"],
+        env=clean_env(home, BREADBOARD_RELEASES_URL=release.releases_url, BREADBOARD_HOME=str(bb_home)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert bb_home.stat().st_mode & 0o777 == 0o700
+    assert (home / "deep").stat().st_mode & 0o777 == 0o755
+
+
 def test_help_and_bad_usage(home: Path) -> None:
     r = run_script(home, "--help")
     assert r.returncode == 0

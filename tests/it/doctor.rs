@@ -254,10 +254,9 @@ fn leftovers_and_run_dir_mode_are_repaired_by_fix() {
     std::fs::set_permissions(ctx.home.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let (code, doc) = doctor(&ctx, &[]);
-    assert_eq!(code, 0, "warnings only: {doc:#}");
+    assert_eq!(code, 1, "an open run directory is an error: {doc:#}");
     assert_eq!(check(&doc, "venv.leftovers")["status"], "warn");
-    assert_eq!(check(&doc, "home.run_dir")["status"], "warn");
-    assert_eq!(doctor(&ctx, &["--strict"]).0, 1, "--strict counts warnings");
+    assert_eq!(check(&doc, "home.run_dir")["status"], "error");
     // Without --fix nothing changed.
     assert!(ctx.engine_dir().join("versions/0.1.1").exists());
 

@@ -11,4 +11,5 @@ mod doctor;
 mod errors;
 mod install;
 mod lifecycle;
+mod privacy;
 mod supervisor;

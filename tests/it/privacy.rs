@@ -1,0 +1,219 @@
+//! Session data and runtime files are private to the user, however the home was made: checked as another local
+//! user (`nobody`, through setpriv: the suite runs as root).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::supervisor::Engine;
+
+/// Runs `sh -c script` as uid/gid 65534 with no supplementary groups; true when it exits 0.
+fn as_nobody(script: &str) -> bool {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("setpriv (util-linux) is needed for this test")
+        .success()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn doctor_check(ctx: &TestContext, extra: &[&str], id: &str) -> Value {
+    let mut args = vec!["engine", "doctor", "--json"];
+    args.extend_from_slice(extra);
+    let out = ctx.cmd(&args).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in {doc}"))
+        .clone()
+}
+
+#[test]
+fn nobody_cannot_read_a_prompt_after_a_real_turn() {
+    // A home made as install.sh used to make it (mkdir -p under umask 022), in a directory other users can
+    // traverse (the test's temp dir stands for the user's home directory).
+    let ctx = TestContext::new();
+    chmod(ctx.dir.path(), 0o755);
+    std::fs::create_dir(&ctx.home).unwrap();
+    chmod(&ctx.home, 0o755);
+    ctx.install(&["--version", "0.1.1"]).success();
+    let e = Engine {
+        ctx,
+        env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+    };
+    let started = e.start();
+    let url = started["url"].as_str().unwrap().to_owned();
+    let token = e.token();
+    let secret = "prompt-only-its-owner-may-read-7f3a";
+    let (code, body) = http(
+        &url,
+        "POST",
+        "/v1/sessions",
+        Some(&token),
+        Some(r#"{"task": ""}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = http(
+        &url,
+        "POST",
+        &format!("/v1/sessions/{id}/input"),
+        Some(&token),
+        Some(&format!(r#"{{"content": "{secret}"}}"#)),
+    );
+    assert_eq!(code, 202, "{body}");
+    sse_until(
+        &url,
+        &format!("/v1/sessions/{id}/events?replay=true"),
+        &token,
+        "run_finished",
+        Duration::from_secs(60),
+    );
+    // The prompt is in the data files (root sees it), and nobody can reach any of them.
+    let home = e.ctx.home.display().to_string();
+    let grep = format!("grep -rqa {secret} {home}");
+    assert!(
+        Command::new("sh")
+            .args(["-c", &grep])
+            .status()
+            .unwrap()
+            .success(),
+        "the prompt should be on disk"
+    );
+    assert!(!as_nobody(&grep), "nobody can read the prompt under {home}");
+    assert!(
+        !as_nobody(&format!("ls {home}/data")),
+        "nobody can list data/"
+    );
+    assert!(
+        as_nobody(&format!("ls {home}")),
+        "the home itself was left as made"
+    );
+    // Even a home made open by hand (as an older install.sh did) is closed again where it matters by start.
+    e.cmd(&["engine", "stop"]).assert().success();
+    for d in ["", "data", "logs", "run"] {
+        chmod(&e.ctx.home.join(d), 0o755);
+    }
+    let a = e.cmd(&["engine", "start"]).assert().success();
+    assert!(
+        stderr(&a).contains("made it private (700)"),
+        "{}",
+        stderr(&a)
+    );
+    for d in ["data", "logs", "run"] {
+        assert_eq!(mode(&e.ctx.home.join(d)), 0o700, "{d}");
+    }
+    assert!(!as_nobody(&grep), "nobody can read the prompt under {home}");
+}
+
+#[test]
+fn the_cli_creates_a_new_home_private() {
+    let ctx = TestContext::new();
+    chmod(ctx.dir.path(), 0o755);
+    let a = ctx.cmd(&["engine", "stop"]).assert().success();
+    assert_eq!(mode(&ctx.home), 0o700, "{}", stderr(&a));
+}
+
+#[test]
+fn doctor_reports_an_open_home_and_fix_makes_it_private() {
+    let ctx = TestContext::new();
+    chmod(ctx.dir.path(), 0o755);
+    let h = &ctx.home;
+    // A home made by hand under umask 022, with the engine's files as an older engine left them.
+    for d in [
+        "data/sessions/s1",
+        "data/ray/session_1/sockets",
+        "logs",
+        "run",
+    ] {
+        std::fs::create_dir_all(h.join(d)).unwrap();
+    }
+    let files = [
+        "data/sessions.sqlite3",
+        "data/sessions.sqlite3-wal",
+        "data/sessions.sqlite3-shm",
+        "data/sessions/s1/events.jsonl",
+        "data/ray/session_1/sockets/raylet",
+        "logs/engine.log",
+        "logs/engine.log.1",
+        "run/last-exit.json",
+        "config.toml",
+    ];
+    for f in files {
+        std::fs::write(h.join(f), "secret prompt\n").unwrap();
+        chmod(&h.join(f), 0o644);
+    }
+    // config.toml counts when it holds a secret: an index URL with credentials.
+    std::fs::write(
+        h.join("config.toml"),
+        "[engine]\nindex_url = \"https://me:s3cret@index.example/simple/\"\n",
+    )
+    .unwrap();
+    for d in [
+        "",
+        "data",
+        "data/sessions",
+        "data/sessions/s1",
+        "logs",
+        "run",
+    ] {
+        chmod(&h.join(d), 0o755);
+    }
+    chmod(&h.join("data/ray"), 0o777);
+    let sqlite = h.join("data/sessions.sqlite3").display().to_string();
+    assert!(as_nobody(&format!("cat {sqlite}")), "the setup is open");
+
+    let found = doctor_check(&ctx, &[], "home.private");
+    assert_eq!(found["status"], "error", "{found}");
+    let detail = found["detail"].as_str().unwrap();
+    for f in [
+        "sessions.sqlite3-wal (644)",
+        "data/ray (777)",
+        "data (755)",
+        "config.toml (644)",
+    ] {
+        assert!(detail.contains(f), "{f}: {found}");
+    }
+    assert_eq!(doctor_check(&ctx, &[], "home.run_dir")["status"], "error");
+
+    doctor_check(&ctx, &["--fix"], "home.private");
+    for f in files {
+        assert_eq!(mode(&h.join(f)), 0o600, "{f}");
+    }
+    for d in ["", "data", "data/ray", "data/sessions/s1", "logs", "run"] {
+        assert_eq!(mode(&h.join(d)), 0o700, "{d:?}");
+    }
+    assert!(!as_nobody(&format!("cat {sqlite}")));
+    let after = doctor_check(&ctx, &[], "home.private");
+    assert_eq!(after["status"], "ok", "{after}");
+}
