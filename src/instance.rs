@@ -156,9 +156,27 @@ pub fn health_patiently(
     }
 }
 
-/// Health matches the registration's pid and instance.
+/// Health matches the registration's instance, and its pid is the engine the supervisor spawned or, for a shell
+/// snippet (`engine.command = "cd X && cmd"`), a process of that engine's process group.
 pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
-    h.pid == i64::from(reg.pid) && h.instance_id == reg.instance_id
+    h.instance_id == reg.instance_id && (h.pid == i64::from(reg.pid) || in_engine_group(h.pid, reg))
+}
+
+#[cfg(target_os = "linux")]
+fn in_engine_group(pid: i64, reg: &Registration) -> bool {
+    let Ok(pid) = sys::Pid::try_from(pid) else {
+        return false;
+    };
+    reg.pgid > 1
+        && pid > 0
+        && procfs::stat(pid).is_some_and(|s| s.pgid == reg.pgid && s.state != 'Z')
+        && procfs::descendants(reg.pid).contains(&pid)
+}
+
+/// Without /proc the group cannot be checked: only the spawned process itself is the engine.
+#[cfg(not(target_os = "linux"))]
+fn in_engine_group(_pid: i64, _reg: &Registration) -> bool {
+    false
 }
 
 /// Handshake problems (empty when compatible): protocol must be one the CLI speaks; the engine version must be the
@@ -449,14 +467,41 @@ struct Launch {
     port_by_env: bool,
 }
 
+/// The argv of an engine command given as one string (`BREADBOARD_ENGINE_CMD`, or `engine.command` as a string):
+/// run by `/bin/sh -c` as written. A single simple command (`python3 serve.py --x 'a b'`) is prefixed with `exec`,
+/// so the engine is the supervisor's own child; a snippet with shell syntax (`cd X && cmd`, `A=1 cmd`, a pipeline)
+/// runs as written, and the engine is found as the process of that group that answers `/health` with its pid and
+/// this instance's id ([`identity_ok`]).
+pub fn shell_argv(command: &str) -> Vec<String> {
+    let script = if is_simple_command(command) {
+        format!("exec {command}")
+    } else {
+        command.to_owned()
+    };
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// One command with arguments, no shell syntax that `exec` would break: no operators, no newline, no assignment
+/// or builtin first.
+fn is_simple_command(command: &str) -> bool {
+    const BUILTINS: [&str; 16] = [
+        "cd", "export", "set", "unset", "source", ".", "umask", "ulimit", "if", "for", "while",
+        "until", "case", "exec", "{", "!",
+    ];
+    let first = command.split_whitespace().next().unwrap_or_default();
+    !command.trim().is_empty()
+        && !command.contains([';', '&', '|', '\n', '(', ')', '`', '<', '>'])
+        && !command.contains("$(")
+        && !first.contains('=')
+        && !BUILTINS.contains(&first)
+}
+
 fn resolve_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
     let override_cmd: Option<Vec<String>> = match env_vars::get(env_vars::BREADBOARD_ENGINE_CMD) {
-        Some(cmd) => Some(vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd}")]),
+        Some(cmd) => Some(shell_argv(&cmd)),
         None => match &ctx.config.engine.command {
             None => None,
-            Some(toml::Value::String(s)) => {
-                Some(vec!["/bin/sh".into(), "-c".into(), format!("exec {s}")])
-            }
+            Some(toml::Value::String(s)) => Some(shell_argv(s)),
             Some(toml::Value::Array(a)) => Some(
                 a.iter()
                     .map(|v| v.as_str().map(str::to_owned))
@@ -1643,6 +1688,24 @@ fn instance_processes(reg: &Registration) -> Vec<sys::Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_simple_command_is_execed_and_a_shell_snippet_runs_as_written() {
+        assert_eq!(
+            shell_argv("python3 serve.py --name 'a b'")[2],
+            "exec python3 serve.py --name 'a b'"
+        );
+        for snippet in [
+            "cd /srv/engine && python3 serve.py",
+            "A=1 python3 serve.py",
+            "python3 a.py; python3 b.py",
+            "python3 serve.py 2>err.log",
+            "source env.sh\npython3 serve.py",
+            "export A=1",
+        ] {
+            assert_eq!(shell_argv(snippet)[2], snippet);
+        }
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -1983,3 +1983,55 @@ fn a_busy_engine_is_reported_busy_and_an_idempotent_start_waits_for_it() {
     std::fs::remove_file(&stall).unwrap();
     e.cmd(&["engine", "stop"]).assert().success();
 }
+
+#[test]
+fn engine_command_as_an_argv_list_and_as_a_shell_snippet_both_run_the_real_engine() {
+    let e = Engine::new();
+    let python = e.ctx.engine_dir().join("current/bin/python");
+    let workdir = e.ctx.dir.path().join("work dir");
+    std::fs::create_dir(&workdir).unwrap();
+    let forms = [
+        format!(
+            "[engine]\ncommand = [{:?}, \"-m\", \"breadboard_engine\", \"serve\"]\n",
+            python.display().to_string()
+        ),
+        // Shell syntax, as written: a `cd` first, then the engine.
+        format!(
+            "[engine]\ncommand = {:?}\n",
+            format!(
+                "cd '{}' && {} -m breadboard_engine serve",
+                workdir.display(),
+                python.display()
+            )
+        ),
+    ];
+    for (i, config) in forms.iter().enumerate() {
+        std::fs::write(e.ctx.home.join("config.toml"), config).unwrap();
+        let started = e.start();
+        let url = started["url"].as_str().unwrap().to_owned();
+        let (code, st) = e.status();
+        assert_eq!(code, 0, "form {i}: {st}");
+        let h = health(&url, Some(&e.token())).unwrap();
+        let engine_pid = h["pid"].as_i64().unwrap() as i32;
+        let cmdline = breadboard::procfs::cmdline(engine_pid).unwrap();
+        assert!(
+            cmdline.contains("breadboard_engine serve"),
+            "form {i}: {cmdline}"
+        );
+        if i == 1 {
+            assert_eq!(
+                std::fs::read_link(format!("/proc/{engine_pid}/cwd")).unwrap(),
+                workdir,
+                "the snippet's cd took effect"
+            );
+        }
+        let sid = e.registration().unwrap()["sid"].as_i64().unwrap();
+        e.cmd(&["engine", "stop"]).assert().success();
+        wait_for(
+            &format!("form {i}: the engine's session to end"),
+            Duration::from_secs(20),
+            || session(sid).is_empty(),
+        );
+        assert!(!breadboard::procfs::alive(engine_pid), "form {i}");
+    }
+}
