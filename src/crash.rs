@@ -98,16 +98,62 @@ impl LastExit {
 
 /// The last `n` lines of the log, with the token (and any bearer header) redacted.
 pub fn log_tail(path: &Path, n: usize, token: Option<&str>) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end of the file is read, into a bounded buffer: a log whose last line is hundreds of MB costs no more
+    // than one of short lines.
+    let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
     };
-    let start = bytes.len().saturating_sub(256 * 1024);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| redact(l, token))
-        .collect()
+    let len = file.metadata().map_or(0, |m| m.len());
+    // One byte early: the window's first piece is then a cut line, or empty when the window began at a line start.
+    let start = len.saturating_sub(TAIL_WINDOW + 1);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(TAIL_WINDOW + 1).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    if start > 0 && !lines.is_empty() {
+        if lines.len() == 1 {
+            out.push(format!(
+                "[the last line is longer than {} KiB; its end follows]",
+                TAIL_WINDOW / 1024
+            ));
+        } else {
+            lines.remove(0);
+        }
+    }
+    out.extend(
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| cap_line(&redact(l, token))),
+    );
+    out
+}
+
+/// How far back from a log's end its tail is looked for: enough for any sensible `-n`, bounded for a huge log.
+pub const TAIL_WINDOW: u64 = 256 * 1024;
+
+/// Lines longer than this are shown cut, saying how much was left out.
+pub const MAX_LINE: usize = 8 * 1024;
+
+/// `line`, cut to [`MAX_LINE`] bytes (on a character boundary) with a note of what was left out.
+pub fn cap_line(line: &str) -> String {
+    if line.len() <= MAX_LINE {
+        return line.to_owned();
+    }
+    let mut cut = MAX_LINE;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}... [line cut: {} more bytes]",
+        &line[..cut],
+        line.len() - cut
+    )
 }
 
 pub fn redact(line: &str, token: Option<&str>) -> String {

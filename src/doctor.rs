@@ -43,6 +43,8 @@ pub enum Repair {
     RebuildVenv {
         version: String,
     },
+    /// SIGKILL the processes of an earlier engine of this home (found by their engine mark again, under the lock).
+    EndLeftovers,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1151,6 +1153,15 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             return out;
         }
     };
+    let live = match &probe {
+        Probe::Live { reg: Some(r), .. } => Some(r.instance_id.clone()),
+        _ => None,
+    };
+    out.extend(orphans_check(
+        paths,
+        live.as_deref(),
+        matches!(probe, Probe::Live { reg: None, .. }),
+    ));
     match probe {
         Probe::Down { stale: None, crash } => {
             if std::fs::metadata(paths.registration()).is_ok() {
@@ -1300,6 +1311,47 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Processes of an earlier engine of this home that outlived it (e.g. Ray workers after a `kill -9` of `engine start
+/// --foreground`), found by the engine mark in their environment, whoever their parent is now. Not judged while a
+/// supervisor holds the lock without a registration: its engine's are indistinguishable then.
+fn orphans_check(paths: &Paths, live: Option<&str>, unknown_live: bool) -> Option<Finding> {
+    if unknown_live {
+        return None;
+    }
+    let left = crate::instance::marked_leftovers(paths, live);
+    if left.is_empty() {
+        return None;
+    }
+    let listed: Vec<String> = left
+        .iter()
+        .map(|p| {
+            let cmd: String = crate::procfs::cmdline(*p)
+                .unwrap_or_default()
+                .chars()
+                .take(60)
+                .collect();
+            format!("{p} ({cmd})")
+        })
+        .collect();
+    Some(
+        Finding::error(
+            "Engine",
+            "engine.orphans",
+            format!(
+                "{} process(es) of an earlier engine of this home are still running",
+                left.len()
+            ),
+            format!("{}: {}", paths.home.display(), listed.join(", ")),
+        )
+        .fix(if live.is_some() {
+            "breadboard engine doctor --fix   # ends them; the running engine is left alone"
+        } else {
+            "breadboard engine stop   # ends them"
+        })
+        .repair(Repair::EndLeftovers),
+    )
 }
 
 /// The running engine's own view of Ray (`/v1/status`): connected, still starting, or failed and why.

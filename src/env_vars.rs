@@ -51,3 +51,9 @@ pub const BREADBOARD_RELEASES_URL: &str = "BREADBOARD_RELEASES_URL";
 pub const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
 /// Set by CI systems; `breadboard upgrade` then never asks for confirmation (as without a terminal).
 pub const CI: &str = "CI";
+
+/// Set by the supervisor on the engine it spawns (never on the CLI or the supervisor): `<instance id> <home>`.
+/// Inherited by everything the engine starts, Ray's daemons and workers included, so whatever an instance left
+/// behind is found by it (`/proc/<pid>/environ`), whoever its parent is now: the engine's reaper ends this
+/// instance's at its end, and `engine start|stop|doctor` find any of this home's once no engine runs.
+pub const BREADBOARD_ENGINE_MARK: &str = "BREADBOARD_ENGINE_MARK";

@@ -318,10 +318,39 @@ pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printe
         }
         registration::clear_stop_request(paths, &r.instance_id);
     }
+    end_marked_leftovers(paths, printer, None);
     // The dead instance's token opens nothing any more; with the lock free no engine can be using ours, even one
     // whose registration was lost (only ever our own file, whatever a record says).
     let _ = fsutil::remove_file_if_exists(&paths.token_file());
     let _ = registration::remove(paths);
+}
+
+/// Processes an engine of this home started that outlived it, found by the mark the supervisor gives every engine
+/// (inherited by Ray's daemons and workers, whoever re-parented them): any instance's but `live`'s.
+pub fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<sys::Pid> {
+    procfs::marked_processes(env_vars::BREADBOARD_ENGINE_MARK, &paths.home)
+        .into_iter()
+        .filter(|(_, instance)| Some(instance.as_str()) != live)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Ends [`marked_leftovers`] (SIGKILL: their engine is gone, nothing of theirs needs a graceful end), saying so.
+pub fn end_marked_leftovers(paths: &Paths, printer: &Printer, live: Option<&str>) {
+    let left = marked_leftovers(paths, live);
+    if left.is_empty() {
+        return;
+    }
+    printer.info(&format!(
+        "ending {} leftover process(es) of an earlier engine of this home: {left:?}",
+        left.len()
+    ));
+    for p in &left {
+        let _ = sys::kill(*p, libc::SIGKILL);
+    }
+    wait_until(Duration::from_secs(3), || {
+        left.iter().all(|p| !procfs::alive(*p))
+    });
 }
 
 /// Shows a crash report once per crash.
@@ -757,6 +786,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     }
     let apply_env = |cmd: &mut Command| {
         cmd.env_remove("RAY_ADDRESS")
+            .env_remove(env_vars::BREADBOARD_ENGINE_MARK)
             .env_remove("BREADBOARD_API_TOKEN")
             .env_remove("BREADBOARD_RAY_ADDRESS")
             .env_remove("BREADBOARD_ALLOW_INSECURE_REMOTE");
@@ -1118,6 +1148,7 @@ pub fn run_foreground(
     // The engine inherits our environment: set it here (this process is single-threaded at this point).
     for k in [
         "RAY_ADDRESS",
+        env_vars::BREADBOARD_ENGINE_MARK,
         "BREADBOARD_API_TOKEN",
         "BREADBOARD_RAY_ADDRESS",
         "BREADBOARD_ALLOW_INSECURE_REMOTE",
@@ -1588,6 +1619,7 @@ pub fn stop_locked(
             },
         );
     }
+    end_marked_leftovers(paths, printer, None);
     if !port_free {
         // Every process of the instance is gone, but something else holds its port: the stop did not free it.
         return Err(stop_failed(&reg, true));

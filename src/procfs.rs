@@ -109,6 +109,30 @@ fn uid_of(pid: Pid) -> Option<u32> {
         .map(|m| m.uid())
 }
 
+/// Live processes of our uid whose environment holds `name=<something> <home>` (the engine mark): pid and the
+/// something (the instance id). Linux only; elsewhere nothing is found.
+pub fn marked_processes(name: &str, home: &Path) -> Vec<(Pid, String)> {
+    let uid = crate::sys::getuid();
+    let me = crate::sys::getpid();
+    let prefix = format!("{name}=");
+    let home = home.to_string_lossy();
+    all()
+        .into_iter()
+        .filter(|s| s.pid != me && uid_of(s.pid) == Some(uid))
+        .filter_map(|s| {
+            let environ = std::fs::read(format!("/proc/{}/environ", s.pid)).ok()?;
+            let value = environ.split(|b| *b == 0).find_map(|entry| {
+                std::str::from_utf8(entry)
+                    .ok()?
+                    .strip_prefix(&prefix)
+                    .map(str::to_owned)
+            })?;
+            let (instance, of) = value.split_once(' ')?;
+            (of == home).then(|| (s.pid, instance.to_owned()))
+        })
+        .collect()
+}
+
 /// Every live process (zombies excluded).
 pub fn all() -> Vec<Stat> {
     let mut out = Vec::new();

@@ -210,6 +210,20 @@ fn file_repair(
             }
         }
         Repair::RebuildVenv { .. } => return Ok(None),
+        Repair::EndLeftovers => {
+            // Looked at again under the lock: the running instance (if any) may have changed since.
+            let live = match instance::probe(paths, None, false)? {
+                instance::Probe::Live { reg: Some(r), .. } => Some(r.instance_id),
+                instance::Probe::Live { reg: None, .. } => return Ok(None),
+                instance::Probe::Down { .. } => None,
+            };
+            let left = instance::marked_leftovers(paths, live.as_deref());
+            instance::end_marked_leftovers(paths, printer, live.as_deref());
+            format!(
+                "ended {} leftover process(es) of an earlier engine",
+                left.len()
+            )
+        }
     }))
 }
 

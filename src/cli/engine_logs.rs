@@ -48,7 +48,13 @@ pub fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
     // starting to follow is neither lost nor shown twice.
     let (mut follower, tail) = Follower::with_tail(path, args.lines);
     for line in tail {
-        if writeln!(out, "{}", crash::redact(&line, token.as_deref())).is_err() {
+        if writeln!(
+            out,
+            "{}",
+            crash::cap_line(&crash::redact(&line, token.as_deref()))
+        )
+        .is_err()
+        {
             return Ok(0);
         }
     }
@@ -63,7 +69,13 @@ pub fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
             }
         }
         for text in lines {
-            if writeln!(out, "{}", crash::redact(&text, token.as_deref())).is_err() {
+            if writeln!(
+                out,
+                "{}",
+                crash::cap_line(&crash::redact(&text, token.as_deref()))
+            )
+            .is_err()
+            {
                 return Ok(0);
             }
         }
@@ -85,8 +97,7 @@ struct Follower {
     pending: Vec<u8>,
 }
 
-/// How far back from the end the tail is looked for: enough for any sensible `-n`, bounded for a huge log.
-const TAIL_WINDOW: u64 = 256 * 1024;
+use crash::TAIL_WINDOW;
 
 impl Follower {
     /// Opens `path` and reads its last `n` complete lines; following continues from exactly where that read ended.

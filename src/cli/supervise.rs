@@ -243,7 +243,8 @@ pub fn supervise(
     let code = loop {
         let started = Instant::now();
         let started_unix = fsutil::unix_now();
-        let (engine_pid, copier) = match spawn_engine(command, listen_fd, &sink) {
+        let mark = format!("{} {}", reg.instance_id, paths.home.display());
+        let (engine_pid, copier) = match spawn_engine(command, listen_fd, &mark, &sink) {
             Ok(v) => v,
             Err(e) => {
                 sink.line(&format!(
@@ -440,12 +441,14 @@ pub fn take_instance_lock(paths: &Paths) -> Result<File, String> {
 fn spawn_engine(
     command: &[String],
     _listen_fd: Option<i32>,
+    mark: &str,
     sink: &Sink,
 ) -> std::io::Result<(sys::Pid, Option<std::thread::JoinHandle<()>>)> {
     let (reader, writer) = std::io::pipe()?;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..])
         .env_remove(SPEC_ENV)
+        .env(crate::env_vars::BREADBOARD_ENGINE_MARK, mark)
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)
         .stderr(writer);

@@ -309,3 +309,134 @@ fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
         }
     }
 }
+
+fn marked(e: &Engine) -> Vec<i32> {
+    breadboard::procfs::marked_processes("BREADBOARD_ENGINE_MARK", &e.ctx.home)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+#[test]
+fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
+    let mut e = Engine::new();
+    e.env = vec![("BREADBOARD_RAY_START".into(), "background".into())];
+    let mut fg = e
+        .command()
+        .args(["engine", "start", "--foreground", "--port", "auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the registration", Duration::from_secs(60), || {
+        e.registration().is_some_and(|r| r["ready_at"].is_string())
+    });
+    wait_ray_connected(&e);
+    // The engine's reaper records Ray's processes at connect and 5 s later; the point is a worker started after
+    // both, so the turn waits until Ray has been up longer than that.
+    let connected = std::time::Instant::now();
+    wait_for("Ray up for 6 s", Duration::from_secs(10), || {
+        connected.elapsed() >= Duration::from_secs(6)
+    });
+    let reg = e.registration().unwrap();
+    let url = reg["url"].as_str().unwrap().to_owned();
+    let token = e.token();
+    let (code, body) = http(
+        &url,
+        "POST",
+        "/v1/sessions",
+        Some(&token),
+        Some(r#"{"task": ""}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = http(
+        &url,
+        "POST",
+        &format!("/v1/sessions/{id}/input"),
+        Some(&token),
+        Some(r#"{"content": "hello"}"#),
+    );
+    assert_eq!(code, 202, "{body}");
+    let evs = sse_until(
+        &url,
+        &format!("/v1/sessions/{id}/events?replay=true"),
+        &token,
+        "run_finished",
+        Duration::from_secs(90),
+    );
+    let worker = evs
+        .iter()
+        .find(|ev| ev["type"] == "assistant_message")
+        .and_then(|m| m["payload"]["worker_pid"].as_i64())
+        .unwrap_or_else(|| panic!("no worker pid in {evs:?}")) as i32;
+    assert_ne!(i64::from(worker), reg["pid"].as_i64().unwrap());
+    let before = marked(&e);
+
+    breadboard::sys::kill(fg.id() as i32, 9).unwrap();
+    fg.wait().unwrap();
+    wait_for(
+        "the Ray worker to end with its engine",
+        Duration::from_secs(30),
+        || !breadboard::procfs::alive(worker),
+    );
+    assert!(
+        before.contains(&worker),
+        "the worker carries the engine mark: {before:?}"
+    );
+    wait_for(
+        "every process of the engine to end",
+        Duration::from_secs(30),
+        || marked(&e).is_empty(),
+    );
+}
+
+#[test]
+fn leftovers_of_an_earlier_engine_are_found_by_their_mark_and_stop_ends_them() {
+    let e = Engine::fake("ok");
+    let spawn_marked = |home: &std::path::Path| {
+        Command::new("sleep")
+            .arg("600")
+            .env(
+                "BREADBOARD_ENGINE_MARK",
+                format!("0f0f0f0f-dead-4bee-8eef-000000000000 {}", home.display()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut ours = spawn_marked(&e.ctx.home);
+    let other_home = e.ctx.dir.path().join("other-home");
+    let mut theirs = spawn_marked(&other_home);
+    let pid = ours.id() as i32;
+
+    let out = e.cmd(&["engine", "doctor", "--json"]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "engine.orphans")
+        .unwrap_or_else(|| panic!("no engine.orphans in {doc}"));
+    let detail = found["detail"].as_str().unwrap();
+    assert_eq!(found["status"], "error", "{found}");
+    assert!(
+        detail.contains(&e.ctx.home.display().to_string())
+            && detail.contains(&pid.to_string())
+            && !detail.contains(&theirs.id().to_string()),
+        "{found}"
+    );
+    let a = e.cmd(&["engine", "stop"]).assert().success();
+    assert!(stderr(&a).contains("leftover"), "{}", stderr(&a));
+    ours.wait().unwrap();
+    assert!(
+        breadboard::procfs::alive(theirs.id() as i32),
+        "another home's process is left alone"
+    );
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+}

@@ -11,5 +11,6 @@ mod doctor;
 mod errors;
 mod install;
 mod lifecycle;
+mod minors;
 mod privacy;
 mod supervisor;

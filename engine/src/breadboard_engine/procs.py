@@ -40,3 +40,25 @@ def descendants(root: int) -> list[tuple[int, str]]:
         found.append((pid, starts[pid]))
         stack.extend(children.get(pid, []))
     return found
+
+
+def marked(name: str, value: str) -> list[tuple[int, str]]:
+    """(pid, starttime) of every live process of our uid whose environment holds exactly `name=value`."""
+    needle = f"{name}={value}".encode()
+    uid = os.getuid()
+    found: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat_fields(pid)
+        if fields and fields[0] != "Z" and needle in environ:
+            found.append((pid, fields[19]))
+    return found
