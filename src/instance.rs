@@ -383,15 +383,13 @@ impl std::str::FromStr for PortSpec {
         if s == "auto" {
             return Ok(PortSpec::Auto);
         }
-        s.parse::<u16>()
-            .map(|p| {
-                if p == 0 {
-                    PortSpec::Auto
-                } else {
-                    PortSpec::Fixed(p)
-                }
-            })
-            .map_err(|_| format!("{s:?} is not a port number or `auto`"))
+        match s.parse::<u16>() {
+            // 0 is not a port: a free one is asked for by name, so a typo or a script's empty value is never taken
+            // as "any port".
+            Ok(0) => Err("0 is not a port; for a free port, say `--port auto`".to_owned()),
+            Ok(p) => Ok(PortSpec::Fixed(p)),
+            Err(_) => Err(format!("{s:?} is not a port number or `auto`")),
+        }
     }
 }
 
@@ -414,11 +412,15 @@ pub fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
             ))
             .into()
         }),
-        None => Ok(config
-            .engine
-            .port
-            .filter(|p| *p != 0)
-            .unwrap_or(DEFAULT_PORT)),
+        None => match config.engine.port {
+            Some(0) => Err(CliError::new(
+                ErrorKind::Config,
+                "engine.port = 0 in config.toml is not a port",
+            )
+            .hint("set [engine] port to a port such as 9099, or remove it; for a free port use `--port auto`")
+            .into()),
+            port => Ok(port.unwrap_or(DEFAULT_PORT)),
+        },
     }
 }
 
@@ -1361,6 +1363,9 @@ fn stop_unregistered(
         return Ok(Stopped::NotRunning);
     };
     let same = || procfs::same_process(sup, ticks);
+    if !force {
+        resume_if_stopped(printer, &[("supervisor", sup, ticks)]);
+    }
     let mut done = false;
     if !force && same() {
         let _ = sys::kill(sup, libc::SIGTERM);
@@ -1497,6 +1502,15 @@ pub fn stop_locked(
             .into());
         }
     }
+    if !force {
+        resume_if_stopped(
+            printer,
+            &[
+                ("supervisor", reg.supervisor_pid, reg.supervisor_start_ticks),
+                ("engine", reg.pid, reg.pid_start_ticks),
+            ],
+        );
+    }
     let mut engine_ok = procfs::same_process(reg.pid, reg.pid_start_ticks);
     // Record the intent first: the supervisor classifies the exit by it, not by the exit code, and never restarts
     // an engine whose stop was asked for. The intent file cannot be lost to a registration the supervisor rewrites.
@@ -1513,6 +1527,7 @@ pub fn stop_locked(
     let free = || !lock_busy(paths);
     let mut forced = force;
     let mut done = false;
+    let mut sent_term = false;
     if !force && !engine_ok {
         // No engine process: the supervisor is between engines (restart = "on-failure" waiting to restart a crashed
         // one). It sees the intent and exits; unless it restarted the engine just before, which is then stopped
@@ -1554,6 +1569,7 @@ pub fn stop_locked(
                 reg.pgid
             ));
             let _ = sys::killpg(reg.pgid, libc::SIGTERM);
+            sent_term = true;
             done = wait_until(phase, free);
         } else if !done {
             done = wait_until(phase, free);
@@ -1564,7 +1580,12 @@ pub fn stop_locked(
         // Re-verify right before SIGKILL.
         if procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks) {
             if !force {
-                printer.info("the engine ignored SIGTERM; killing its session");
+                // Only what happened: SIGTERM may never have been sent (no engine process was left to get it).
+                printer.info(if sent_term {
+                    "the engine ignored SIGTERM; killing its session"
+                } else {
+                    "the engine did not stop in time; killing its session"
+                });
             }
             let victims = instance_processes(&reg);
             for p in &victims {
@@ -1699,6 +1720,21 @@ fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::Error {
     )
     .hint(hint)
     .into()
+}
+
+/// A supervisor or engine stopped by a signal (SIGSTOP, Ctrl-Z: state T) can neither answer, stop its engine nor
+/// exit: it is continued (SIGCONT), saying so, before the stop begins. Each pid is checked against its start time.
+fn resume_if_stopped(printer: &Printer, procs: &[(&str, sys::Pid, u64)]) {
+    for (what, pid, ticks) in procs {
+        let stopped = procfs::same_process(*pid, *ticks)
+            && procfs::stat(*pid).is_some_and(|s| s.state == 'T' || s.state == 't');
+        if stopped {
+            printer.warn(&format!(
+                "the {what} (pid {pid}) was stopped by a signal (SIGSTOP or Ctrl-Z); sent it SIGCONT so it can stop"
+            ));
+            let _ = sys::kill(*pid, libc::SIGCONT);
+        }
+    }
 }
 
 /// Every live process of the instance other than the supervisor: its session (detached) or descendants.

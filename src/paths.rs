@@ -13,7 +13,18 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// The home, made absolute once here (against the working directory) so everything below, the registration and
+    /// the engine's environment included, names the same home from any directory. One that exists but is not a
+    /// directory is refused at once, with the way out.
     pub fn from_env() -> anyhow::Result<Paths> {
+        let paths = Paths::from_env_unchecked()?;
+        if !paths.home.is_dir() && paths.home.symlink_metadata().is_ok() {
+            return Err(home_not_a_dir(&paths.home).into());
+        }
+        Ok(paths)
+    }
+
+    fn from_env_unchecked() -> anyhow::Result<Paths> {
         if let Some(home) = env_vars::get(env_vars::BREADBOARD_HOME) {
             return Ok(Paths {
                 home: absolute(Path::new(&home))?,
@@ -173,8 +184,13 @@ pub fn home_not_a_dir(home: &Path) -> CliError {
     CliError::new(
         ErrorKind::Config,
         format!(
-            "BREADBOARD_HOME {} is a file, not a directory",
-            home.display()
+            "BREADBOARD_HOME {} is {}, not a directory",
+            home.display(),
+            if home.is_file() {
+                "a file"
+            } else {
+                "not a directory (a dangling symlink?)"
+            }
         ),
     )
     .hint(format!(

@@ -22,6 +22,11 @@ struct ListJson {
 }
 
 pub fn run(paths: &Paths, printer: &Printer, args: &ListArgs) -> anyhow::Result<u8> {
+    // The listing needs no config, but a config.toml that does not parse is said here as by every command (a
+    // warning on stderr), not silently passed over. Only when the file exists: the common case costs one stat.
+    if paths.config_file().exists() {
+        super::Ctx::load_lenient(printer)?;
+    }
     let store = Store::new(paths);
     let versions = store.list()?;
     if args.json {

@@ -342,48 +342,77 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     let reg = e.registration().unwrap();
     let url = reg["url"].as_str().unwrap().to_owned();
     let token = e.token();
-    let (code, body) = http(
-        &url,
-        "POST",
-        "/v1/sessions",
-        Some(&token),
-        Some(r#"{"task": ""}"#),
-    );
-    assert_eq!(code, 200, "{body}");
-    let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = http(
-        &url,
-        "POST",
-        &format!("/v1/sessions/{id}/input"),
-        Some(&token),
-        Some(r#"{"content": "hello"}"#),
-    );
-    assert_eq!(code, 202, "{body}");
-    let evs = sse_until(
-        &url,
-        &format!("/v1/sessions/{id}/events?replay=true"),
-        &token,
-        "run_finished",
-        Duration::from_secs(90),
-    );
-    let worker = evs
-        .iter()
-        .find(|ev| ev["type"] == "assistant_message")
-        .and_then(|m| m["payload"]["worker_pid"].as_i64())
-        .unwrap_or_else(|| panic!("no worker pid in {evs:?}")) as i32;
+    let turn = || -> i32 {
+        let (code, body) = http(
+            &url,
+            "POST",
+            "/v1/sessions",
+            Some(&token),
+            Some(r#"{"task": ""}"#),
+        );
+        assert_eq!(code, 200, "{body}");
+        let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (code, body) = http(
+            &url,
+            "POST",
+            &format!("/v1/sessions/{id}/input"),
+            Some(&token),
+            Some(r#"{"content": "hello"}"#),
+        );
+        assert_eq!(code, 202, "{body}");
+        let evs = sse_until(
+            &url,
+            &format!("/v1/sessions/{id}/events?replay=true"),
+            &token,
+            "run_finished",
+            Duration::from_secs(90),
+        );
+        evs.iter()
+            .find(|ev| ev["type"] == "assistant_message")
+            .and_then(|m| m["payload"]["worker_pid"].as_i64())
+            .unwrap_or_else(|| panic!("no worker pid in {evs:?}")) as i32
+    };
+    let worker = turn();
     assert_ne!(i64::from(worker), reg["pid"].as_i64().unwrap());
     let before = marked(&e);
+    // Everything the engine started, whoever is its parent now: its tree under the foreground CLI, and what carries
+    // its mark (Ray's re-parented daemons and workers).
+    let mut tree = breadboard::procfs::descendants(fg.id() as i32);
+    tree.extend(
+        before
+            .iter()
+            .filter(|p| !tree.contains(p))
+            .collect::<Vec<_>>(),
+    );
+    eprintln!(
+        "before the kill: {:?}",
+        tree.iter()
+            .map(|p| (*p, breadboard::procfs::cmdline(*p).unwrap_or_default()))
+            .collect::<Vec<_>>()
+    );
 
     breadboard::sys::kill(fg.id() as i32, 9).unwrap();
     fg.wait().unwrap();
-    wait_for(
-        "the Ray worker to end with its engine",
-        Duration::from_secs(30),
-        || !breadboard::procfs::alive(worker),
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<(i32, String)> = tree
+            .iter()
+            .filter(|p| breadboard::procfs::alive(**p))
+            .map(|p| (*p, breadboard::procfs::cmdline(*p).unwrap_or_default()))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of the engine outlived it: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!breadboard::procfs::alive(worker));
     assert!(
         before.contains(&worker),
         "the worker carries the engine mark: {before:?}"
