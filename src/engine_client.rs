@@ -121,6 +121,8 @@ impl EngineClient {
                         break;
                     }
                 }
+                // A signal (the supervisor catches SIGTERM) interrupts the read; it is not an answer.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // A read timeout (EAGAIN on a socket with SO_RCVTIMEO) is an engine too busy to answer in time.
                 Err(e)
                     if matches!(
