@@ -377,6 +377,41 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     };
     let worker = turn();
     assert_ne!(i64::from(worker), reg["pid"].as_i64().unwrap());
+    // Several slow turns at once (0.25 CPU each): Ray starts workers beyond those it started with, after the
+    // reaper's last record. The kill comes while they run.
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let (code, body) = http(
+            &url,
+            "POST",
+            "/v1/sessions",
+            Some(&token),
+            Some(r#"{"task": "", "metadata": {"echo_delay_ms": 500}}"#),
+        );
+        assert_eq!(code, 200, "{body}");
+        let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (code, body) = http(
+            &url,
+            "POST",
+            &format!("/v1/sessions/{id}/input"),
+            Some(&token),
+            Some(r#"{"content": "a slow turn of many words that runs for a while yet"}"#),
+        );
+        assert_eq!(code, 202, "{body}");
+        sessions.push(id);
+    }
+    for id in &sessions {
+        sse_until(
+            &url,
+            &format!("/v1/sessions/{id}/events?replay=true"),
+            &token,
+            "assistant_delta",
+            Duration::from_secs(90),
+        );
+    }
     let before = marked(&e);
     // Everything the engine started, whoever is its parent now: its tree under the foreground CLI, and what carries
     // its mark (Ray's re-parented daemons and workers).
