@@ -72,12 +72,13 @@ fn nobody_cannot_read_a_prompt_after_a_real_turn() {
     let url = started["url"].as_str().unwrap().to_owned();
     let token = e.token();
     let secret = "prompt-only-its-owner-may-read-7f3a";
+    // In the session's task (the index) and in its prompt (the event log).
     let (code, body) = http(
         &url,
         "POST",
         "/v1/sessions",
         Some(&token),
-        Some(r#"{"task": ""}"#),
+        Some(&format!(r#"{{"task": "{secret}"}}"#)),
     );
     assert_eq!(code, 200, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
