@@ -1,7 +1,8 @@
 """A live engine's every event and answer against the committed schema and the protocol models.
 
-The engine's per-event path builds its envelopes as plain dicts (building them through the models there cut the
-fan-out throughput of bench/engine_bench.py by about 40%): this test is what holds those dicts to the contract.
+The engine's per-event path builds its envelopes as plain dicts: building them through the models costs about 15 us
+more per event (2.7 times the dict and json.dumps alone) and cut the fan-out throughput of bench/engine_bench.py by
+roughly 40%. This test is what holds those dicts to the contract.
 """
 
 from __future__ import annotations

@@ -138,16 +138,8 @@ EVENT_PAYLOADS: dict[str, type[WireModel]] = {
     "error": ErrorPayload,
 }
 
-EventPayload = Union[  # noqa: UP007 - pydantic wants the Union spelt out to name the members in the schema
-    UserMessagePayload,
-    TurnStartPayload,
-    AssistantDeltaPayload,
-    AssistantMessagePayload,
-    CompletionPayload,
-    RunFinishedPayload,
-    ErrorPayload,
-    dict[str, Any],
-]
+# Built from a tuple, which `|` cannot do.
+EventPayload = Union[(*EVENT_PAYLOADS.values(), dict[str, Any])]  # noqa: UP007
 
 
 class Event(WireModel):
