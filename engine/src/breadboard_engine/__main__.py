@@ -1,4 +1,4 @@
-"""Command line: `python -m breadboard_engine serve|version`.
+"""Command line: `python -m breadboard_engine serve|version|schema`.
 
 Kept import-light: `version --json` runs on every `breadboard engine install` to validate a venv, so it must not import
 FastAPI or Ray.
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
     version = sub.add_parser("version", help="print the engine and protocol versions")
     version.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("schema", help="print the JSON Schema of the protocol (docs/protocol.schema.json)")
     return parser
 
 
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(doc))
         else:
             print(f"breadboard-engine {doc['engine_version']} (protocol {doc['protocol_version']})")
+        return 0
+
+    if args.command == "schema":
+        from .protocol import schema_text
+
+        sys.stdout.write(schema_text())
         return 0
 
     from .server import serve  # heavy imports only when serving

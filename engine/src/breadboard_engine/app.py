@@ -10,9 +10,22 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .protocol import (
+    CommandRequest,
+    CommandResponse,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    ErrorBody,
+    Health,
+    InputRequest,
+    InputResponse,
+    Ready,
+    ResumeWindowExceededBody,
+    ShutdownResponse,
+    Status,
+)
 from .ray_runtime import RayRuntime
 from .sessions import (
     CommandNotImplemented,
@@ -26,38 +39,8 @@ from .settings import Settings
 from .version import PROTOCOL_VERSION, engine_version
 
 
-class CreateSession(BaseModel):
-    task: str
-    config_path: str | None = None
-    metadata: dict | None = None
-    provider: str | None = None
-    # Accepted for upstream compatibility; not used by this engine yet.
-    overrides: dict | None = None
-    workspace: str | None = None
-    max_steps: int | None = None
-    permission_mode: str | None = None
-    stream: bool = True
-
-
-class SessionInput(BaseModel):
-    content: str = Field(..., description="the user's message; must not be blank")
-    attachments: list[str] | None = None
-
-    @field_validator("content")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("content must not be blank")
-        return value
-
-
-class SessionCommand(BaseModel):
-    command: str
-    payload: dict | None = None
-
-
 def error(status: int, code: str, detail, path: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, "path": path}, status_code=status)
+    return JSONResponse(ErrorBody.emit({"error": code, "detail": detail, "path": path}), status_code=status)
 
 
 STATUS_CODES = {401: "unauthorized", 404: "not_found", 409: "conflict"}
@@ -105,7 +88,7 @@ def create_app(
 ) -> FastAPI:
     identity = Identity(settings, started_at)
     app = FastAPI(title="BreadBoard engine", version=identity.doc["engine_version"])
-    health_body = json.dumps({"status": "ok", **identity.doc}).encode()
+    health_body = json.dumps(Health.emit({"status": "ok", **identity.doc})).encode()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -126,32 +109,34 @@ def create_app(
     async def ready():
         ray_status = ray.status()
         is_ready = manager.store_open and ray_status["state"] in ("connected", "off", "pending")
-        return {"status": "ok", "ready": is_ready, **identity.doc, "ray": ray_status}
+        return Ready.emit({"status": "ok", "ready": is_ready, **identity.doc, "ray": ray_status})
 
     async def status():
-        return {
+        doc = {
             "status": "ok",
             "uptime_s": time.time() - identity.started_at,
             **identity.doc,
             "ray": ray.status(),
             **manager.status(),
         }
+        return Status.emit(doc)
 
     app.get("/status")(status)
     app.get("/v1/status")(status)
 
     @app.post("/v1/sessions")
-    async def create_session(body: CreateSession):
+    async def create_session(body: CreateSessionRequest):
         try:
             session = manager.create(body.task, body.config_path, body.metadata, body.provider)
         except ValueError as exc:
             return error(400, "invalid_request", str(exc), "/v1/sessions")
-        return {
+        created = {
             "session_id": session.id,
             "status": session.row.status,
             "created_at": session.row.created_at,
             "logging_dir": None,
         }
+        return CreateSessionResponse.emit(created)
 
     @app.get("/v1/sessions")
     async def list_sessions():
@@ -173,17 +158,17 @@ def create_app(
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{session_id}/input", status_code=202)
-    async def post_input(session_id: str, body: SessionInput, request: Request):
+    async def post_input(session_id: str, body: InputRequest, request: Request):
         try:
             manager.post_input(session_id, body.content)
         except SessionNotFound:
             return error(404, "not_found", "session not found", request.url.path)
         except SessionClosed as exc:
             return error(409, "conflict", str(exc), request.url.path)
-        return JSONResponse({"status": "accepted"}, status_code=202)
+        return JSONResponse(InputResponse.emit({"status": "accepted"}), status_code=202)
 
     @app.post("/v1/sessions/{session_id}/command", status_code=202)
-    async def post_command(session_id: str, body: SessionCommand, request: Request):
+    async def post_command(session_id: str, body: CommandRequest, request: Request):
         path = request.url.path
         try:
             detail = manager.command(session_id, body.command, body.payload or {})
@@ -195,7 +180,7 @@ def create_app(
             return error(400, "invalid_request", str(exc), path)
         except CommandNotImplemented as exc:
             return error(501, "not_implemented", f"this engine does not implement the command {exc}", path)
-        return JSONResponse({"status": "accepted", "detail": detail}, status_code=202)
+        return JSONResponse(CommandResponse.emit({"status": "accepted", "detail": detail}), status_code=202)
 
     @app.get("/v1/sessions/{session_id}/events")
     async def events(
@@ -214,16 +199,14 @@ def create_app(
         try:
             after = manager.resolve_resume(session, resume_from)
         except ResumeWindowExceeded as exc:
-            return JSONResponse(
-                {
-                    "error": "resume_window_exceeded",
-                    "detail": "resume window exceeded or event id not found",
-                    "path": request.url.path,
-                    "last_event_id": exc.last_event_id,
-                    "last_seq": exc.last_seq,
-                },
-                status_code=409,
-            )
+            body = {
+                "error": "resume_window_exceeded",
+                "detail": "resume window exceeded or event id not found",
+                "path": request.url.path,
+                "last_event_id": exc.last_event_id,
+                "last_seq": exc.last_seq,
+            }
+            return JSONResponse(ResumeWindowExceededBody.emit(body), status_code=409)
         stream = manager.follow(session, after, replay or resume_from is not None, limit)
         return StreamingResponse(
             stream,
@@ -234,7 +217,7 @@ def create_app(
     @app.post("/v1/shutdown", status_code=202)
     async def shutdown():
         request_exit()
-        return JSONResponse({"status": "shutting_down", "pid": os.getpid()}, status_code=202)
+        return JSONResponse(ShutdownResponse.emit({"status": "shutting_down", "pid": os.getpid()}), status_code=202)
 
     if settings.token:
         app.add_middleware(BearerAuth, token=settings.token)

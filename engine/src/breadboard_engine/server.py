@@ -16,6 +16,8 @@ import time
 
 import uvicorn
 
+from .version import PROTOCOL_VERSION
+
 STARTED_AT = time.time()
 
 log = logging.getLogger("breadboard_engine")
@@ -79,7 +81,7 @@ def serve(args) -> int:
         log.info(
             "engine %s (protocol %s) instance %s, data %s, ray %s",
             app.version,
-            "1.0",
+            PROTOCOL_VERSION,
             settings.instance_id,
             settings.data_dir,
             settings.ray_address or settings.ray_start,

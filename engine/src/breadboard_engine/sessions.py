@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from . import providers
+from .protocol import SessionSummary
 from .ray_runtime import RayRuntime
 from .settings import Settings
 from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, remove_session_dir
@@ -143,7 +144,7 @@ class Session:
 
     def summary(self) -> dict:
         meta = self.row.metadata or {}
-        return {
+        summary = {
             "session_id": self.id,
             "status": self.row.status,
             "created_at": self.row.created_at,
@@ -160,6 +161,7 @@ class Session:
             "protocol_version": self.row.protocol_version,
             "config_hash": self.row.config_hash,
         }
+        return SessionSummary.emit(summary)
 
 
 class SessionManager:
@@ -211,7 +213,8 @@ class SessionManager:
             reason = "interrupted"
             self._publish(session, "error", {"message": "the engine stopped during this turn", "reason": reason}, turn)
             self._publish(session, "completion", {"summary": {"completed": False, "reason": reason}}, turn)
-            self._publish(session, "run_finished", {"eventCount": 0, "completed": False, "reason": reason}, turn)
+            finished = {"eventCount": 0, "completed": False, "reason": reason, "logging_dir": None}
+            self._publish(session, "run_finished", finished, turn)
             session.log.sync()
         self._set_status(session, "interrupted")
         session.log.close()  # no runner now; the next input reopens it
