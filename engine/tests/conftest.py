@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,19 @@ import httpx
 import pytest
 
 DEADLINE_S = 60.0
+
+# The suite must not depend on the developer's home: Ray reads ~/.ray (an auth token there switches token auth on)
+# and RAY_* variables change how every Ray process behaves. This process (which runs `ray` itself in some tests), the
+# engines and every Ray process they start get a private, empty HOME and no inherited RAY_*; done at import, before
+# any test or fixture can spawn anything.
+PRIVATE_HOME = Path(tempfile.mkdtemp(prefix="bb-test-home-"))
+os.environ["HOME"] = str(PRIVATE_HOME)
+for _name in [n for n in os.environ if n.startswith("RAY_")]:
+    del os.environ[_name]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(PRIVATE_HOME, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float = DEADLINE_S, interval: float = 0.02, what: str = "condition"):

@@ -1,6 +1,7 @@
 """Session turns on a real Ray: a local one the engine starts, and an existing cluster it joins. Nothing orphaned."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -132,15 +133,20 @@ def ray_cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = Path(tempfile.mkdtemp(prefix="bbc", dir="/tmp"))
+    # A cluster that requires a token, as Ray's defaults intend, with the token in a file of its own: what the test
+    # relies on is set up here, not found in whatever home the machine has.
+    token = temp.with_name(temp.name + "-token")
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
     subprocess.run(
         [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
          "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
         check=True, capture_output=True, env=env, timeout=180,
     )  # fmt: skip
     try:
-        yield f"127.0.0.1:{port}", temp
+        yield f"127.0.0.1:{port}", temp, token
     finally:
         # Stop only this cluster (never `ray stop`, which kills every Ray on the machine): its processes name temp.
         for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
@@ -150,6 +156,7 @@ def ray_cluster():
             except OSError:
                 pass
         shutil.rmtree(temp, ignore_errors=True)
+        token.unlink(missing_ok=True)
 
 
 def cluster_processes(temp):
@@ -164,10 +171,12 @@ def cluster_processes(temp):
 
 
 def test_joins_an_existing_cluster_and_leaves_it_running(engine_factory, ray_cluster):
-    address, temp = ray_cluster
+    address, temp, token = ray_cluster
     gcs = cluster_processes(temp)
     assert gcs, "the test cluster has no gcs_server"
-    engine = engine_factory(env={"BREADBOARD_RAY_ADDRESS": address}).start(ray="background")
+    # The engine is told where the cluster's token is and switches token auth on by itself.
+    env = {"BREADBOARD_RAY_ADDRESS": address, "RAY_AUTH_TOKEN_PATH": str(token)}
+    engine = engine_factory(env=env).start(ray="background")
     ready = engine.wait_ready()
     assert ready["ray"]["mode"] == "cluster" and ready["ray"]["address"] == address
     worker = run_turn_on_ray(engine)
@@ -177,6 +186,6 @@ def test_joins_an_existing_cluster_and_leaves_it_running(engine_factory, ray_clu
     assert alive(gcs) == gcs, "stopping the engine stopped the cluster"
     # The cluster still takes a new driver.
     code = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len(ray.nodes()))"
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert probe.returncode == 0 and probe.stdout.strip().endswith("1"), probe.stderr[-2000:]
