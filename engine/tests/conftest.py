@@ -44,6 +44,30 @@ def wait_until(predicate, timeout: float = DEADLINE_S, interval: float = 0.02, w
         time.sleep(interval)
 
 
+NOBODY = 65534
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    """Run a command as the unprivileged user `nobody` (the suite runs as root in CI), to see what another local user
+    can reach."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def shared_dir(prefix: str) -> Path:
+    """A directory in /tmp that other users can traverse (pytest's tmp_path is not: its root is 0700), so that what
+    they can reach below it is up to the engine."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
 class Engine:
     """One engine process. The harness binds the port and hands the socket over with --fd, as the supervisor does."""
 

@@ -1,5 +1,6 @@
 """Session turns on a real Ray: a local one the engine starts, and an existing cluster it joins. Nothing orphaned."""
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import turn_done, wait_until
+from conftest import NOBODY, turn_done, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from breadboard_engine.procs import descendants, start_time  # noqa: E402
@@ -103,18 +104,29 @@ def test_a_stop_while_ray_is_starting_does_not_wait_for_it(engine_factory):
     wait_until(lambda: not alive(family), 30, interval=0.1, what=f"Ray processes to exit: {alive(family)}")
 
 
-def test_lazy_ray_and_kill_9_leaves_no_orphans(engine_factory):
-    engine = engine_factory().start(ray="lazy")
+def test_lazy_ray_and_kill_9_leaves_no_orphans(engine_factory, tmp_path):
+    # A data dir too long for Ray's sockets, whose predictable /tmp fallback another user has created first.
+    data = tmp_path / ("long-" * 10) / "data"
+    data.parent.mkdir()
+    squatted = Path("/tmp") / f"bbray-{os.getuid()}-{hashlib.sha256(str(data).encode()).hexdigest()[:10]}"
+    squatted.mkdir(mode=0o777)
+    os.chown(squatted, NOBODY, NOBODY)
+    engine = engine_factory(data).start(ray="lazy")
     ready = engine.client().get("/ready").json()
     assert ready["ready"] is True and ready["ray"]["state"] == "pending"  # Ray not started before it is needed
     run_turn_on_ray(engine)
-    assert engine.client().get("/ready").json()["ray"]["state"] == "connected"
+    ray_status = engine.client().get("/ready").json()["ray"]
+    assert ray_status["state"] == "connected"
+    temp = Path(ray_status["temp_dir"])
+    squatted.rmdir()  # never used: empty
+    assert os.lstat(temp.parent).st_uid == os.getuid() and os.lstat(temp.parent).st_mode & 0o077 == 0
     # Let the raylet's agents start and be recorded, then kill the engine outright.
     wait_until(lambda: any("DashboardAgent" in comm(p) for p, _ in descendants(engine.proc.pid)), 30, what="agents")
     family = descendants(engine.proc.pid)
     wait_until(lambda: _reaper_knows(engine), 30, interval=0.2, what="the reaper to record Ray's agents")
     engine.kill9()
     wait_until(lambda: not alive(family), 30, interval=0.1, what=f"orphans to be reaped: {alive(family)}")
+    shutil.rmtree(temp.parent, ignore_errors=True)
 
 
 def _reaper_knows(engine):

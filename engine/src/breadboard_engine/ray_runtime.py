@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from . import providers
+from . import private, providers
 from .procs import descendants, start_time
 
 log = logging.getLogger("breadboard_engine.ray")
@@ -35,11 +35,43 @@ TURN_CPUS = 0.25
 
 
 def ray_temp_dir(data_dir: Path) -> Path:
+    """Where a local Ray keeps its sessions and sockets: `<data>/ray` when short enough, else a directory in /tmp.
+    Only a path: `prepare_ray_temp_dir` makes the /tmp one safe to use."""
     preferred = data_dir / "ray"
     if len(str(preferred)) <= MAX_RAY_TEMP_DIR:
         return preferred
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"bbray-{os.getuid()}-{digest}"
+    return Path("/tmp") / f"bbray-{os.getuid()}-{digest}" / "ray"
+
+
+def prepare_ray_temp_dir(data_dir: Path) -> Path:
+    """Ray makes its temp dir 0777, so the directory holding it must be ours and private. `<data>/ray` sits in the
+    (private) data dir. In /tmp, where anyone can create the predictable name first, the parent is used only when it
+    is a real directory this user owns with mode 0700; otherwise a fresh one with a random name is made and its name
+    kept in `<data>/ray_temp_dir` for the next start."""
+    preferred = ray_temp_dir(data_dir)
+    if preferred.parent == data_dir:
+        preferred.mkdir(exist_ok=True)
+        return preferred
+    record = data_dir / "ray_temp_dir"
+    candidates = []
+    with contextlib.suppress(OSError, ValueError):
+        recorded = Path(record.read_text().strip())
+        if recorded.is_absolute() and len(str(recorded / "ray")) <= MAX_RAY_TEMP_DIR:
+            candidates.append(recorded)
+    candidates.append(preferred.parent)
+    for base in candidates:
+        why = private.claim_tmp_dir(base)
+        if why is None:
+            (base / "ray").mkdir(exist_ok=True)
+            return base / "ray"
+        log.warning("not using %s for Ray's temp dir: %s; using a new private directory instead", base, why)
+    base = private.fresh_tmp_dir(f"bbray-{os.getuid()}-")
+    aside = record.with_name(f".{record.name}.{os.getpid()}")
+    aside.write_text(f"{base}\n")
+    os.replace(aside, record)
+    (base / "ray").mkdir()
+    return base / "ray"
 
 
 def _enable_cluster_token_auth() -> None:
@@ -90,6 +122,7 @@ class RayRuntime:
     def __init__(self, mode: str, address: str | None, data_dir: Path):
         self.start_mode = mode  # background | lazy | off
         self.address = address
+        self.data_dir = data_dir
         self.temp_dir = None if address else ray_temp_dir(data_dir)
         self.token_file = data_dir / "ray_auth_token"
         self.state = "off" if mode == "off" else "pending"
@@ -141,9 +174,10 @@ class RayRuntime:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                self.temp_dir.mkdir(parents=True, exist_ok=True)
+                self.temp_dir = prepare_ray_temp_dir(self.data_dir)
                 self._start_reaper()
                 ray.init(address="local", _temp_dir=str(self.temp_dir), **kwargs)
+                os.chmod(self.temp_dir, private.DIR_MODE)  # Ray made it 0777; its parent is private already
             self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
             self._remote = ray.remote(num_cpus=TURN_CPUS, max_retries=0)(providers.turn_batches)
             self.state = "connected"

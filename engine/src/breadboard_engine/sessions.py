@@ -174,7 +174,7 @@ class SessionManager:
     # -- start-up and recovery -------------------------------------------------------------------------------------
     def open(self) -> None:
         root = self.settings.sessions_dir
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.index = SessionIndex(self.settings.data_dir / "sessions.sqlite3")
         rows = {row.id: row for row in self.index.all()}
         for entry in sorted(os.listdir(root)):

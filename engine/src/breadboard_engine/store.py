@@ -30,7 +30,7 @@ class EventLog:
         self.fsync_policy = fsync
         self.ends: list[int] = []
         self.repaired_bytes = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._load()
         # Opened at the first append and closed when the session closes: reading a session's history holds no
         # descriptor, so thousands of stored sessions cost no file handles.
