@@ -16,7 +16,7 @@ from pathlib import Path
 from . import providers
 from .ray_runtime import RayRuntime
 from .settings import Settings
-from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, remove_session_dir
+from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, open_index, remove_session_dir
 from .version import PROTOCOL_VERSION
 
 log = logging.getLogger("breadboard_engine.sessions")
@@ -175,8 +175,17 @@ class SessionManager:
     def open(self) -> None:
         root = self.settings.sessions_dir
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.index = SessionIndex(self.settings.data_dir / "sessions.sqlite3")
-        rows = {row.id: row for row in self.index.all()}
+        path = self.settings.data_dir / "sessions.sqlite3"
+        self.index, found, corrupt = open_index(path)
+        if corrupt is not None:
+            aside, why = corrupt
+            log.error(
+                "the session index %s could not be read (%s): moved it aside to %s and rebuilt it from the event logs",
+                path,
+                why,
+                aside,
+            )
+        rows = {row.id: row for row in found}
         for entry in sorted(os.listdir(root)):
             directory = root / entry
             if (directory / TOMBSTONE).exists():  # a delete that a crash interrupted: finish it
@@ -199,6 +208,8 @@ class SessionManager:
         events.close()
         created = iso_from_ms(first["timestamp_ms"]) if first else iso_now()
         row = SessionRow(id=session_id, status="running", created_at=created, updated_at=created)
+        if first and first.get("type") == "user_message":
+            row.task = first["payload"].get("text", "")
         self.index.upsert(row)
         return row
 
