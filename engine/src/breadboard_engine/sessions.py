@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +38,10 @@ class SessionNotFound(Exception):
 
 class SessionClosed(Exception):
     pass
+
+
+class StorageFailed(Exception):
+    """The session could not be written to disk (disk full, data dir unwritable): nothing of it was kept."""
 
 
 class InvalidCommand(Exception):
@@ -113,6 +119,7 @@ class Session:
         self.history: list[tuple[str, str]] | None = None
         # The task streaming the current turn; the `stop` command cancels it and only it.
         self.turn_work: asyncio.Task | None = None
+        self.plan: tuple[str, dict] = ("echo", {})  # provider and request of the current turn
 
     @property
     def id(self) -> str:
@@ -193,6 +200,10 @@ class SessionManager:
                 rows.pop(entry, None)
                 remove_session_dir(directory)
             elif entry not in rows and (directory / "events.jsonl").exists():
+                if os.stat(directory / "events.jsonl").st_size == 0:
+                    # A create cut off before its row was written (a crash, a full disk): nothing to keep.
+                    remove_session_dir(directory)
+                    continue
                 rows[entry] = self._rehydrate(entry, directory)
         for row in rows.values():
             session = Session(row, root / row.id, self.settings.fsync)
@@ -231,6 +242,7 @@ class SessionManager:
     def create(self, task: str, config_path: str | None, metadata: dict | None, provider: str | None) -> Session:
         if provider is not None and provider not in ("echo", "openai", "replay"):
             raise ValueError(f"unknown provider {provider!r} (known: echo, openai, replay)")
+        self._check_replay(task)
         now = iso_now()
         metadata = dict(metadata or {})
         if config_path:
@@ -248,11 +260,32 @@ class SessionManager:
             metadata=metadata,
         )
         session = Session(row, self.settings.sessions_dir / row.id, self.settings.fsync)
-        session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
-        self.index.upsert(row)
+        first_input = task if task.strip() else None
+        try:
+            session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
+            self._set_status(session, "running")
+            if first_input is not None:
+                # The first events are written before the answer, so a log that cannot be written is this
+                # request's error, not a session left behind with nothing in it.
+                self._begin_turn(session, first_input)
+        except (OSError, sqlite3.Error) as exc:
+            self._forget_failed_create(session)
+            raise StorageFailed(f"cannot store the new session in {self.settings.data_dir}: {_why(exc)}") from exc
         self.sessions[row.id] = session
-        self._start_runner(session, task if task.strip() else None)
+        session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input, begun=True))
         return session
+
+    def _forget_failed_create(self, session: Session) -> None:
+        if session._log is not None:
+            session._log.close()
+        with contextlib.suppress(OSError, sqlite3.Error):
+            self.index.delete(session.id)
+        remove_session_dir(session.dir)
+
+    def _check_replay(self, content: str) -> None:
+        path = providers.replay_path(content)
+        if path is not None:
+            providers.resolve_replay(path, self.settings.replay_dir)
 
     def get(self, session_id: str) -> Session:
         try:
@@ -267,6 +300,7 @@ class SessionManager:
         session = self.get(session_id)
         if session.row.status in CLOSED:
             raise SessionClosed(f"session is {session.row.status}")
+        self._check_replay(content)
         if session.streaming:
             session.inputs.put_nowait(content)
         else:  # interrupted by a restart: pick the conversation up again
@@ -311,11 +345,11 @@ class SessionManager:
         self._set_status(session, "running")
         session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input))
 
-    async def _run(self, session: Session, first_input: str | None) -> None:
+    async def _run(self, session: Session, first_input: str | None, begun: bool = False) -> None:
         outcome = "completed"
         try:
             if first_input is not None:
-                outcome = await self._turn(session, first_input)
+                outcome = await self._turn(session, first_input, begun)
             if session.oneshot:
                 self._set_status(session, {"completed": "completed", "stopped": "stopped"}.get(outcome, "failed"))
                 return
@@ -324,9 +358,12 @@ class SessionManager:
                 await self._turn(session, content)
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a bug in the runner must not take the engine down
+        except Exception:  # noqa: BLE001 - a bug (or a full disk) in the runner must not take the engine down
             log.exception("session %s: runner failed", session.id)
-            self._set_status(session, "failed")
+            try:
+                self._set_status(session, "failed")
+            except (OSError, sqlite3.Error) as exc:
+                log.error("session %s: cannot record that it failed: %s", session.id, exc)
         finally:
             self._close_streams(session)
             if session.row.status in CLOSED:
@@ -338,7 +375,10 @@ class SessionManager:
         request: dict = {"content": content, "echo_delay_ms": meta.get("echo_delay_ms")}
         path = providers.replay_path(content)
         if path is not None:
-            request["replay_path"] = path
+            try:
+                request["replay_path"] = providers.resolve_replay(path, self.settings.replay_dir)
+            except providers.ReplayRefused as exc:  # checked when posted; the directory changed since
+                request["replay_refused"] = str(exc)
             return "replay", request
         provider = session.row.provider or self.settings.provider
         if provider == "openai":
@@ -354,15 +394,21 @@ class SessionManager:
             }
         return provider, request
 
-    async def _turn(self, session: Session, content: str) -> str:
-        """Runs one turn; returns how it ended: completed, stopped (the `stop` command) or error."""
+    def _begin_turn(self, session: Session, content: str) -> None:
         session.log  # noqa: B018 - loads the turn counter after a restart
         session.turn += 1
-        turn = session.turn
         session.in_turn = True
-        provider, request = self._plan(session, content)
-        self._publish(session, "user_message", {"text": content}, turn)
-        self._publish(session, "turn_start", {"turn": turn, "mode": provider}, turn)
+        session.plan = self._plan(session, content)
+        self._publish(session, "user_message", {"text": content}, session.turn)
+        self._publish(session, "turn_start", {"turn": session.turn, "mode": session.plan[0]}, session.turn)
+
+    async def _turn(self, session: Session, content: str, begun: bool = False) -> str:
+        """Runs one turn (its first two events already written when `begun`); returns how it ended: completed,
+        stopped (the `stop` command) or error."""
+        if not begun:
+            self._begin_turn(session, content)
+        turn = session.turn
+        provider, request = session.plan
         count, error, reply = 2, None, None
         seen: set[str] = set()
 
@@ -397,7 +443,9 @@ class SessionManager:
         stopped = work.cancelled()
         if not stopped and work.exception() is not None:
             exc = work.exception()
-            error = str(exc) or type(exc).__name__
+            error = short_error(exc)
+            # The traceback is for the log; the event carries one plain line a client can show.
+            log.warning("session %s: turn %d failed: %s", session.id, turn, error, exc_info=exc)
             self._publish(session, "error", {"message": error}, turn)
             count += 1
         completed = error is None and "error" not in seen and not stopped
@@ -604,6 +652,26 @@ class SessionManager:
                 "live": sum(1 for s in self.sessions.values() if s.streaming),
             },
         }
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for a turn's error event: a Ray task's failure as its original exception (Ray's own text adds the
+    remote traceback, with terminal colours), without escape codes, bounded."""
+    cause = getattr(exc, "cause", None) if type(exc).__name__.startswith("RayTaskError") else None
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def read_frames(events: EventLog, first: int, last: int) -> bytes:
