@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .providers import ReplayRefused
+from .providers import ReplayRefused, short_error
 from .ray_runtime import RayRuntime
 from .sessions import (
     CommandNotImplemented,
@@ -23,7 +23,6 @@ from .sessions import (
     SessionManager,
     SessionNotFound,
     StorageFailed,
-    short_error,
 )
 from .settings import Settings
 from .version import PROTOCOL_VERSION, engine_version

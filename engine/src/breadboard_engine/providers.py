@@ -25,6 +25,20 @@ def replay_path(content: str) -> str | None:
     return None
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for a turn's error event: a Ray task's failure as its original exception (Ray's own text adds the
+    remote traceback, with terminal colours), without escape codes, bounded."""
+    cause = getattr(exc, "cause", None) if type(exc).__name__.startswith("RayTaskError") else None
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
 class ReplayRefused(ValueError):
     """A replay fixture outside the replay directory: a client must not make the engine read arbitrary files."""
 

@@ -100,7 +100,7 @@ def serve(args) -> int:
         yield
         starter.cancel()
         await manager.shutdown()
-        await asyncio.to_thread(ray.shutdown)
+        await ray.shutdown()
         log.info("engine stopped")
 
     app = create_app(settings, manager, ray, STARTED_AT, request_exit)

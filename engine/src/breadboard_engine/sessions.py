@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import time
 import uuid
@@ -443,7 +442,7 @@ class SessionManager:
         stopped = work.cancelled()
         if not stopped and work.exception() is not None:
             exc = work.exception()
-            error = short_error(exc)
+            error = providers.short_error(exc)
             # The traceback is for the log; the event carries one plain line a client can show.
             log.warning("session %s: turn %d failed: %s", session.id, turn, error, exc_info=exc)
             self._publish(session, "error", {"message": error}, turn)
@@ -652,20 +651,6 @@ class SessionManager:
                 "live": sum(1 for s in self.sessions.values() if s.streaming),
             },
         }
-
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def short_error(exc: BaseException) -> str:
-    """One line for a turn's error event: a Ray task's failure as its original exception (Ray's own text adds the
-    remote traceback, with terminal colours), without escape codes, bounded."""
-    cause = getattr(exc, "cause", None) if type(exc).__name__.startswith("RayTaskError") else None
-    if isinstance(cause, BaseException):
-        exc = cause
-    text = ANSI_ESCAPE.sub("", str(exc)).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 500 else line[:497] + "..."
 
 
 def _why(exc: BaseException) -> str:
