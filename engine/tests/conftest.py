@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -238,6 +239,24 @@ def engine_factory(tmp_path):
     yield make
     for engine in engines:
         engine.stop_quietly()
+    for data_dir in {engine.data_dir for engine in engines}:
+        remove_ray_tmp_dir(data_dir)
+
+
+def remove_ray_tmp_dir(data_dir: Path) -> None:
+    """A data dir too long for Ray's sockets (pytest's tmp_path is) has Ray's temp dir in /tmp, which the engine keeps
+    for its next start; the test is its last start."""
+    if len(str(data_dir / "ray")) <= 40:
+        return
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+    candidates = [Path("/tmp") / f"bbray-{os.getuid()}-{digest}"]
+    try:
+        candidates.append(Path((data_dir / "ray_temp_dir").read_text().strip()))
+    except OSError:
+        pass
+    for path in candidates:
+        if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -279,7 +279,8 @@ class SessionManager:
             session._log.close()
         with contextlib.suppress(OSError, sqlite3.Error):
             self.index.delete(session.id)
-        remove_session_dir(session.dir)
+        with contextlib.suppress(OSError):  # an unwritable dir: the next start removes the empty leftover
+            remove_session_dir(session.dir)
 
     def _check_replay(self, content: str) -> None:
         path = providers.replay_path(content)
