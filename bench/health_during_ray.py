@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_bench import log, start_engine  # noqa: E402
+from engine_bench import log, report, start_engine  # noqa: E402
 
 INTERVAL_S = 0.010
 AFTER_CONNECT_S = 2.0
@@ -170,12 +169,7 @@ def main() -> int:
         f"\nmachine: {res['machine']['cpus']} cpus, python {res['machine']['python']}, load avg before "
         f"{load_before[0]:.2f} / after {res['machine']['loadavg_after'][0]:.2f} (1 min)"
     )
-    if args.json:
-        log(text)
-        print(json.dumps(res, indent=2))
-    else:
-        print(text)
-    return 0
+    return report(text, res, args.json)
 
 
 if __name__ == "__main__":
