@@ -885,7 +885,12 @@ def main() -> int:
         f"\nmachine: {res['machine']['cpus']} cpus, python {res['machine']['python']}, load avg before "
         f"{load_before[0]:.2f} / after {res['machine']['loadavg_after'][0]:.2f} (1 min); wall {res['wall_s']:.0f} s"
     )
-    if args.json:
+    return report(text, res, args.json)
+
+
+def report(text: str, res: dict, as_json: bool) -> int:
+    """The table on stdout, or with --json the results on stdout and the table on stderr."""
+    if as_json:
         log(text)
         print(json.dumps(res, indent=2))
     else:

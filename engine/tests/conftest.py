@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +18,19 @@ import httpx
 import pytest
 
 DEADLINE_S = 60.0
+
+# The suite must not depend on the developer's home: Ray reads ~/.ray (an auth token there switches token auth on)
+# and RAY_* variables change how every Ray process behaves. This process (which runs `ray` itself in some tests), the
+# engines and every Ray process they start get a private, empty HOME and no inherited RAY_*; done at import, before
+# any test or fixture can spawn anything.
+PRIVATE_HOME = Path(tempfile.mkdtemp(prefix="bb-test-home-"))
+os.environ["HOME"] = str(PRIVATE_HOME)
+for _name in [n for n in os.environ if n.startswith("RAY_")]:
+    del os.environ[_name]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(PRIVATE_HOME, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float = DEADLINE_S, interval: float = 0.02, what: str = "condition"):
@@ -27,6 +43,30 @@ def wait_until(predicate, timeout: float = DEADLINE_S, interval: float = 0.02, w
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+NOBODY = 65534
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    """Run a command as the unprivileged user `nobody` (the suite runs as root in CI), to see what another local user
+    can reach."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def shared_dir(prefix: str) -> Path:
+    """A directory in /tmp that other users can traverse (pytest's tmp_path is not: its root is 0700), so that what
+    they can reach below it is up to the engine."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
 
 
 class Engine:
@@ -199,6 +239,24 @@ def engine_factory(tmp_path):
     yield make
     for engine in engines:
         engine.stop_quietly()
+    for data_dir in {engine.data_dir for engine in engines}:
+        remove_ray_tmp_dir(data_dir)
+
+
+def remove_ray_tmp_dir(data_dir: Path) -> None:
+    """A data dir too long for Ray's sockets (pytest's tmp_path is) has Ray's temp dir in /tmp, which the engine keeps
+    for its next start; the test is its last start."""
+    if len(str(data_dir / "ray")) <= 40:
+        return
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+    candidates = [Path("/tmp") / f"bbray-{os.getuid()}-{digest}"]
+    try:
+        candidates.append(Path((data_dir / "ray_temp_dir").read_text().strip()))
+    except OSError:
+        pass
+    for path in candidates:
+        if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
 """Restart loses nothing: clean stops, kill -9 at random moments, torn tails, a lost index, interrupted deletes."""
 
+import errno
 import json
 import os
 import random
 import sqlite3
+import subprocess
 import threading
 
 import httpx
+import pytest
 from conftest import parse_sse, read_until_seq, replay_all, turn_done, wait_until
 
 
@@ -189,3 +192,86 @@ def test_a_second_engine_on_the_same_data_dir_is_refused(engine_factory, tmp_pat
     assert second.proc.wait(30) == 1
     assert f"in use by another engine (pid {first.proc.pid})" in second.log_text(), second.log_text()
     assert first.client().get("/health").status_code == 200
+
+
+def test_corrupt_index_is_set_aside_and_rebuilt_from_the_logs(engine_factory, tmp_path):
+    data = tmp_path / "data"
+    engine = engine_factory(data).start()
+    sids = [engine.create(f"task {i}", metadata={"cli_session_kind": "oneshot"}) for i in range(2)]
+    chat = engine.create("")
+    engine.send(chat, "turn one")
+    turn_done(engine, chat)
+    for sid in sids:
+        engine.wait_status(sid, "completed")
+    sids.append(chat)
+    before = {sid: [f["data"] for f in replay_all(engine, sid)] for sid in sids}
+    assert engine.shutdown() == 0
+    index = data / "sessions.sqlite3"
+    garbage = os.urandom(8192)
+    index.write_bytes(garbage)  # "file is not a database"
+
+    engine = engine_factory(data).start()
+    listed = {s["session_id"] for s in engine.client().get("/v1/sessions").json()}
+    assert listed == set(sids)
+    for sid in sids:
+        assert [f["data"] for f in replay_all(engine, sid)] == before[sid]
+    aside = [p for p in data.iterdir() if p.name.startswith("sessions.sqlite3.corrupt-")]
+    assert [p.read_bytes() for p in aside if p.name.split("-")[-1].isdigit()] == [garbage], aside
+    line = next(x for x in engine.log_text().splitlines() if "could not be read" in x)
+    assert str(index) in line and str(aside[0]) in line and "rebuilt it from the event logs" in line
+    # The rebuilt index is a working one: new sessions are kept across the next restart.
+    extra = engine.create("after the rebuild", metadata={"cli_session_kind": "oneshot"})
+    engine.wait_status(extra, "completed")
+
+    # A garbage write-ahead log (left by a kill -9, then damaged) loses nothing either.
+    engine.kill9()
+    wal = data / "sessions.sqlite3-wal"
+    assert wal.exists()
+    wal.write_bytes(os.urandom(wal.stat().st_size or 4096))
+    engine = engine_factory(data).start()
+    listed = {s["session_id"] for s in engine.client().get("/v1/sessions").json()}
+    assert listed == {*sids, extra}
+    assert replay_all(engine, extra)[-1]["data"]["type"] == "run_finished"
+
+
+def test_a_full_disk_refuses_a_create_with_the_envelope_and_leaves_nothing(engine_factory, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    engines = []
+    try:
+        data = disk / "data"
+        engine = engine_factory(data).start()
+        engines.append(engine)
+        kept = engine.create("before the disk filled", metadata={"cli_session_kind": "oneshot"})
+        engine.wait_status(kept, "completed")
+        filler = disk / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        for _ in range(3):
+            r = engine.client().post(
+                "/v1/sessions", json={"task": "hello", "metadata": {"cli_session_kind": "oneshot"}}
+            )
+            assert r.status_code == 507, r.text
+            body = r.json()
+            assert body["error"] == "internal" and body["path"] == "/v1/sessions"
+            assert body["detail"].startswith(f"cannot store the new session in {data}: "), body
+        assert [s["session_id"] for s in engine.client().get("/v1/sessions").json()] == [kept]
+        filler.unlink()
+        assert engine.shutdown() == 0
+        engine = engine_factory(data).start()
+        engines.append(engine)
+        assert [s["session_id"] for s in engine.client().get("/v1/sessions").json()] == [kept]
+        assert sorted(os.listdir(data / "sessions")) == [kept]
+        assert engine.shutdown() == 0
+    finally:
+        for engine in engines:
+            engine.stop_quietly()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

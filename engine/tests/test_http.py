@@ -196,27 +196,79 @@ def test_error_envelopes(engine):
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-def test_replay_provider(engine, tmp_path):
-    fixture = tmp_path / "fixture.jsonl"
+def test_replay_provider(engine):
+    replays = engine.data_dir / "replays"  # the default replay directory
+    replays.mkdir()
+    fixture = replays / "fixture.jsonl"
     fixture.write_text(
         "# comment lines are skipped\n"
         '{"type": "assistant_message", "payload": {"text": "from the fixture"}}\n'
         '{"type": "tool_call", "data": {"name": "ls"}, "delay_ms": 5}\n'
     )
-    sid = engine.create(f"replay:{fixture}", metadata={"cli_session_kind": "oneshot"})
-    engine.wait_status(sid, "completed")
-    events = turn_done(engine, sid)
-    kinds = [e["data"]["type"] for e in events]
-    assert kinds == ["user_message", "turn_start", "assistant_message", "tool_call", "completion", "run_finished"]
-    assert events[3]["data"]["payload"] == {"name": "ls"}
-    assert events[-1]["data"]["payload"]["reason"] == "replay"
+    for task in ("replay:fixture.jsonl", f"replay:{fixture}"):  # relative to the directory, or absolute inside it
+        sid = engine.create(task, metadata={"cli_session_kind": "oneshot"})
+        engine.wait_status(sid, "completed")
+        events = turn_done(engine, sid)
+        kinds = [e["data"]["type"] for e in events]
+        assert kinds == ["user_message", "turn_start", "assistant_message", "tool_call", "completion", "run_finished"]
+        assert events[3]["data"]["payload"] == {"name": "ls"}
+        assert events[-1]["data"]["payload"]["reason"] == "replay"
 
 
-def test_replay_of_missing_fixture_ends_the_turn_with_an_error(engine, tmp_path):
-    sid = engine.create(f"replay:{tmp_path}/missing.jsonl", metadata={"cli_session_kind": "oneshot"})
+def test_replay_of_missing_fixture_ends_the_turn_with_an_error(engine):
+    sid = engine.create("replay:missing.jsonl", metadata={"cli_session_kind": "oneshot"})
     engine.wait_status(sid, "failed")
-    kinds = [e["data"]["type"] for e in turn_done(engine, sid)]
-    assert kinds[-3:] == ["error", "completion", "run_finished"]
+    events = turn_done(engine, sid)
+    assert [e["data"]["type"] for e in events][-3:] == ["error", "completion", "run_finished"]
+    message = events[-3]["data"]["payload"]["message"]
+    assert (
+        message
+        == f"cannot read replay fixture {engine.data_dir / 'replays' / 'missing.jsonl'}: No such file or directory"
+    )
+
+
+def test_replay_reads_nothing_outside_its_directory(engine_factory, tmp_path):
+    replays = tmp_path / "fixtures"
+    replays.mkdir()
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"type": "assistant_message", "payload": {"text": "a secret"}}\n')
+    (replays / "link.jsonl").symlink_to(secret)
+    engine = engine_factory(env={"BREADBOARD_REPLAY_DIR": str(replays)}).start()
+    c = engine.client()
+    idle = engine.create("")
+    for path in (str(secret), "../secret.jsonl", "link.jsonl", "/etc/passwd", ""):
+        r = c.post("/v1/sessions", json={"task": f"replay:{path}"})
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"] == "invalid_request" and "BREADBOARD_REPLAY_DIR" in r.json()["detail"]
+        r = c.post(f"/v1/sessions/{idle}/input", json={"content": f"/replay {path}"})
+        assert r.status_code == 400 and r.json()["path"] == f"/v1/sessions/{idle}/input", (path, r.text)
+    assert [s["session_id"] for s in c.get("/v1/sessions").json()] == [idle]  # the refused creates left nothing
+    assert engine.client().get(f"/v1/sessions/{idle}").json()["last_seq"] == 0
+    assert "a secret" not in (engine.data_dir / "sessions" / idle / "events.jsonl").read_text()
+
+
+def test_request_bodies_are_limited(engine_factory):
+    engine = engine_factory(env={"BREADBOARD_MAX_BODY_BYTES": "4096"}).start()
+    c = engine.client()
+    big = {"task": "x" * 5000}
+    r = c.post("/v1/sessions", json=big)  # with Content-Length: refused before the body is read
+    assert r.status_code == 413, r.text
+    detail = "request body over 4096 bytes (BREADBOARD_MAX_BODY_BYTES)"
+    assert r.json() == {"error": "too_large", "detail": detail, "path": "/v1/sessions"}
+
+    def chunks():  # chunked, no Content-Length: counted as it arrives
+        yield b'{"task": "'
+        for _ in range(100):
+            yield b"y" * 1000
+        yield b'"}'
+
+    r = c.post("/v1/sessions", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    sid = engine.create("")
+    r = c.post(f"/v1/sessions/{sid}/input", json={"content": "z" * 5000})
+    assert r.status_code == 413 and r.json()["path"] == f"/v1/sessions/{sid}/input"
+    assert [s["session_id"] for s in c.get("/v1/sessions").json()] == [sid]
+    assert c.post("/v1/sessions", json={"task": "small"}).status_code == 200  # under the limit: as before
 
 
 def test_data_dir_layout(engine):

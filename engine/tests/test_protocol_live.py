@@ -73,7 +73,9 @@ def test_every_event_and_answer_of_a_live_engine_matches_the_schema(engine_facto
     follower = RawFollower(engine, sid, lambda lines: sum(b'"type":"run_finished"' in x for x in lines) >= 4)
     follower.start()
     assert follower.opened.wait(30)
-    fixture = tmp_path / "fixture.jsonl"
+    # Replay fixtures are read only from the engine's replay directory.
+    fixture = engine.data_dir / "replays" / "fixture.jsonl"
+    fixture.parent.mkdir(exist_ok=True)
     fixture.write_text('{"type": "tool_call", "payload": {"name": "ls"}}\n')
 
     answer(client, "InputResponse", "POST", f"/v1/sessions/{sid}/input", 202, {"content": "hello there"})
@@ -83,8 +85,8 @@ def test_every_event_and_answer_of_a_live_engine_matches_the_schema(engine_facto
     wait_until(lambda: sum(b"assistant_delta" in line for line in follower.lines) > 20, what="the long turn streaming")
     stop = answer(client, "CommandResponse", "POST", f"/v1/sessions/{sid}/command", 202, {"command": "stop"})
     assert stop["detail"]["stopped"] is True
-    engine.send(sid, "replay:/nonexistent/fixture.jsonl")
-    engine.send(sid, f"replay:{fixture}")
+    engine.send(sid, "replay:nonexistent-fixture.jsonl")
+    engine.send(sid, "replay:fixture.jsonl")
     assert follower.done.wait(60), "the follower did not see the four turns end"
     for command in ({"command": "set_mode", "payload": {"mode": "plan"}}, {"command": "stop"}):
         answer(client, "CommandResponse", "POST", f"/v1/sessions/{sid}/command", 202, command)

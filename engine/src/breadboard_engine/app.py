@@ -26,6 +26,7 @@ from .protocol import (
     ShutdownResponse,
     Status,
 )
+from .providers import ReplayRefused, short_error
 from .ray_runtime import RayRuntime
 from .sessions import (
     CommandNotImplemented,
@@ -34,6 +35,7 @@ from .sessions import (
     SessionClosed,
     SessionManager,
     SessionNotFound,
+    StorageFailed,
 )
 from .settings import Settings
 from .version import PROTOCOL_VERSION, engine_version
@@ -43,7 +45,7 @@ def error(status: int, code: str, detail, path: str | None = None) -> JSONRespon
     return JSONResponse(ErrorBody.emit({"error": code, "detail": detail, "path": path}), status_code=status)
 
 
-STATUS_CODES = {401: "unauthorized", 404: "not_found", 409: "conflict"}
+STATUS_CODES = {401: "unauthorized", 404: "not_found", 409: "conflict", 413: "too_large"}
 
 
 class BearerAuth:
@@ -67,6 +69,41 @@ class BearerAuth:
         response = error(401, "unauthorized", "missing or wrong bearer token", scope.get("path"))
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses a request body over `max_bytes` with 413 while it is read: a Content-Length over the limit before any
+    of it is, a chunked body as soon as the count passes it, so an oversized request costs the engine at most the
+    limit. (FastAPI's own max_body_size answers in plain text, outside the app's error handlers.)"""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                # Raised inside the route's body read: FastAPI passes HTTPException through to the app's handler.
+                raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"request body over {self.max_bytes} bytes (BREADBOARD_MAX_BODY_BYTES)"
+
+    async def _refuse(self, scope, receive, send):
+        await error(413, "too_large", self._detail(), scope.get("path"))(scope, receive, send)
 
 
 class Identity:
@@ -94,6 +131,11 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = STATUS_CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "invalid_request")
         return error(exc.status_code, code, exc.detail, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def unhandled_error(request: Request, exc: Exception):
+        # Starlette still logs the traceback after this answer; the client gets the envelope, never a plain 500.
+        return error(500, "internal", f"internal error: {short_error(exc)}", request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -130,6 +172,8 @@ def create_app(
             session = manager.create(body.task, body.config_path, body.metadata, body.provider)
         except ValueError as exc:
             return error(400, "invalid_request", str(exc), "/v1/sessions")
+        except StorageFailed as exc:
+            return error(507, "internal", str(exc), "/v1/sessions")
         created = {
             "session_id": session.id,
             "status": session.row.status,
@@ -165,6 +209,8 @@ def create_app(
             return error(404, "not_found", "session not found", request.url.path)
         except SessionClosed as exc:
             return error(409, "conflict", str(exc), request.url.path)
+        except ReplayRefused as exc:
+            return error(400, "invalid_request", str(exc), request.url.path)
         return JSONResponse(InputResponse.emit({"status": "accepted"}), status_code=202)
 
     @app.post("/v1/sessions/{session_id}/command", status_code=202)
@@ -219,6 +265,7 @@ def create_app(
         request_exit()
         return JSONResponse(ShutdownResponse.emit({"status": "shutting_down", "pid": os.getpid()}), status_code=202)
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.token:
-        app.add_middleware(BearerAuth, token=settings.token)
+        app.add_middleware(BearerAuth, token=settings.token)  # outermost: a stranger learns nothing, not even 413
     return app

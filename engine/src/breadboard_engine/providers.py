@@ -25,6 +25,37 @@ def replay_path(content: str) -> str | None:
     return None
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for a turn's error event: a Ray task's failure as its original exception (Ray's own text adds the
+    remote traceback, with terminal colours), without escape codes, bounded."""
+    cause = getattr(exc, "cause", None) if type(exc).__name__.startswith("RayTaskError") else None
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+class ReplayRefused(ValueError):
+    """A replay fixture outside the replay directory: a client must not make the engine read arbitrary files."""
+
+
+def resolve_replay(path: str, root: Path) -> str:
+    """The real path of a fixture named relative to `root` (or absolute, inside it). Symlinks are resolved first, so
+    one inside the directory cannot point outside it."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, path))
+    if not path or os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise ReplayRefused(
+            f"replay fixtures are read only from {root} (set BREADBOARD_REPLAY_DIR to change it); "
+            f"{path!r} is not a file inside it"
+        )
+    return real
+
+
 def echo(request: dict) -> Iterator[dict]:
     """Deterministic and offline: streams the input back word by word."""
     text = request["content"]
@@ -39,11 +70,13 @@ def echo(request: dict) -> Iterator[dict]:
 
 def replay(request: dict) -> Iterator[dict]:
     """Plays a JSONL fixture the way upstream's replay sessions do: {"type", "payload"|"data", "turn"?, "delay_ms"?}."""
-    path = Path(request["replay_path"]).expanduser()
+    if "replay_refused" in request:
+        raise RuntimeError(request["replay_refused"])
+    path = Path(request["replay_path"])
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise RuntimeError(f"cannot read replay fixture {path}: {exc.strerror}") from exc
+        raise RuntimeError(f"cannot read replay fixture {path}: {exc.strerror}") from None
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -51,10 +84,12 @@ def replay(request: dict) -> Iterator[dict]:
         try:
             item = json.loads(line)
         except ValueError as exc:
-            raise RuntimeError(f"{path}:{number}: not valid JSON: {exc}") from exc
+            raise RuntimeError(f"{path}:{number}: not valid JSON: {exc}") from None
         delay = item.get("delay_ms", item.get("delayMs")) or 0
         if delay:
             time.sleep(float(delay) / 1000.0)
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise RuntimeError(f'{path}:{number}: an event needs a "type"')
         event = {"type": item["type"], "payload": item.get("payload", item.get("data")) or {}}
         if "turn" in item:
             event["turn"] = item["turn"]

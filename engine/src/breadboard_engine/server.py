@@ -41,7 +41,12 @@ def _logging_config(level: str) -> dict:
 
 
 def serve(args) -> int:
+    from . import private
     from .settings import SettingsError, load
+
+    # Before anything is created: every file and directory the engine (and the Ray it starts) makes is private to
+    # the user, whatever umask the caller had.
+    os.umask(private.UMASK)
 
     try:
         settings = load(args)
@@ -72,6 +77,14 @@ def serve(args) -> int:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        fixed = private.tighten_data_dir(settings.data_dir)
+        if fixed:
+            log.warning(
+                "made %d path(s) in %s private to this user (other users could read them): %s",
+                len(fixed),
+                settings.data_dir,
+                ", ".join(fixed[:10]) + (", ..." if len(fixed) > 10 else ""),
+            )
         try:
             manager.open()
         except Exception as exc:  # noqa: BLE001 - a store that cannot open is fatal, with a message that says where
@@ -89,7 +102,7 @@ def serve(args) -> int:
         yield
         starter.cancel()
         await manager.shutdown()
-        await asyncio.to_thread(ray.shutdown)
+        await ray.shutdown()
         log.info("engine stopped")
 
     app = create_app(settings, manager, ray, STARTED_AT, request_exit)
@@ -133,7 +146,7 @@ def claim_data_dir(data_dir) -> str | None:
     global _DATA_DIR_LOCK
     path = data_dir / "engine.lock"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         return f"cannot use the data dir {data_dir}: {exc.strerror} ({exc.filename})"

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from . import providers
 from .protocol import SessionSummary
 from .ray_runtime import RayRuntime
 from .settings import Settings
-from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, remove_session_dir
+from .store import TOMBSTONE, EventLog, SessionIndex, SessionRow, iso_now, open_index, remove_session_dir
 from .version import PROTOCOL_VERSION
 
 log = logging.getLogger("breadboard_engine.sessions")
@@ -37,6 +38,10 @@ class SessionNotFound(Exception):
 
 class SessionClosed(Exception):
     pass
+
+
+class StorageFailed(Exception):
+    """The session could not be written to disk (disk full, data dir unwritable): nothing of it was kept."""
 
 
 class InvalidCommand(Exception):
@@ -114,6 +119,7 @@ class Session:
         self.history: list[tuple[str, str]] | None = None
         # The task streaming the current turn; the `stop` command cancels it and only it.
         self.turn_work: asyncio.Task | None = None
+        self.plan: tuple[str, dict] = ("echo", {})  # provider and request of the current turn
 
     @property
     def id(self) -> str:
@@ -176,9 +182,18 @@ class SessionManager:
     # -- start-up and recovery -------------------------------------------------------------------------------------
     def open(self) -> None:
         root = self.settings.sessions_dir
-        root.mkdir(parents=True, exist_ok=True)
-        self.index = SessionIndex(self.settings.data_dir / "sessions.sqlite3")
-        rows = {row.id: row for row in self.index.all()}
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.settings.data_dir / "sessions.sqlite3"
+        self.index, found, corrupt = open_index(path)
+        if corrupt is not None:
+            aside, why = corrupt
+            log.error(
+                "the session index %s could not be read (%s): moved it aside to %s and rebuilt it from the event logs",
+                path,
+                why,
+                aside,
+            )
+        rows = {row.id: row for row in found}
         for entry in sorted(os.listdir(root)):
             directory = root / entry
             if (directory / TOMBSTONE).exists():  # a delete that a crash interrupted: finish it
@@ -186,6 +201,10 @@ class SessionManager:
                 rows.pop(entry, None)
                 remove_session_dir(directory)
             elif entry not in rows and (directory / "events.jsonl").exists():
+                if os.stat(directory / "events.jsonl").st_size == 0:
+                    # A create cut off before its row was written (a crash, a full disk): nothing to keep.
+                    remove_session_dir(directory)
+                    continue
                 rows[entry] = self._rehydrate(entry, directory)
         for row in rows.values():
             session = Session(row, root / row.id, self.settings.fsync)
@@ -201,6 +220,8 @@ class SessionManager:
         events.close()
         created = iso_from_ms(first["timestamp_ms"]) if first else iso_now()
         row = SessionRow(id=session_id, status="running", created_at=created, updated_at=created)
+        if first and first.get("type") == "user_message":
+            row.task = first["payload"].get("text", "")
         self.index.upsert(row)
         return row
 
@@ -223,6 +244,7 @@ class SessionManager:
     def create(self, task: str, config_path: str | None, metadata: dict | None, provider: str | None) -> Session:
         if provider is not None and provider not in ("echo", "openai", "replay"):
             raise ValueError(f"unknown provider {provider!r} (known: echo, openai, replay)")
+        self._check_replay(task)
         now = iso_now()
         metadata = dict(metadata or {})
         if config_path:
@@ -240,11 +262,33 @@ class SessionManager:
             metadata=metadata,
         )
         session = Session(row, self.settings.sessions_dir / row.id, self.settings.fsync)
-        session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
-        self.index.upsert(row)
+        first_input = task if task.strip() else None
+        try:
+            session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
+            self._set_status(session, "running")
+            if first_input is not None:
+                # The first events are written before the answer, so a log that cannot be written is this
+                # request's error, not a session left behind with nothing in it.
+                self._begin_turn(session, first_input)
+        except (OSError, sqlite3.Error) as exc:
+            self._forget_failed_create(session)
+            raise StorageFailed(f"cannot store the new session in {self.settings.data_dir}: {_why(exc)}") from exc
         self.sessions[row.id] = session
-        self._start_runner(session, task if task.strip() else None)
+        session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input, begun=True))
         return session
+
+    def _forget_failed_create(self, session: Session) -> None:
+        if session._log is not None:
+            session._log.close()
+        with contextlib.suppress(OSError, sqlite3.Error):
+            self.index.delete(session.id)
+        with contextlib.suppress(OSError):  # an unwritable dir: the next start removes the empty leftover
+            remove_session_dir(session.dir)
+
+    def _check_replay(self, content: str) -> None:
+        path = providers.replay_path(content)
+        if path is not None:
+            providers.resolve_replay(path, self.settings.replay_dir)
 
     def get(self, session_id: str) -> Session:
         try:
@@ -259,6 +303,7 @@ class SessionManager:
         session = self.get(session_id)
         if session.row.status in CLOSED:
             raise SessionClosed(f"session is {session.row.status}")
+        self._check_replay(content)
         if session.streaming:
             session.inputs.put_nowait(content)
         else:  # interrupted by a restart: pick the conversation up again
@@ -303,11 +348,11 @@ class SessionManager:
         self._set_status(session, "running")
         session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input))
 
-    async def _run(self, session: Session, first_input: str | None) -> None:
+    async def _run(self, session: Session, first_input: str | None, begun: bool = False) -> None:
         outcome = "completed"
         try:
             if first_input is not None:
-                outcome = await self._turn(session, first_input)
+                outcome = await self._turn(session, first_input, begun)
             if session.oneshot:
                 self._set_status(session, {"completed": "completed", "stopped": "stopped"}.get(outcome, "failed"))
                 return
@@ -316,9 +361,12 @@ class SessionManager:
                 await self._turn(session, content)
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a bug in the runner must not take the engine down
+        except Exception:  # noqa: BLE001 - a bug (or a full disk) in the runner must not take the engine down
             log.exception("session %s: runner failed", session.id)
-            self._set_status(session, "failed")
+            try:
+                self._set_status(session, "failed")
+            except (OSError, sqlite3.Error) as exc:
+                log.error("session %s: cannot record that it failed: %s", session.id, exc)
         finally:
             self._close_streams(session)
             if session.row.status in CLOSED:
@@ -330,7 +378,10 @@ class SessionManager:
         request: dict = {"content": content, "echo_delay_ms": meta.get("echo_delay_ms")}
         path = providers.replay_path(content)
         if path is not None:
-            request["replay_path"] = path
+            try:
+                request["replay_path"] = providers.resolve_replay(path, self.settings.replay_dir)
+            except providers.ReplayRefused as exc:  # checked when posted; the directory changed since
+                request["replay_refused"] = str(exc)
             return "replay", request
         provider = session.row.provider or self.settings.provider
         if provider == "openai":
@@ -346,15 +397,21 @@ class SessionManager:
             }
         return provider, request
 
-    async def _turn(self, session: Session, content: str) -> str:
-        """Runs one turn; returns how it ended: completed, stopped (the `stop` command) or error."""
+    def _begin_turn(self, session: Session, content: str) -> None:
         session.log  # noqa: B018 - loads the turn counter after a restart
         session.turn += 1
-        turn = session.turn
         session.in_turn = True
-        provider, request = self._plan(session, content)
-        self._publish(session, "user_message", {"text": content}, turn)
-        self._publish(session, "turn_start", {"turn": turn, "mode": provider}, turn)
+        session.plan = self._plan(session, content)
+        self._publish(session, "user_message", {"text": content}, session.turn)
+        self._publish(session, "turn_start", {"turn": session.turn, "mode": session.plan[0]}, session.turn)
+
+    async def _turn(self, session: Session, content: str, begun: bool = False) -> str:
+        """Runs one turn (its first two events already written when `begun`); returns how it ended: completed,
+        stopped (the `stop` command) or error."""
+        if not begun:
+            self._begin_turn(session, content)
+        turn = session.turn
+        provider, request = session.plan
         count, error, reply = 2, None, None
         seen: set[str] = set()
 
@@ -389,7 +446,9 @@ class SessionManager:
         stopped = work.cancelled()
         if not stopped and work.exception() is not None:
             exc = work.exception()
-            error = str(exc) or type(exc).__name__
+            error = providers.short_error(exc)
+            # The traceback is for the log; the event carries one plain line a client can show.
+            log.warning("session %s: turn %d failed: %s", session.id, turn, error, exc_info=exc)
             self._publish(session, "error", {"message": error}, turn)
             count += 1
         completed = error is None and "error" not in seen and not stopped
@@ -596,6 +655,12 @@ class SessionManager:
                 "live": sum(1 for s in self.sessions.values() if s.streaming),
             },
         }
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def read_frames(events: EventLog, first: int, last: int) -> bytes:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 TRUTHY = {"1", "true", "yes", "on"}
 RAY_START_MODES = ("background", "lazy", "off")
+# A request body is JSON of a few fields; a prompt of a megabyte is already extreme.
+MAX_BODY_BYTES = 1 << 20
 
 
 class SettingsError(Exception):
@@ -36,6 +38,8 @@ class Settings:
     client_queue: int
     fsync: str
     provider: str
+    max_body_bytes: int
+    replay_dir: Path
 
     @property
     def sessions_dir(self) -> Path:
@@ -138,12 +142,18 @@ def load(args) -> Settings:
     if fsync not in ("always", "turn", "never"):
         raise SettingsError(f"BREADBOARD_EVENTLOG_FSYNC must be always, turn or never, got {fsync!r}")
 
+    max_body = _int("BREADBOARD_MAX_BODY_BYTES", _env("BREADBOARD_MAX_BODY_BYTES"), MAX_BODY_BYTES)
+    if max_body < 1:
+        raise SettingsError(f"BREADBOARD_MAX_BODY_BYTES must be at least 1, got {max_body}")
+    data_path = Path(data_dir).expanduser().absolute()
+    replay_dir = Path(_env("BREADBOARD_REPLAY_DIR") or data_path / "replays").expanduser().absolute()
+
     return Settings(
         host=host,
         port=port,
         fd=fd,
         token=token,
-        data_dir=Path(data_dir).expanduser().absolute(),
+        data_dir=data_path,
         ray_address=ray_address,
         ray_start=ray_start,
         instance_id=_env("BREADBOARD_INSTANCE_ID") or str(uuid.uuid4()),
@@ -152,4 +162,6 @@ def load(args) -> Settings:
         client_queue=_int("BREADBOARD_SSE_CLIENT_QUEUE", _env("BREADBOARD_SSE_CLIENT_QUEUE"), 16384),
         fsync=fsync,
         provider=_env("BREADBOARD_PROVIDER") or "echo",
+        max_body_bytes=max_body,
+        replay_dir=replay_dir,
     )

@@ -7,6 +7,7 @@ holds session metadata and is reconciled from the logs at start-up; `last_seq` t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ class EventLog:
         self.fsync_policy = fsync
         self.ends: list[int] = []
         self.repaired_bytes = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._load()
         # Opened at the first append and closed when the session closes: reading a session's history holds no
         # descriptor, so thousands of stored sessions cost no file handles.
@@ -177,11 +178,19 @@ class SessionIndex:
         # The event loop is the only writer; WAL + synchronous=NORMAL survives a process crash, and the logs are
         # what recovery trusts anyway.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        if self.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-            self.db.execute("INSERT INTO schema_version VALUES (1)")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            # A damaged page would otherwise surface later, as a failed write in the middle of a session.
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            self.db.executescript(SCHEMA)
+            if self.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+                self.db.execute("INSERT INTO schema_version VALUES (1)")
+        except BaseException:
+            self.db.close()
+            raise
 
     def upsert(self, row: SessionRow) -> None:
         self.db.execute(
@@ -228,6 +237,37 @@ class SessionIndex:
 
     def close(self) -> None:
         self.db.close()
+
+
+CORRUPT_SUFFIX = ".corrupt-"
+
+
+def open_index(path: Path) -> tuple[SessionIndex, list[SessionRow], tuple[Path, str] | None]:
+    """The index and its rows. An index SQLite cannot read (not a database, a damaged page, rows that do not parse)
+    is moved aside to `<name>.corrupt-<unix seconds>`, its -wal and -shm with it (named so that SQLite still pairs
+    them), and a new empty one takes its place: the event logs are the source of truth, and the caller rebuilds the
+    rows from them. Returns (index, rows, (where the bad one went, why) or None)."""
+    try:
+        index = SessionIndex(path)
+        try:
+            return index, index.all(), None
+        except BaseException:
+            index.close()
+            raise
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        aside = _set_aside(path)
+        return SessionIndex(path), [], (aside, str(exc))
+
+
+def _set_aside(path: Path) -> Path:
+    stamp = int(time.time())
+    while any(path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}{s}").exists() for s in ("", "-wal", "-shm")):
+        stamp += 1  # never overwrite an earlier one
+    aside = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path.with_name(path.name + suffix), aside.with_name(aside.name + suffix))
+    return aside
 
 
 def iso_now() -> str:

@@ -19,6 +19,8 @@ CAPABILITIES = [
     "providers.echo",
     "providers.replay",
     "providers.openai",
+    "providers.replay.dir",
+    "limits.body",
 ]
 
 

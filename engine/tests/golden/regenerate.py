@@ -144,14 +144,15 @@ def main() -> int:
         stopped = turn_done(engine, chat_id, 3)[-1]["data"]
         assert stopped["type"] == "run_finished" and stopped["payload"]["reason"] == "stopped", stopped
         rec.call("CommandResponse", "POST", f"/v1/sessions/{chat_id}/command", {"command": "stop"})
-        engine.send(chat_id, "replay:/nonexistent/breadboard-golden.jsonl")
+        engine.send(chat_id, "replay:nonexistent-golden.jsonl")
         turn_done(engine, chat_id, 4)
-        fixture = work / "fixture.jsonl"
+        fixture = engine.data_dir / "replays" / "fixture.jsonl"
+        fixture.parent.mkdir(exist_ok=True)
         fixture.write_text(
             '{"type": "tool_call", "payload": {"name": "ls", "args": {"path": "."}}}\n'
             '{"type": "assistant_message", "payload": {"text": "done", "message_id": "m-1", "source": "replay"}}\n'
         )
-        engine.send(chat_id, f"replay:{fixture}")
+        engine.send(chat_id, "replay:fixture.jsonl")
         turn_done(engine, chat_id, 5)
 
         oneshot_id = engine.create("just once", metadata={"cli_session_kind": "oneshot"})
