@@ -167,8 +167,9 @@ pub(crate) enum LocalState {
         stale: Option<Box<Registration>>,
         crash: Option<Box<LastExit>>,
     },
-    /// A supervisor lives but its engine does not answer yet (starting, or being restarted after a crash).
-    Waiting(String),
+    /// A supervisor lives but its engine does not answer yet (starting, or being restarted after a crash: then
+    /// how it ended, for the crash report).
+    Waiting(String, Option<Box<(Registration, LastExit)>>),
     /// It answers, but refuses the registration's token.
     Refused(Box<Registration>),
 }
@@ -180,7 +181,7 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
             crash: crash.map(Box::new),
         },
         Probe::Live { reg: None, .. } => {
-            LocalState::Waiting("its supervisor is starting it".to_owned())
+            LocalState::Waiting("its supervisor is starting it".to_owned(), None)
         }
         Probe::Live {
             reg: Some(reg),
@@ -196,19 +197,27 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
                     instance_id: h.instance_id,
                 },
             ),
-            Some(Ok(_)) => LocalState::Waiting(format!(
-                "{} answers with another identity than its registration",
-                reg.url
-            )),
+            Some(Ok(_)) => LocalState::Waiting(
+                format!(
+                    "{} answers with another identity than its registration",
+                    reg.url
+                ),
+                None,
+            ),
             Some(Err(ClientError::Http(401, _))) => LocalState::Refused(Box::new(reg)),
             Some(Err(e)) => match &reg.restart_pending {
-                Some(p) => LocalState::Waiting(format!(
-                    "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
-                    p.after
-                )),
-                None => LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url)),
+                Some(p) => {
+                    let why = format!(
+                        "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
+                        p.after
+                    );
+                    let exit = crate::crash::read(&ctx.paths)
+                        .filter(|x| x.instance_id == reg.instance_id && !x.stop_requested);
+                    LocalState::Waiting(why, exit.map(|x| Box::new((reg, x))))
+                }
+                None => LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None),
             },
-            None => LocalState::Waiting("its registration has no valid address".to_owned()),
+            None => LocalState::Waiting("its registration has no valid address".to_owned(), None),
         },
     })
 }
@@ -253,7 +262,10 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
                 )?;
                 started = true;
             }
-            LocalState::Waiting(why) => {
+            LocalState::Waiting(why, crashed) => {
+                if let Some(c) = crashed.as_deref() {
+                    instance::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
+                }
                 if Instant::now() >= deadline {
                     return Err(CliError::new(
                         ErrorKind::EngineUnavailable,

@@ -245,7 +245,11 @@ where
                         said = Some(why);
                     }
                 }
-                LocalState::Waiting(why) => {
+                LocalState::Waiting(why, crashed) => {
+                    if let Some(c) = crashed.as_deref() {
+                        let ctx = client.ctx;
+                        crate::instance::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
+                    }
                     if said.as_deref() != Some(why.as_str()) {
                         client
                             .ctx
