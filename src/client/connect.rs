@@ -95,6 +95,7 @@ pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Cl
                 token,
                 token_origin,
                 instance_id: None,
+                restarts: 0,
             },
         };
         let health = client.health().await?;
@@ -215,7 +216,9 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
                         .filter(|x| x.instance_id == reg.instance_id && !x.stop_requested);
                     LocalState::Waiting(why, exit.map(|x| Box::new((reg, x))))
                 }
-                None => LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None),
+                None => {
+                    LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None)
+                }
             },
             None => LocalState::Waiting("its registration has no valid address".to_owned(), None),
         },
@@ -228,6 +231,7 @@ pub(crate) fn endpoint_of(reg: &Registration) -> Endpoint {
         token: registration::token(reg),
         token_origin: Some(format!("the token file {}", reg.token_file.display())),
         instance_id: Some(reg.instance_id.clone()),
+        restarts: reg.restarts,
     }
 }
 

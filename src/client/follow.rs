@@ -154,7 +154,18 @@ where
                             last_seq: st.last,
                         })
                     }
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        if let Some(reg) = client
+                            .endpoint
+                            .is_local()
+                            .then(|| crate::registration::peek(&client.ctx.paths))
+                            .flatten()
+                        {
+                            report_restart(client, &reg);
+                            client.endpoint.restarts = reg.restarts;
+                        }
+                        continue;
+                    }
                     Err(e)
                         if is_kind(&e, &[ErrorKind::SessionNotFound, ErrorKind::TokenRefused]) =>
                     {
@@ -207,6 +218,7 @@ where
             match local_state(client.ctx)? {
                 LocalState::Ready(reg, _) => {
                     let endpoint = endpoint_of(&reg);
+                    report_restart(client, &reg);
                     if endpoint.base != client.endpoint.base {
                         client.http = http_client(&endpoint.base)?;
                     }
@@ -248,7 +260,12 @@ where
                 LocalState::Waiting(why, crashed) => {
                     if let Some(c) = crashed.as_deref() {
                         let ctx = client.ctx;
-                        crate::instance::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
+                        crate::instance::report_crash_once(
+                            &ctx.paths,
+                            ctx.printer,
+                            Some(&c.0),
+                            &c.1,
+                        );
                     }
                     if said.as_deref() != Some(why.as_str()) {
                         client
@@ -268,6 +285,20 @@ where
                 .info("the engine is back: resuming the stream");
         }
         down_since = None;
+    }
+}
+
+/// The supervisor restarted the engine after a crash (maybe before we saw it down): its crash report, once.
+fn report_restart(client: &Client<'_>, reg: &crate::registration::Registration) {
+    if Some(&reg.instance_id) != client.endpoint.instance_id.as_ref()
+        || reg.restarts <= client.endpoint.restarts
+    {
+        return;
+    }
+    let ctx = client.ctx;
+    if let Some(exit) = crate::crash::read(&ctx.paths).filter(|x| x.instance_id == reg.instance_id)
+    {
+        crate::instance::report_crash_once(&ctx.paths, ctx.printer, Some(reg), &exit);
     }
 }
 

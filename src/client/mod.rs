@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub token_origin: Option<String>,
     /// The local engine's instance (its registration), `None` for a remote engine.
     pub instance_id: Option<String>,
+    /// The local supervisor's automatic restarts so far: a higher count after a disconnect means a crash.
+    pub restarts: u32,
 }
 
 impl Endpoint {

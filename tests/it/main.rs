@@ -4,6 +4,7 @@
 mod common;
 
 mod broken;
+mod client;
 mod concurrency;
 mod crash;
 mod discovery;
