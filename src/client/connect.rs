@@ -263,6 +263,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
                 start_local(
                     ctx,
                     "no engine is running: starting it (as `breadboard engine start`)",
+                    stale.as_ref().map(|r| r.port),
                 )?;
                 started = true;
             }
@@ -319,13 +320,15 @@ pub(crate) fn not_running(ctx: &Ctx, crash: Option<&LastExit>) -> anyhow::Error 
 }
 
 /// Starts the local engine exactly as `breadboard engine start` does (its output goes to the engine log).
-pub(crate) fn start_local(ctx: &Ctx, why: &str) -> anyhow::Result<Registration> {
+/// `port`: the port of the engine that died, so that a restart serves where its clients look (else the
+/// configured one).
+pub(crate) fn start_local(ctx: &Ctx, why: &str, port: Option<u16>) -> anyhow::Result<Registration> {
     if !installed(ctx) {
         return Err(not_installed(ctx));
     }
     ctx.printer.info(why);
     let args = crate::cli::engine_start::StartArgs {
-        port: None,
+        port: port.map(instance::PortSpec::Fixed),
         host: "127.0.0.1".to_owned(),
         ray_address: None,
         foreground: false,

@@ -239,7 +239,11 @@ where
                     if ctx.printer.interactive() && !asked_restart {
                         asked_restart = true;
                         if ctx.printer.confirm_default_yes("restart the engine?") {
-                            start_local(ctx, "restarting the engine")?;
+                            start_local(
+                                ctx,
+                                "restarting the engine",
+                                stale.as_ref().map(|r| r.port),
+                            )?;
                             continue;
                         }
                         let mut e = not_running(ctx, crash.as_deref());

@@ -5,6 +5,7 @@ mod common;
 
 mod broken;
 mod client;
+mod client_term;
 mod concurrency;
 mod crash;
 mod discovery;
