@@ -194,7 +194,11 @@ impl<'a> Client<'a> {
                 ErrorKind::EngineUnavailable,
                 format!("could not reach {at}: {why}"),
             )
-            .hint(if self.endpoint.is_local() {
+            .hint(if why.contains("certificate") {
+                "the engine's TLS certificate is not trusted here: add its CA to the system's store, or point \
+                 SSL_CERT_FILE at it"
+                    .to_owned()
+            } else if self.endpoint.is_local() {
                 "breadboard engine status (and `breadboard engine start` if it is not running)".to_owned()
             } else {
                 format!("check that the engine runs and that {} is its address", self.endpoint.base)
