@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, args: &FollowArgs) -> anyhow::Result<u8> {
         };
         let followed = client::follow(&mut c, &args.id, opts, |env, raw| {
             render.event(env, raw);
-            Ok(if render.closed {
+            Ok(if render.closed() {
                 Flow::Stop
             } else {
                 Flow::Continue

@@ -98,6 +98,21 @@ pub async fn follow<F>(
     client: &mut Client<'_>,
     id: &str,
     opts: FollowOpts,
+    on_event: F,
+) -> anyhow::Result<Followed>
+where
+    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+{
+    let result = follow_all(client, id, opts, on_event).await;
+    // Whatever way it ends, nothing printed stays unwritten (an error's message comes after it).
+    super::render::flush();
+    result
+}
+
+async fn follow_all<F>(
+    client: &mut Client<'_>,
+    id: &str,
+    opts: FollowOpts,
     mut on_event: F,
 ) -> anyhow::Result<Followed>
 where
@@ -136,7 +151,9 @@ where
     let mut asked_restart = false;
     let mut said = None::<String>;
     loop {
-        match attempt(client, id, &opts, &mut st, &mut sigint, &mut on_event).await? {
+        let outcome = attempt(client, id, &opts, &mut st, &mut sigint, &mut on_event).await?;
+        super::render::flush();
+        match outcome {
             Ok(Attempt::Finished(ended)) => {
                 return Ok(Followed {
                     ended,
@@ -332,13 +349,43 @@ async fn last_kind(client: &Client<'_>, id: &str) -> anyhow::Result<Option<Strin
         .send(req)
         .await
         .map_err(|e| client.error(e, About::Session(id)))?;
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = frames(resp).eventsource();
     while let Some(Ok(ev)) = events.next().await {
         if let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) {
             return Ok(Some(env.kind));
         }
     }
     Ok(None)
+}
+
+/// The body in pieces that end at an event's blank line (zero-copy slices of what the socket gave). eventsource-stream
+/// moves what follows each line it parses to the front of its buffer, so a read of thousands of replayed events at
+/// once would cost it quadratic time; fed one event at a time it stays linear. The framing is still all its own.
+fn frames(
+    resp: reqwest::Response,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> {
+    resp.bytes_stream()
+        .map(|chunk| {
+            let pieces: Vec<Result<bytes::Bytes, reqwest::Error>> = match chunk {
+                Ok(b) => {
+                    let mut out = Vec::new();
+                    let mut start = 0;
+                    for i in 1..b.len() {
+                        if b[i] == b'\n' && b[i - 1] == b'\n' {
+                            out.push(Ok(b.slice(start..=i)));
+                            start = i + 1;
+                        }
+                    }
+                    if start < b.len() {
+                        out.push(Ok(b.slice(start..)));
+                    }
+                    out
+                }
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(pieces)
+        })
+        .flatten()
 }
 
 /// One connection: replays from the resume point, then reads live events until it ends.
@@ -380,20 +427,29 @@ where
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = frames(resp).eventsource();
     loop {
         let stop_wait = st
             .stop_deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600 * 24 * 365));
-        let item = tokio::select! {
-            item = events.next() => item,
-            _ = sigint.recv() => {
-                st.interrupts += 1;
-                if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
-                continue;
+        // Whatever is ready is handled first; printed lines are written out before waiting for more.
+        let ready = futures_util::FutureExt::now_or_never(events.next());
+        if ready.is_none() {
+            super::render::flush();
+        }
+        let item = if let Some(item) = ready {
+            item
+        } else {
+            tokio::select! {
+                item = events.next() => item,
+                _ = sigint.recv() => {
+                    st.interrupts += 1;
+                    if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
+                    continue;
+                }
+                _ = tokio::time::sleep(stop_wait) => return Ok(Ok(Attempt::Finished(Ended::Interrupted))),
             }
-            _ = tokio::time::sleep(stop_wait) => return Ok(Ok(Attempt::Finished(Ended::Interrupted))),
         };
         let ev = match item {
             Some(Ok(ev)) => ev,

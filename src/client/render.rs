@@ -20,8 +20,29 @@ pub struct Render {
     /// Deltas of the current assistant message were printed (its final `assistant_message` is then not).
     streamed: bool,
     printer: Printer,
-    /// stdout is gone (a closed pipe): print nothing more.
-    pub closed: bool,
+}
+
+/// What was printed but not yet written to stdout. It is written out whenever the stream has nothing more ready,
+/// before the client waits (see [`flush`]): a line is never held back while nothing happens, and a burst of replayed
+/// events costs one write(2) rather than one each.
+static PENDING: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// stdout is gone (a closed pipe): print nothing more.
+static CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+const PENDING_MAX: usize = 64 * 1024;
+
+/// Writes out what was printed.
+pub fn flush() {
+    let mut buf = PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if buf.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+        CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    buf.clear();
 }
 
 impl Render {
@@ -32,26 +53,34 @@ impl Render {
             open_line: false,
             streamed: false,
             printer,
-            closed: false,
         }
     }
 
+    /// stdout is gone (a closed pipe).
+    pub fn closed(&self) -> bool {
+        CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        if self.closed {
+        if self.closed() {
             return;
         }
-        let mut out = std::io::stdout().lock();
-        if out.write_all(bytes).and_then(|()| out.flush()).is_err() {
-            self.closed = true;
+        let full = {
+            let mut buf = PENDING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            buf.extend_from_slice(bytes);
+            buf.len() >= PENDING_MAX
+        };
+        if full {
+            flush();
         }
     }
 
     pub fn event(&mut self, env: &Envelope, raw: &str) {
         if self.json {
-            let mut line = Vec::with_capacity(raw.len() + 1);
-            line.extend_from_slice(raw.as_bytes());
-            line.push(b'\n');
-            self.write(&line);
+            self.write(raw.as_bytes());
+            self.write(b"\n");
             return;
         }
         match env.event() {
@@ -74,6 +103,7 @@ impl Render {
             }
             Event::Error { message } if self.transcript => {
                 self.end_line();
+                flush();
                 self.printer.info_always(&format!("[error] {message}"));
             }
             Event::RunFinished { .. } => {
@@ -90,6 +120,7 @@ impl Render {
             self.open_line = false;
             self.write(b"\n");
         }
+        flush();
     }
 }
 
@@ -165,7 +196,7 @@ pub async fn stream_turn(
             }
             _ => {}
         }
-        Ok(if render.closed {
+        Ok(if render.closed() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -198,7 +229,7 @@ pub async fn stream_turn(
     Ok(match outcome {
         Some(o) => o,
         // The session closed without our turn's end (it was deleted or closed by someone else).
-        None if render.closed => Outcome::Completed,
+        None if render.closed() => Outcome::Completed,
         None => Outcome::Failed("the session closed before the turn finished".to_owned()),
     })
 }

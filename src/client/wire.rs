@@ -102,7 +102,8 @@ impl Summary {
 }
 
 /// The envelope of every event: `{"id","seq","type","session_id","turn","timestamp","timestamp_ms",
-/// "protocol_version","payload"}`.
+/// "protocol_version","payload"}`. The payload stays raw JSON until an event's fields are asked for: following a
+/// long stream with `--json` never decodes one.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Envelope {
     /// Per session, from 1, by one. Upstream sends `null` for a synthetic event, which is not stored.
@@ -113,39 +114,56 @@ pub struct Envelope {
     #[serde(default)]
     pub turn: Option<u64>,
     #[serde(default)]
-    pub payload: Value,
+    pub payload: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// What the client does something with; every other type is [`Event::Other`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event<'a> {
-    UserMessage { text: &'a str },
-    AssistantDelta { text: &'a str },
-    AssistantMessage { text: &'a str },
-    Error { message: &'a str },
-    RunFinished { completed: bool, reason: &'a str },
+pub enum Event {
+    UserMessage { text: String },
+    AssistantDelta { text: String },
+    AssistantMessage { text: String },
+    Error { message: String },
+    RunFinished { completed: bool, reason: String },
     Other,
 }
 
+/// The payload fields of the events in [`Event`] (each type uses some).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Fields {
+    text: Option<String>,
+    message: Option<String>,
+    completed: Option<bool>,
+    reason: Option<String>,
+}
+
 impl Envelope {
-    pub fn event(&self) -> Event<'_> {
-        let text = |key: &str| self.payload.get(key).and_then(Value::as_str).unwrap_or("");
+    pub fn event(&self) -> Event {
+        let known = matches!(
+            self.kind.as_str(),
+            "user_message" | "assistant_delta" | "assistant_message" | "error" | "run_finished"
+        );
+        if !known {
+            return Event::Other;
+        }
+        let f: Fields = self
+            .payload
+            .as_ref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default();
+        let text = f.text.unwrap_or_default();
         match self.kind.as_str() {
-            "user_message" => Event::UserMessage { text: text("text") },
-            "assistant_delta" => Event::AssistantDelta { text: text("text") },
-            "assistant_message" => Event::AssistantMessage { text: text("text") },
+            "user_message" => Event::UserMessage { text },
+            "assistant_delta" => Event::AssistantDelta { text },
+            "assistant_message" => Event::AssistantMessage { text },
             "error" => Event::Error {
-                message: text("message"),
+                message: f.message.unwrap_or_default(),
             },
-            "run_finished" => Event::RunFinished {
-                completed: self
-                    .payload
-                    .get("completed")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                reason: text("reason"),
+            _ => Event::RunFinished {
+                completed: f.completed.unwrap_or(false),
+                reason: f.reason.unwrap_or_default(),
             },
-            _ => Event::Other,
         }
     }
 }
@@ -164,7 +182,7 @@ mod tests {
             env.event(),
             Event::RunFinished {
                 completed: true,
-                reason: "completed"
+                reason: "completed".into()
             }
         );
         let other: Envelope =
