@@ -199,9 +199,8 @@ where
         // Disconnected: wait for the engine to answer again.
         let since = *down_since.get_or_insert_with(Instant::now);
         loop {
-            if st.stop_deadline.is_some()
-                || st.interrupts > 0 && opts.on_interrupt == OnInterrupt::Detach
-            {
+            // Ctrl-C while the engine is away: there is no turn to stop, so any mode ends here.
+            if st.stop_deadline.is_some() || st.interrupts > 0 {
                 return Ok(Followed {
                     ended: Ended::Interrupted,
                     last_seq: st.last,
