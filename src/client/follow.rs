@@ -369,10 +369,10 @@ fn frames(
                 Ok(b) => {
                     let mut out = Vec::new();
                     let mut start = 0;
-                    for i in 1..b.len() {
-                        if b[i] == b'\n' && b[i - 1] == b'\n' {
-                            out.push(Ok(b.slice(start..=i)));
-                            start = i + 1;
+                    for i in memchr::memmem::find_iter(&b, b"\n\n") {
+                        if i >= start {
+                            out.push(Ok(b.slice(start..i + 2)));
+                            start = i + 2;
                         }
                     }
                     if start < b.len() {
