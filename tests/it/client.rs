@@ -404,6 +404,48 @@ fn ask_and_sessions_against_the_real_engine() {
         "engine output belongs in its log: {err}"
     );
     assert!(url_of(&e).ends_with(&port));
+
+    // The engine dies under a follower without a terminal and is not restarted: the crash report once, then exit
+    // 21 after --timeout, naming where to resume.
+    let live = run(&e, &["sessions", "new"]).stdout.trim().to_owned();
+    assert_eq!(
+        run(&e, &["sessions", "send", &live, "before", "--wait"]).code,
+        0
+    );
+    let mut follower = e
+        .command()
+        .args(["sessions", "follow", &live, "--json", "--timeout", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Collector::new(follower.stdout.take().unwrap());
+    let err = Collector::new(follower.stderr.take().unwrap());
+    wait_for("the replay", Duration::from_secs(30), || {
+        out.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("run_finished"))
+    });
+    let printed = out.seqs().last().copied().unwrap();
+    let pid = e.registration().unwrap()["pid"].as_i64().unwrap();
+    breadboard::sys::kill(pid as i32, 9).unwrap();
+    let status = follower.wait().unwrap();
+    wait_for("its stderr", Duration::from_secs(10), || {
+        err.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("hint:"))
+    });
+    let text = err.lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(21), "{text}");
+    assert_eq!(text.matches("exited unexpectedly").count(), 1, "{text}");
+    assert!(
+        text.contains("within 3s") && text.contains(&format!("--from-seq {printed}")),
+        "{text}"
+    );
 }
 
 #[test]
