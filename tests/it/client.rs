@@ -373,6 +373,21 @@ fn ask_and_sessions_against_the_real_engine() {
     assert_eq!(o.code, 21, "{}", o.stderr);
     assert!(o.stderr.contains("could not reach"), "{}", o.stderr);
 
+    // `[client] url` in config.toml points every command at that engine (here: one that is not there).
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let config = e.ctx.home.join("config.toml");
+    let kept = std::fs::read_to_string(&config).unwrap_or_default();
+    std::fs::write(&config, format!("{kept}\n[client]\nurl = \"{nowhere}\"\n")).unwrap();
+    let o = run(&e, &["sessions", "list"]);
+    std::fs::write(&config, kept).unwrap();
+    assert_eq!(o.code, 21, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains(&format!("could not reach the engine at {nowhere}")),
+        "{}",
+        o.stderr
+    );
+
     // Stopped engine: read-only commands and --no-start fail fast naming `engine start`; ask starts it.
     e.cmd(&["engine", "stop"]).assert().success();
     for args in [
