@@ -29,6 +29,25 @@ pub enum ErrorKind {
     NotSelfUpdatable,
     /// 9: a download failed its integrity check (sha256 or size differs from the release manifest).
     Integrity,
+    /// 20: the turn ran and failed (the engine sent an `error` event).
+    TurnFailed,
+    /// 21: the engine is not installed, not running (with `--no-start`, or for a read-only command), not reachable,
+    /// or it went away and did not come back in time.
+    EngineUnavailable,
+    /// 22: the engine has no such session (or there is no session to `--continue`).
+    SessionNotFound,
+    /// 23: the engine refused our token (401).
+    TokenRefused,
+    /// 24: the engine's protocol or version does not match (strict handshake).
+    ProtocolMismatch,
+    /// 25: the session is closed (completed, failed or stopped) and takes no more input.
+    SessionClosed,
+    /// 26: the engine no longer has the events after the point the stream would resume from.
+    ResumeWindowExceeded,
+    /// 124: a `--timeout` passed (the `timeout(1)` convention).
+    Timeout,
+    /// 130: interrupted by Ctrl-C (128 + SIGINT).
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -43,6 +62,15 @@ impl ErrorKind {
             ErrorKind::Validation => 7,
             ErrorKind::NotSelfUpdatable => 8,
             ErrorKind::Integrity => 9,
+            ErrorKind::TurnFailed => 20,
+            ErrorKind::EngineUnavailable => 21,
+            ErrorKind::SessionNotFound => 22,
+            ErrorKind::TokenRefused => 23,
+            ErrorKind::ProtocolMismatch => 24,
+            ErrorKind::SessionClosed => 25,
+            ErrorKind::ResumeWindowExceeded => 26,
+            ErrorKind::Timeout => 124,
+            ErrorKind::Interrupted => 130,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod build_info;
 pub mod cli;
+pub mod client;
 pub mod compat;
 pub mod config;
 pub mod crash;

@@ -9,6 +9,7 @@ use crate::error::{CliError, ErrorKind};
 use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
 
+pub mod ask;
 pub mod engine_doctor;
 pub mod engine_install;
 pub mod engine_list;
@@ -20,6 +21,14 @@ pub mod engine_status;
 pub mod engine_stop;
 pub mod engine_uninstall;
 pub mod engine_upgrade;
+pub mod sessions_attach;
+pub mod sessions_follow;
+pub mod sessions_list;
+pub mod sessions_new;
+pub mod sessions_rm;
+pub mod sessions_send;
+pub mod sessions_show;
+pub mod sessions_stop;
 pub mod supervise;
 pub mod upgrade;
 
@@ -55,6 +64,10 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask the engine once: a one-shot session whose answer streams to stdout
+    Ask(ask::AskArgs),
+    /// Talk to the engine's sessions: list, show, new, send, follow, attach, stop, rm
+    Sessions(SessionsArgs),
     /// Manage the engine: install, upgrade, roll back, uninstall, list, start, stop, status, logs
     Engine(EngineArgs),
     /// Upgrade breadboard itself (when install.sh installed it), then the engine
@@ -95,6 +108,65 @@ pub enum EngineCommand {
     Doctor(engine_doctor::DoctorArgs),
     /// Show (or follow) the engine log
     Logs(engine_logs::LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(subcommand)]
+    pub command: SessionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List the sessions: id, status, provider/model, created, last activity, last seq
+    #[command(visible_alias = "ls")]
+    List(sessions_list::ListArgs),
+    /// Show a session's summary and its conversation so far
+    Show(sessions_show::ShowArgs),
+    /// Create an idle interactive session and print its id
+    New(sessions_new::NewArgs),
+    /// Send an input to a session (--wait streams its answer)
+    Send(sessions_send::SendArgs),
+    /// Print a session's events, then follow them live (Ctrl-C detaches; nothing is cancelled)
+    Follow(sessions_follow::FollowArgs),
+    /// Talk to a session in a line editor: each line is an input, Ctrl-C stops the turn, Ctrl-D detaches
+    Attach(sessions_attach::AttachArgs),
+    /// Stop the turn in progress (the session stays and takes the next input)
+    Stop(sessions_stop::StopArgs),
+    /// Delete a session and its events
+    #[command(visible_alias = "delete")]
+    Rm(sessions_rm::RmArgs),
+}
+
+/// How the client commands reach the engine: the local one by default, or a remote one.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Engine connection")]
+pub struct ConnectArgs {
+    /// A remote engine (http:// or https://) instead of the local one; also BREADBOARD_URL or [client] url
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the remote engine's token; also BREADBOARD_API_TOKEN_FILE (or BREADBOARD_API_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Handshake mode: strict fails on a protocol or version mismatch, soft warns (config protocol.mode)
+    #[arg(long, value_enum)]
+    pub protocol: Option<crate::instance::ProtocolMode>,
+}
+
+impl ConnectArgs {
+    pub fn connect(
+        &self,
+        start: crate::client::StartPolicy,
+        wait: std::time::Duration,
+    ) -> crate::client::Connect {
+        crate::client::Connect {
+            url: self.url.clone(),
+            token_file: self.token_file.clone(),
+            protocol: self.protocol,
+            start,
+            wait,
+        }
+    }
 }
 
 impl Cli {
@@ -178,6 +250,20 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             EngineCommand::Doctor(args) => engine_doctor::run(&Paths::from_env()?, printer, &args),
             EngineCommand::Logs(args) => engine_logs::run(&Ctx::load_lenient(printer)?, &args),
         },
+        Command::Ask(args) => ask::run(&Ctx::load(printer)?, &args),
+        Command::Sessions(sessions) => {
+            let ctx = Ctx::load(printer)?;
+            match sessions.command {
+                SessionsCommand::List(args) => sessions_list::run(&ctx, &args),
+                SessionsCommand::Show(args) => sessions_show::run(&ctx, &args),
+                SessionsCommand::New(args) => sessions_new::run(&ctx, &args),
+                SessionsCommand::Send(args) => sessions_send::run(&ctx, &args),
+                SessionsCommand::Follow(args) => sessions_follow::run(&ctx, &args),
+                SessionsCommand::Attach(args) => sessions_attach::run(&ctx, &args),
+                SessionsCommand::Stop(args) => sessions_stop::run(&ctx, &args),
+                SessionsCommand::Rm(args) => sessions_rm::run(&ctx, &args),
+            }
+        }
         Command::Upgrade(args) => upgrade::run(printer, &cli.global, &args),
         Command::Supervise(args) => supervise::run(&args),
     }

@@ -4,6 +4,9 @@
 mod common;
 
 mod broken;
+mod client;
+mod client_term;
+mod client_tls;
 mod concurrency;
 mod crash;
 mod discovery;

@@ -1,0 +1,409 @@
+//! Finding the engine: a remote one (`--url`, `BREADBOARD_URL`, `[client] url`) with its token from a file or the
+//! environment, else the local one from its registration under BREADBOARD_HOME, started through `engine start`'s
+//! own code path when the command may start it. The handshake (protocol, engine version) applies to both.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::wire::Health;
+use super::{http_client, Client, Endpoint};
+use crate::cli::Ctx;
+use crate::compat;
+use crate::crash::LastExit;
+use crate::engine_client::ClientError;
+use crate::env_vars;
+use crate::error::{CliError, ErrorKind};
+use crate::instance::{self, Probe, ProtocolMode};
+use crate::registration::{self, Registration};
+
+/// A remote engine's address (same as `--url`).
+pub const BREADBOARD_URL: &str = "BREADBOARD_URL";
+/// A file holding the remote engine's token (same as `--token-file`).
+pub const BREADBOARD_API_TOKEN_FILE: &str = "BREADBOARD_API_TOKEN_FILE";
+/// The remote engine's token itself (prefer the file: a variable is inherited by every child process).
+pub const BREADBOARD_API_TOKEN: &str = "BREADBOARD_API_TOKEN";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Start the local engine when none runs (`ask`, `sessions new|send|attach`).
+    #[default]
+    Start,
+    /// Fail at once naming `breadboard engine start` (`--no-start`, read-only commands).
+    FailFast,
+}
+
+/// How a command reaches the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Connect {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub protocol: Option<ProtocolMode>,
+    pub start: StartPolicy,
+    /// How long to wait for a local engine that is starting or being restarted by its supervisor.
+    pub wait: Duration,
+}
+
+/// `[client]` of config.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ClientSection {
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ClientFile {
+    client: ClientSection,
+}
+
+/// The `[client]` table (the rest of the file is parsed, and checked, by `Config`).
+fn client_config(ctx: &Ctx) -> ClientSection {
+    std::fs::read_to_string(ctx.paths.config_file())
+        .ok()
+        .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
+        .map(|f| f.client)
+        .unwrap_or_default()
+}
+
+pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Client<'a>> {
+    let mode = instance::protocol_mode(target.protocol, &ctx.config)?;
+    let config = client_config(ctx);
+    let remote = match (&target.url, env_vars::get(BREADBOARD_URL), &config.url) {
+        (Some(u), _, _) => Some((u.clone(), "--url")),
+        (None, Some(u), _) => Some((u, BREADBOARD_URL)),
+        (None, None, Some(u)) if !u.is_empty() => Some((u.clone(), "[client] url in config.toml")),
+        _ => None,
+    };
+    if let Some((url, origin)) = remote {
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.contains('?') {
+            return Err(CliError::new(
+                ErrorKind::Usage,
+                format!("{origin} is {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
+            )
+            .into());
+        }
+        let (token, token_origin) = remote_token(&target, &config)?;
+        let client = Client {
+            ctx,
+            http: http_client(&base)?,
+            endpoint: Endpoint {
+                base,
+                token,
+                token_origin,
+                instance_id: None,
+                restarts: 0,
+            },
+        };
+        let health = client.health().await?;
+        check_handshake(ctx, &client.endpoint, &health, None, mode)?;
+        return Ok(client);
+    }
+    let endpoint = local_endpoint(ctx, &target, mode)?;
+    Ok(Client {
+        ctx,
+        http: http_client(&endpoint.base)?,
+        endpoint,
+    })
+}
+
+/// `--token-file` > BREADBOARD_API_TOKEN_FILE > BREADBOARD_API_TOKEN > `[client] token_file`; never from argv.
+fn remote_token(
+    target: &Connect,
+    config: &ClientSection,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let from_file = |path: &PathBuf, origin: String, kind: ErrorKind| {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::new(kind, format!("could not read {origin}: {e}"))
+                .hint("point it at a readable file that holds the engine's token")
+        })?;
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            return Err(anyhow::Error::from(CliError::new(
+                kind,
+                format!("{origin} is empty"),
+            )));
+        }
+        Ok::<_, anyhow::Error>((Some(token), Some(origin)))
+    };
+    if let Some(p) = &target.token_file {
+        return from_file(
+            p,
+            format!("the token file {} (--token-file)", p.display()),
+            ErrorKind::Usage,
+        );
+    }
+    if let Some(p) = env_vars::get(BREADBOARD_API_TOKEN_FILE) {
+        let p = PathBuf::from(p);
+        let origin = format!(
+            "the token file {} ({BREADBOARD_API_TOKEN_FILE})",
+            p.display()
+        );
+        return from_file(&p, origin, ErrorKind::Config);
+    }
+    if let Some(t) = env_vars::get(BREADBOARD_API_TOKEN) {
+        return Ok((
+            Some(t.trim().to_owned()),
+            Some(format!("the variable {BREADBOARD_API_TOKEN}")),
+        ));
+    }
+    if let Some(p) = &config.token_file {
+        let origin = format!(
+            "the token file {} ([client] token_file in config.toml)",
+            p.display()
+        );
+        return from_file(p, origin, ErrorKind::Config);
+    }
+    Ok((None, None))
+}
+
+/// The local engine as the registration, the instance lock and `/health` show it.
+pub(crate) enum LocalState {
+    Ready(Box<Registration>, Health),
+    /// No supervisor: nothing runs. `crash` says how the last engine ended, when it died unasked.
+    Down {
+        stale: Option<Box<Registration>>,
+        crash: Option<Box<LastExit>>,
+    },
+    /// A supervisor lives but its engine does not answer yet (starting, or being restarted after a crash: then
+    /// how it ended, for the crash report).
+    Waiting(String, Option<Box<(Registration, LastExit)>>),
+    /// It answers, but refuses the registration's token.
+    Refused(Box<Registration>),
+}
+
+pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
+    Ok(match instance::probe(&ctx.paths, None, false)? {
+        Probe::Down { stale, crash } => LocalState::Down {
+            stale: stale.map(Box::new),
+            crash: crash.map(Box::new),
+        },
+        Probe::Live { reg: None, .. } => {
+            LocalState::Waiting("its supervisor is starting it".to_owned(), None)
+        }
+        Probe::Live {
+            reg: Some(reg),
+            health,
+        } => match health {
+            Some(Ok(h)) if instance::identity_ok(&h, &reg) => LocalState::Ready(
+                Box::new(reg),
+                Health {
+                    status: h.status,
+                    protocol_version: h.protocol_version,
+                    engine_version: h.engine_version,
+                    pid: h.pid,
+                    instance_id: h.instance_id,
+                },
+            ),
+            Some(Ok(_)) => LocalState::Waiting(
+                format!(
+                    "{} answers with another identity than its registration",
+                    reg.url
+                ),
+                None,
+            ),
+            Some(Err(ClientError::Http(401, _))) => LocalState::Refused(Box::new(reg)),
+            Some(Err(e)) => match &reg.restart_pending {
+                Some(p) => {
+                    let why = format!(
+                        "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
+                        p.after
+                    );
+                    let exit = crate::crash::read(&ctx.paths)
+                        .filter(|x| x.instance_id == reg.instance_id && !x.stop_requested);
+                    LocalState::Waiting(why, exit.map(|x| Box::new((reg, x))))
+                }
+                None => {
+                    LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None)
+                }
+            },
+            None => LocalState::Waiting("its registration has no valid address".to_owned(), None),
+        },
+    })
+}
+
+pub(crate) fn endpoint_of(reg: &Registration) -> Endpoint {
+    Endpoint {
+        base: reg.url.trim_end_matches('/').to_owned(),
+        token: registration::token(reg),
+        token_origin: Some(format!("the token file {}", reg.token_file.display())),
+        instance_id: Some(reg.instance_id.clone()),
+        restarts: reg.restarts,
+    }
+}
+
+/// The local engine's endpoint, starting the engine when `target.start` allows it, waiting (up to `target.wait`)
+/// for one that is starting or restarting.
+fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Result<Endpoint> {
+    let deadline = Instant::now() + target.wait;
+    let mut said = None::<String>;
+    let mut started = false;
+    loop {
+        match local_state(ctx)? {
+            LocalState::Ready(reg, health) => {
+                let endpoint = endpoint_of(&reg);
+                let pinned = reg
+                    .engine_version
+                    .as_ref()
+                    .and(instance::pinned_version(&ctx.paths));
+                check_handshake(ctx, &endpoint, &health, Some(pinned.as_deref()), mode)?;
+                return Ok(endpoint);
+            }
+            LocalState::Refused(reg) => return Err(endpoint_of(&reg).token_refused()),
+            LocalState::Down { stale, crash } => {
+                if let Some(exit) = &crash {
+                    instance::report_crash_once(&ctx.paths, ctx.printer, stale.as_deref(), exit);
+                }
+                if target.start == StartPolicy::FailFast || started {
+                    return Err(not_running(ctx, crash.as_deref()));
+                }
+                start_local(
+                    ctx,
+                    "no engine is running: starting it (as `breadboard engine start`)",
+                    stale.as_ref().map(|r| r.port),
+                )?;
+                started = true;
+            }
+            LocalState::Waiting(why, crashed) => {
+                if let Some(c) = crashed.as_deref() {
+                    instance::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
+                }
+                if Instant::now() >= deadline {
+                    return Err(CliError::new(
+                        ErrorKind::EngineUnavailable,
+                        format!("the local engine is not answering: {why}"),
+                    )
+                    .hint("breadboard engine status (breadboard engine logs -n 100 shows why)")
+                    .into());
+                }
+                if said.as_deref() != Some(why.as_str()) {
+                    ctx.printer.info(&format!("waiting for the engine: {why}"));
+                    said = Some(why);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Whether an engine can be started here: an installed venv, or an engine command override.
+fn installed(ctx: &Ctx) -> bool {
+    let store = crate::venv_store::Store::new(&ctx.paths);
+    env_vars::get(env_vars::BREADBOARD_ENGINE_CMD).is_some()
+        || ctx.config.engine.command.is_some()
+        || store.current().is_some_and(|c| store.is_complete(&c))
+}
+
+fn not_installed(ctx: &Ctx) -> anyhow::Error {
+    CliError::new(
+        ErrorKind::EngineUnavailable,
+        format!("no engine is installed in {}", ctx.paths.home.display()),
+    )
+    .hint("breadboard engine install")
+    .into()
+}
+
+pub(crate) fn not_running(ctx: &Ctx, crash: Option<&LastExit>) -> anyhow::Error {
+    if !installed(ctx) {
+        return not_installed(ctx);
+    }
+    let why = crash.map_or_else(String::new, |e| format!(" (it ended: {})", e.how()));
+    CliError::new(
+        ErrorKind::EngineUnavailable,
+        format!("no engine is running{why}"),
+    )
+    .hint("breadboard engine start")
+    .into()
+}
+
+/// Starts the local engine exactly as `breadboard engine start` does (its output goes to the engine log).
+/// `port`: the port of the engine that died, so that a restart serves where its clients look (else the
+/// configured one).
+pub(crate) fn start_local(ctx: &Ctx, why: &str, port: Option<u16>) -> anyhow::Result<Registration> {
+    if !installed(ctx) {
+        return Err(not_installed(ctx));
+    }
+    ctx.printer.info(why);
+    let args = crate::cli::engine_start::StartArgs {
+        port: port.map(instance::PortSpec::Fixed),
+        host: "127.0.0.1".to_owned(),
+        ray_address: None,
+        foreground: false,
+        timeout: 60.0,
+        protocol: None,
+        allow_remote: false,
+        json: false,
+    };
+    let opts = crate::cli::engine_start::opts(ctx, &args)?;
+    let lock = crate::lock::ControlLock::acquire(&ctx.paths, "breadboard (client)", ctx.printer)?;
+    let started = instance::start_locked(ctx, &opts)?;
+    drop(lock);
+    if !started.already_running {
+        ctx.printer.info(&format!(
+            "engine started at {} (log: {})",
+            started.reg.url,
+            started.reg.log_path.display()
+        ));
+    }
+    Ok(started.reg)
+}
+
+/// Protocol and version: `pinned` is `Some` for the local engine (its version must be the pinned one, when one is
+/// pinned), `None` for a remote one (its version must be in the range this CLI supports).
+fn check_handshake(
+    ctx: &Ctx,
+    endpoint: &Endpoint,
+    h: &Health,
+    pinned: Option<Option<&str>>,
+    mode: ProtocolMode,
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if !compat::protocol_compatible(&h.protocol_version) {
+        problems.push(format!(
+            "it speaks protocol {:?}, this CLI speaks {}",
+            h.protocol_version,
+            compat::PROTOCOL_VERSION
+        ));
+    }
+    match pinned {
+        Some(Some(pin)) if h.engine_version != pin => problems.push(format!(
+            "it is engine {}, but the pinned (current) version is {pin}",
+            h.engine_version
+        )),
+        None if !compat::parse_engine_version(&h.engine_version)
+            .is_some_and(|v| compat::in_range(&v)) =>
+        {
+            problems.push(format!(
+                "it is engine {:?}, outside the versions this CLI supports ({})",
+                h.engine_version,
+                compat::SUPPORTED_ENGINE
+            ))
+        }
+        _ => {}
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let at = endpoint.describe();
+    if mode == ProtocolMode::Soft {
+        for p in &problems {
+            ctx.printer
+                .warn(&format!("{at}: {p} (continuing: protocol mode soft)"));
+        }
+        return Ok(());
+    }
+    Err(CliError::new(
+        ErrorKind::ProtocolMismatch,
+        format!("handshake with {at} failed: {} (strict protocol mode)", problems.join("; ")),
+    )
+    .hint(if endpoint.is_local() {
+        "breadboard engine restart  (runs the pinned version), or allow it with --protocol soft".to_owned()
+    } else {
+        "use an engine that speaks protocol 1.x in the supported range, or allow it with --protocol soft"
+            .to_owned()
+    })
+    .into())
+}

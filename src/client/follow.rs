@@ -1,0 +1,518 @@
+//! Reading a session's events so that none is lost or repeated: every (re)connect resumes after the last seq
+//! delivered (`Last-Event-ID`), events at or below it are dropped, and a disconnect is retried (remote: backoff
+//! 100 ms doubling to 5 s with jitter; local: the registration and `/health` are polled, which is cheap, so the
+//! stream resumes as soon as the engine answers again). A crashed local engine's report is shown once; on a
+//! terminal the user is asked whether to restart it, otherwise the client waits for a restart (by the supervisor's
+//! `on-failure` policy or anyone else) up to the wait time. 401, 404 and `409 resume_window_exceeded` end it.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::connect::{endpoint_of, local_state, not_running, start_local, LocalState};
+use super::wire::Envelope;
+use super::{http_client, About, ApiError, Client};
+use crate::error::{CliError, ErrorKind};
+
+/// Where the stream starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// The events after this seq (`0`: all of them).
+    After(u64),
+    /// The last N events.
+    Tail(u64),
+}
+
+/// What Ctrl-C does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// Stop reading and return (`sessions follow`: detach, cancel nothing).
+    Detach,
+    /// The first sends the engine's `stop` for the turn and keeps reading until the turn ends; a second returns at
+    /// once (`ask`, `send --wait`, `attach`).
+    StopTurn,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FollowOpts {
+    pub start: Start,
+    /// Return once everything up to the session's last seq is delivered and no turn is in progress.
+    pub until_idle: bool,
+    /// How long the engine may stay unreachable before giving up.
+    pub wait: Duration,
+    pub on_interrupt: OnInterrupt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// How a follow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The callback said stop, or `until_idle` was reached.
+    Done,
+    /// The session is closed and every event was delivered.
+    Closed,
+    /// Ctrl-C (once with [`OnInterrupt::Detach`]; after the turn stopped, or twice, with [`OnInterrupt::StopTurn`]).
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Followed {
+    pub ended: Ended,
+    /// The last seq delivered (`None`: none was).
+    pub last_seq: Option<u64>,
+}
+
+enum Attempt {
+    /// The stream ended or broke: reconnect.
+    Lost,
+    Finished(Ended),
+}
+
+struct State {
+    last: Option<u64>,
+    last_kind: Option<String>,
+    /// `until_idle`: the session's last seq when the follow began.
+    idle_at: Option<u64>,
+    interrupts: u32,
+    /// When the first Ctrl-C asked the turn to stop: how long we still wait for its end.
+    stop_deadline: Option<Instant>,
+}
+
+fn jitter(d: Duration) -> Duration {
+    // Spread reconnects of many clients; the clock's nanoseconds are random enough for that.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let spread = d.as_millis() as u64 / 4 + 1;
+    d + Duration::from_millis(u64::from(nanos) % spread)
+}
+
+pub async fn follow<F>(
+    client: &mut Client<'_>,
+    id: &str,
+    opts: FollowOpts,
+    on_event: F,
+) -> anyhow::Result<Followed>
+where
+    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+{
+    let result = follow_all(client, id, opts, on_event).await;
+    // Whatever way it ends, nothing printed stays unwritten (an error's message comes after it).
+    super::render::flush();
+    result
+}
+
+async fn follow_all<F>(
+    client: &mut Client<'_>,
+    id: &str,
+    opts: FollowOpts,
+    mut on_event: F,
+) -> anyhow::Result<Followed>
+where
+    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+{
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut st = State {
+        last: None,
+        last_kind: None,
+        idle_at: None,
+        interrupts: 0,
+        stop_deadline: None,
+    };
+    if opts.until_idle {
+        let summary = client.summary(id).await?;
+        st.idle_at = Some(summary.last_seq);
+        let first = match opts.start {
+            Start::After(n) => n,
+            Start::Tail(n) => summary.last_seq.saturating_sub(n),
+        };
+        if first >= summary.last_seq {
+            // Nothing will be replayed: whether a turn is in progress is told by the last event's type.
+            if summary.last_seq == 0
+                || summary.closed()
+                || last_kind(client, id).await?.as_deref() == Some("run_finished")
+            {
+                return Ok(Followed {
+                    ended: Ended::Done,
+                    last_seq: None,
+                });
+            }
+        }
+    }
+    let mut backoff = Duration::from_millis(100);
+    let mut down_since: Option<Instant> = None;
+    let mut asked_restart = false;
+    let mut said = None::<String>;
+    loop {
+        let outcome = attempt(client, id, &opts, &mut st, &mut sigint, &mut on_event).await?;
+        super::render::flush();
+        match outcome {
+            Ok(Attempt::Finished(ended)) => {
+                return Ok(Followed {
+                    ended,
+                    last_seq: st.last,
+                })
+            }
+            Ok(Attempt::Lost) => {
+                backoff = Duration::from_millis(100);
+                // A stream that ends by itself: the session closed (its stream ends after the replay), or the
+                // engine shut down or dropped us as a slow follower. Only the first is the end.
+                match client.summary(id).await {
+                    Ok(s) if s.closed() && st.last.unwrap_or(0) >= s.last_seq => {
+                        return Ok(Followed {
+                            ended: Ended::Closed,
+                            last_seq: st.last,
+                        })
+                    }
+                    Ok(_) => {
+                        if let Some(reg) = client
+                            .endpoint
+                            .is_local()
+                            .then(|| crate::registration::peek(&client.ctx.paths))
+                            .flatten()
+                        {
+                            report_restart(client, &reg);
+                            client.endpoint.restarts = reg.restarts;
+                        }
+                        continue;
+                    }
+                    Err(e)
+                        if is_kind(&e, &[ErrorKind::SessionNotFound, ErrorKind::TokenRefused]) =>
+                    {
+                        return Err(e)
+                    }
+                    Err(_) => {}
+                }
+            }
+            Err(ApiError::Status(code @ (401 | 404 | 409), body)) => {
+                return Err(client.error(ApiError::Status(code, body), About::Session(id)));
+            }
+            Err(_) => {}
+        }
+        // Disconnected: wait for the engine to answer again.
+        let since = *down_since.get_or_insert_with(Instant::now);
+        loop {
+            // Ctrl-C while the engine is away: there is no turn to stop, so any mode ends here.
+            if st.stop_deadline.is_some() || st.interrupts > 0 {
+                return Ok(Followed {
+                    ended: Ended::Interrupted,
+                    last_seq: st.last,
+                });
+            }
+            if since.elapsed() >= opts.wait {
+                return Err(CliError::new(
+                    ErrorKind::EngineUnavailable,
+                    format!(
+                        "{} did not come back within {}s{}",
+                        client.endpoint.describe(),
+                        opts.wait.as_secs(),
+                        st.last.map_or_else(String::new, |s| format!(" (the last event printed: seq {s})"))
+                    ),
+                )
+                .hint(match st.last {
+                    Some(s) => format!(
+                        "once it runs again (breadboard engine status), resume with: breadboard sessions follow {id} --from-seq {s}"
+                    ),
+                    None => "breadboard engine status".to_owned(),
+                })
+                .into());
+            }
+            if !client.endpoint.is_local() {
+                if pause(jitter(backoff), &mut sigint, &mut st).await {
+                    continue;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                break;
+            }
+            match local_state(client.ctx)? {
+                LocalState::Ready(reg, _) => {
+                    let endpoint = endpoint_of(&reg);
+                    report_restart(client, &reg);
+                    if endpoint.base != client.endpoint.base {
+                        client.http = http_client(&endpoint.base)?;
+                    }
+                    client.endpoint = endpoint;
+                    break;
+                }
+                LocalState::Refused(reg) => return Err(endpoint_of(&reg).token_refused()),
+                LocalState::Down { stale, crash } => {
+                    let ctx = client.ctx;
+                    if let Some(exit) = &crash {
+                        crate::instance::report_crash_once(
+                            &ctx.paths,
+                            ctx.printer,
+                            stale.as_deref(),
+                            exit,
+                        );
+                    }
+                    if ctx.printer.interactive() && !asked_restart {
+                        asked_restart = true;
+                        if ctx.printer.confirm_default_yes("restart the engine?") {
+                            start_local(
+                                ctx,
+                                "restarting the engine",
+                                stale.as_ref().map(|r| r.port),
+                            )?;
+                            continue;
+                        }
+                        let mut e = not_running(ctx, crash.as_deref());
+                        if let Some(s) = st.last {
+                            e = e.context(format!(
+                                "stopped following session {id} after seq {s}; resume with `breadboard sessions follow {id} --from-seq {s}`"
+                            ));
+                        }
+                        return Err(e);
+                    }
+                    let why =
+                        "the engine is not running: waiting for it to be started again".to_owned();
+                    if said.as_deref() != Some(why.as_str()) {
+                        ctx.printer.info(&why);
+                        said = Some(why);
+                    }
+                }
+                LocalState::Waiting(why, crashed) => {
+                    if let Some(c) = crashed.as_deref() {
+                        let ctx = client.ctx;
+                        crate::instance::report_crash_once(
+                            &ctx.paths,
+                            ctx.printer,
+                            Some(&c.0),
+                            &c.1,
+                        );
+                    }
+                    if said.as_deref() != Some(why.as_str()) {
+                        client
+                            .ctx
+                            .printer
+                            .info(&format!("waiting for the engine: {why}"));
+                        said = Some(why);
+                    }
+                }
+            }
+            pause(Duration::from_millis(25), &mut sigint, &mut st).await;
+        }
+        if said.take().is_some() {
+            client
+                .ctx
+                .printer
+                .info("the engine is back: resuming the stream");
+        }
+        down_since = None;
+    }
+}
+
+/// The supervisor restarted the engine after a crash (maybe before we saw it down): its crash report, once.
+fn report_restart(client: &Client<'_>, reg: &crate::registration::Registration) {
+    if Some(&reg.instance_id) != client.endpoint.instance_id.as_ref()
+        || reg.restarts <= client.endpoint.restarts
+    {
+        return;
+    }
+    let ctx = client.ctx;
+    if let Some(exit) = crate::crash::read(&ctx.paths).filter(|x| x.instance_id == reg.instance_id)
+    {
+        crate::instance::report_crash_once(&ctx.paths, ctx.printer, Some(reg), &exit);
+    }
+}
+
+fn is_kind(e: &anyhow::Error, kinds: &[ErrorKind]) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<CliError>())
+        .any(|c| kinds.contains(&c.kind))
+}
+
+/// Sleeps `d`, or less when Ctrl-C comes (counted in `st`); true when interrupted.
+async fn pause(d: Duration, sigint: &mut Signal, st: &mut State) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = sigint.recv() => { st.interrupts += 1; true }
+    }
+}
+
+/// The type of the session's last event (one replayed event: `replay=true&limit=1`).
+async fn last_kind(client: &Client<'_>, id: &str) -> anyhow::Result<Option<String>> {
+    let req = client
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{id}/events?replay=true&limit=1"),
+        )
+        .header("Accept", "text/event-stream");
+    let resp = client
+        .send(req)
+        .await
+        .map_err(|e| client.error(e, About::Session(id)))?;
+    let mut events = frames(resp).eventsource();
+    while let Some(Ok(ev)) = events.next().await {
+        if let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) {
+            return Ok(Some(env.kind));
+        }
+    }
+    Ok(None)
+}
+
+/// The body in pieces that end at an event's blank line (zero-copy slices of what the socket gave). eventsource-stream
+/// moves what follows each line it parses to the front of its buffer, so a read of thousands of replayed events at
+/// once would cost it quadratic time; fed one event at a time it stays linear. The framing is still all its own.
+fn frames(
+    resp: reqwest::Response,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> {
+    resp.bytes_stream()
+        .map(|chunk| {
+            let pieces: Vec<Result<bytes::Bytes, reqwest::Error>> = match chunk {
+                Ok(b) => {
+                    let mut out = Vec::new();
+                    let mut start = 0;
+                    for i in memchr::memmem::find_iter(&b, b"\n\n") {
+                        if i >= start {
+                            out.push(Ok(b.slice(start..i + 2)));
+                            start = i + 2;
+                        }
+                    }
+                    if start < b.len() {
+                        out.push(Ok(b.slice(start..)));
+                    }
+                    out
+                }
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(pieces)
+        })
+        .flatten()
+}
+
+/// One connection: replays from the resume point, then reads live events until it ends.
+async fn attempt<F>(
+    client: &Client<'_>,
+    id: &str,
+    opts: &FollowOpts,
+    st: &mut State,
+    sigint: &mut Signal,
+    on_event: &mut F,
+) -> anyhow::Result<Result<Attempt, ApiError>>
+where
+    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+{
+    let path = match (st.last, opts.start) {
+        (None, Start::Tail(n)) => format!("/v1/sessions/{id}/events?replay=true&limit={n}"),
+        _ => format!("/v1/sessions/{id}/events"),
+    };
+    let mut req = client
+        .request(reqwest::Method::GET, &path)
+        .header("Accept", "text/event-stream");
+    let resume = match (st.last, opts.start) {
+        (Some(s), _) => Some(s),
+        (None, Start::After(n)) => Some(n),
+        (None, Start::Tail(_)) => None,
+    };
+    if let Some(s) = resume {
+        req = req.header("Last-Event-ID", s.to_string());
+    }
+    let resp = tokio::select! {
+        r = client.send(req) => r,
+        _ = sigint.recv() => {
+            st.interrupts += 1;
+            if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
+            return Ok(Ok(Attempt::Lost));
+        }
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut events = frames(resp).eventsource();
+    loop {
+        let stop_wait = st
+            .stop_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+        // Whatever is ready is handled first; printed lines are written out before waiting for more.
+        let ready = futures_util::FutureExt::now_or_never(events.next());
+        if ready.is_none() {
+            super::render::flush();
+        }
+        let item = if let Some(item) = ready {
+            item
+        } else {
+            tokio::select! {
+                item = events.next() => item,
+                _ = sigint.recv() => {
+                    st.interrupts += 1;
+                    if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
+                    continue;
+                }
+                _ = tokio::time::sleep(stop_wait) => return Ok(Ok(Attempt::Finished(Ended::Interrupted))),
+            }
+        };
+        let ev = match item {
+            Some(Ok(ev)) => ev,
+            Some(Err(_)) | None => return Ok(Ok(Attempt::Lost)),
+        };
+        if ev.data.is_empty() {
+            continue;
+        }
+        let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) else {
+            client.ctx.printer.warn(&format!(
+                "skipped an event that is not a protocol 1.0 envelope: {}",
+                ev.data.chars().take(200).collect::<String>()
+            ));
+            continue;
+        };
+        if let Some(seq) = env.seq {
+            if st.last.is_some_and(|l| seq <= l) {
+                continue;
+            }
+        }
+        let flow = on_event(&env, &ev.data)?;
+        if let Some(seq) = env.seq {
+            st.last = Some(seq);
+        }
+        let finished = env.kind == "run_finished";
+        st.last_kind = Some(env.kind);
+        if flow == Flow::Stop {
+            return Ok(Ok(Attempt::Finished(if st.stop_deadline.is_some() {
+                Ended::Interrupted
+            } else {
+                Ended::Done
+            })));
+        }
+        if finished && st.stop_deadline.is_some() {
+            return Ok(Ok(Attempt::Finished(Ended::Interrupted)));
+        }
+        if let Some(target) = st.idle_at {
+            if st.last.unwrap_or(0) >= target && st.last_kind.as_deref() == Some("run_finished") {
+                return Ok(Ok(Attempt::Finished(Ended::Done)));
+            }
+        }
+    }
+}
+
+/// A Ctrl-C: `Some` when the follow ends now.
+async fn interrupted(
+    client: &Client<'_>,
+    id: &str,
+    opts: &FollowOpts,
+    st: &mut State,
+) -> Option<Ended> {
+    if opts.on_interrupt == OnInterrupt::Detach || st.interrupts > 1 {
+        return Some(Ended::Interrupted);
+    }
+    client
+        .ctx
+        .printer
+        .info("stopping the turn (Ctrl-C again to quit at once)");
+    // Only a turn the engine says it stopped is waited for; print what arrives until it ends.
+    match client.command(id, "stop", serde_json::json!({})).await {
+        Ok(detail) if detail.get("stopped").and_then(serde_json::Value::as_bool) == Some(true) => {
+            st.stop_deadline = Some(Instant::now() + Duration::from_secs(5));
+            None
+        }
+        _ => Some(Ended::Interrupted),
+    }
+}

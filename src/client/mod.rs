@@ -1,0 +1,339 @@
+//! The one client of the engine's session API (`ask`, `sessions ...`), for the local engine and for remote ones:
+//! async (tokio, current-thread) over reqwest, SSE framed by eventsource-stream.
+//!
+//! [`connect`] finds the engine (the local registration, or `--url` / `BREADBOARD_URL` / `[client] url`), starts
+//! the local one when the command may, and checks the handshake; [`Client`] then makes the requests and maps every
+//! refusal to an error with its exit code and the command that fixes it. [`follow`] reads a session's events
+//! without losing or repeating one across disconnects and engine restarts.
+
+mod connect;
+mod follow;
+pub mod render;
+pub mod state;
+pub mod wire;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use connect::{connect, Connect, StartPolicy};
+pub use follow::{follow, Ended, Flow, FollowOpts, Followed, OnInterrupt, Start};
+
+use crate::cli::Ctx;
+use crate::error::{CliError, ErrorKind};
+use wire::{Created, ErrorBody, Health, Summary};
+
+/// Where requests go and with which token.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `http(s)://host:port`, no trailing slash.
+    pub base: String,
+    token: Option<String>,
+    /// Where the token came from, for messages ("the token file /h/run/engine.token"); never the token.
+    pub token_origin: Option<String>,
+    /// The local engine's instance (its registration), `None` for a remote engine.
+    pub instance_id: Option<String>,
+    /// The local supervisor's automatic restarts so far: a higher count after a disconnect means a crash.
+    pub restarts: u32,
+}
+
+impl Endpoint {
+    pub fn is_local(&self) -> bool {
+        self.instance_id.is_some()
+    }
+
+    /// "the engine at URL" / "the local engine at URL", for messages.
+    pub fn describe(&self) -> String {
+        if self.is_local() {
+            format!("the local engine at {}", self.base)
+        } else {
+            format!("the engine at {}", self.base)
+        }
+    }
+
+    /// A 401: names where the token came from, never its value.
+    pub fn token_refused(&self) -> anyhow::Error {
+        let at = self.describe();
+        let (message, hint) = match (&self.token_origin, self.is_local()) {
+            (Some(origin), true) => (
+                format!("{at} refused the token from {origin}"),
+                "breadboard engine restart  (issues a new token)".to_owned(),
+            ),
+            (Some(origin), false) => (
+                format!("{at} refused the token from {origin}"),
+                format!("put the engine's token in {origin} (or pass another with --token-file FILE)"),
+            ),
+            (None, _) => (
+                format!("{at} wants a token and none was given"),
+                "pass it with --token-file FILE, or set BREADBOARD_API_TOKEN_FILE (or BREADBOARD_API_TOKEN)"
+                    .to_owned(),
+            ),
+        };
+        CliError::new(ErrorKind::TokenRefused, message)
+            .hint(hint)
+            .into()
+    }
+}
+
+pub struct Client<'a> {
+    pub ctx: &'a Ctx<'a>,
+    http: reqwest::Client,
+    pub endpoint: Endpoint,
+}
+
+/// A refusal or failure of one request, before it is turned into a [`CliError`].
+#[derive(Debug)]
+pub enum ApiError {
+    Unreachable(String),
+    Status(u16, ErrorBody),
+}
+
+/// What a request was about, for the message of a 404.
+#[derive(Clone, Copy)]
+pub enum About<'s> {
+    Engine,
+    Session(&'s str),
+}
+
+/// Runs a command's async part on a current-thread runtime: one connection at a time needs no more, and it keeps
+/// the client's start-up and memory small.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
+pub(crate) fn http_client(base: &str) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        // The engine sends a keepalive comment every 15 s on an idle stream: 60 s of silence is a dead peer.
+        .read_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!("breadboard/", env!("CARGO_PKG_VERSION")));
+    if !base.starts_with("https://") {
+        // Loading the system's CA store costs milliseconds that a plain-HTTP loopback call does not need.
+        b = b.tls_built_in_root_certs(false);
+    }
+    Ok(b.build()?)
+}
+
+/// The error's causes on one line (reqwest says "error sending request" and keeps the reason in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl<'a> Client<'a> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint.base)
+    }
+
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match &self.endpoint.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let parsed = serde_json::from_str::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+            error: String::new(),
+            detail: Value::String(body.chars().take(200).collect()),
+            last_seq: None,
+        });
+        Err(ApiError::Status(status, parsed))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        about: About<'_>,
+    ) -> anyhow::Result<T> {
+        let resp = self.send(req).await.map_err(|e| self.error(e, about))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| self.error(ApiError::Unreachable(error_chain(&e)), about))?;
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} answered with something that is not protocol 1.0 JSON ({e}): {}",
+                self.endpoint.describe(),
+                text.chars().take(200).collect::<String>()
+            )
+        })
+    }
+
+    /// The [`CliError`] for a failed request: its exit code and the command that fixes it.
+    pub fn error(&self, e: ApiError, about: About<'_>) -> anyhow::Error {
+        let at = self.endpoint.describe();
+        match e {
+            ApiError::Unreachable(why) => CliError::new(
+                ErrorKind::EngineUnavailable,
+                format!("could not reach {at}: {why}"),
+            )
+            .hint(if why.contains("certificate") {
+                "the engine's TLS certificate is not trusted here: add its CA to the system's store, or point \
+                 SSL_CERT_FILE at it"
+                    .to_owned()
+            } else if self.endpoint.is_local() {
+                "breadboard engine status (and `breadboard engine start` if it is not running)".to_owned()
+            } else {
+                format!("check that the engine runs and that {} is its address", self.endpoint.base)
+            })
+            .into(),
+            ApiError::Status(401, _) => self.endpoint.token_refused(),
+            ApiError::Status(404, _) => match about {
+                About::Session(id) => CliError::new(
+                    ErrorKind::SessionNotFound,
+                    format!("{at} has no session {id}"),
+                )
+                .hint("breadboard sessions list")
+                .into(),
+                About::Engine => CliError::new(
+                    ErrorKind::ProtocolMismatch,
+                    format!("{at} does not serve this route: is it a BreadBoard engine (protocol 1.0)?"),
+                )
+                .into(),
+            },
+            ApiError::Status(409, body) if body.error == "resume_window_exceeded" => CliError::new(
+                ErrorKind::ResumeWindowExceeded,
+                format!(
+                    "{at} no longer has the events this stream would resume from (it has up to seq {})",
+                    body.last_seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
+                ),
+            )
+            .hint("follow again from what it has: breadboard sessions follow ID --from-seq 0")
+            .into(),
+            ApiError::Status(409, body) => {
+                let id = match about {
+                    About::Session(id) => id,
+                    About::Engine => "",
+                };
+                CliError::new(
+                    ErrorKind::SessionClosed,
+                    format!("session {id} takes no more input: {}", body.detail_text()),
+                )
+                .hint("start a new session: breadboard sessions new (or `breadboard ask` without --session)")
+                .into()
+            }
+            ApiError::Status(code, body) => {
+                let kind = if code == 400 || code == 422 {
+                    ErrorKind::Usage
+                } else {
+                    ErrorKind::Failure
+                };
+                CliError::new(
+                    kind,
+                    format!(
+                        "{at} answered {code} {}: {}",
+                        body.error,
+                        body.detail_text()
+                    ),
+                )
+                .into()
+            }
+        }
+    }
+
+    pub async fn health(&self) -> anyhow::Result<Health> {
+        self.json(self.request(reqwest::Method::GET, "/health"), About::Engine)
+            .await
+    }
+
+    /// Every session's summary as the engine sent it (oldest first).
+    pub async fn list(&self) -> anyhow::Result<Vec<Value>> {
+        self.json(
+            self.request(reqwest::Method::GET, "/v1/sessions"),
+            About::Engine,
+        )
+        .await
+    }
+
+    /// One session's summary, raw (for `--json`).
+    pub async fn get_raw(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(
+            self.request(reqwest::Method::GET, &format!("/v1/sessions/{id}")),
+            About::Session(id),
+        )
+        .await
+    }
+
+    pub async fn summary(&self, id: &str) -> anyhow::Result<Summary> {
+        Ok(serde_json::from_value(self.get_raw(id).await?)?)
+    }
+
+    pub async fn create(
+        &self,
+        task: &str,
+        provider: Option<&str>,
+        metadata: Value,
+    ) -> anyhow::Result<Created> {
+        let body = wire::CreateSession {
+            task,
+            provider,
+            metadata,
+        };
+        self.json(
+            self.request(reqwest::Method::POST, "/v1/sessions")
+                .json(&body),
+            About::Engine,
+        )
+        .await
+    }
+
+    pub async fn input(&self, id: &str, content: &str) -> anyhow::Result<()> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/input"))
+            .json(&serde_json::json!({ "content": content }));
+        self.send(req)
+            .await
+            .map_err(|e| self.error(e, About::Session(id)))?;
+        Ok(())
+    }
+
+    /// `POST /v1/sessions/{id}/command`; returns the answer's `detail`.
+    pub async fn command(&self, id: &str, command: &str, payload: Value) -> anyhow::Result<Value> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/command"))
+            .json(&serde_json::json!({ "command": command, "payload": payload }));
+        let doc: Value = self.json(req, About::Session(id)).await?;
+        Ok(doc.get("detail").cloned().unwrap_or(Value::Null))
+    }
+
+    pub async fn set_model(&self, id: &str, model: &str) -> anyhow::Result<()> {
+        self.command(id, "set_model", serde_json::json!({ "model": model }))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        let req = self.request(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"));
+        self.send(req)
+            .await
+            .map_err(|e| self.error(e, About::Session(id)))?;
+        Ok(())
+    }
+}

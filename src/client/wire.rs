@@ -1,0 +1,204 @@
+//! The engine's wire format (protocol 1.0, docs/protocol.md) as the client reads it: kept in this one module so that
+//! the types can be generated from, or checked against, the engine's published JSON Schema.
+//!
+//! The envelope is decoded first and the payload only for the event types the client acts on; any other type passes
+//! through untouched (an engine within protocol 1.x may add types), and `--json` prints the engine's own bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `GET /health`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Health {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub protocol_version: String,
+    #[serde(default)]
+    pub engine_version: String,
+    #[serde(default)]
+    pub pid: i64,
+    #[serde(default)]
+    pub instance_id: String,
+}
+
+/// The error body of every non-2xx answer: `{"error", "detail", "path"}` (`last_seq` on a 409 of the event stream).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub detail: Value,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+}
+
+impl ErrorBody {
+    /// The detail as one line (a string, or the JSON of an object).
+    pub fn detail_text(&self) -> String {
+        match &self.detail {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `POST /v1/sessions` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateSession<'a> {
+    pub task: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a str>,
+    pub metadata: Value,
+}
+
+/// `POST /v1/sessions` answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Created {
+    pub session_id: String,
+    #[serde(default)]
+    pub status: String,
+}
+
+/// A session summary (`GET /v1/sessions[/{id}]`); the client reads these fields, `--json` prints the whole object.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Summary {
+    pub session_id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub last_activity_at: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+/// Statuses after which a session never runs again.
+pub const CLOSED: [&str; 3] = ["completed", "failed", "stopped"];
+
+impl Summary {
+    pub fn closed(&self) -> bool {
+        CLOSED.contains(&self.status.as_str())
+    }
+
+    pub fn oneshot(&self) -> bool {
+        self.metadata
+            .get("cli_session_kind")
+            .and_then(Value::as_str)
+            == Some("oneshot")
+            || self
+                .metadata
+                .get("non_interactive_cli_session")
+                .is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()))
+    }
+}
+
+/// The envelope of every event: `{"id","seq","type","session_id","turn","timestamp","timestamp_ms",
+/// "protocol_version","payload"}`. The payload stays raw JSON until an event's fields are asked for: following a
+/// long stream with `--json` never decodes one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    /// Per session, from 1, by one. Upstream sends `null` for a synthetic event, which is not stored.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub turn: Option<u64>,
+    #[serde(default)]
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// What the client does something with; every other type is [`Event::Other`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    UserMessage { text: String },
+    AssistantDelta { text: String },
+    AssistantMessage { text: String },
+    Error { message: String },
+    RunFinished { completed: bool, reason: String },
+    Other,
+}
+
+/// The payload fields of the events in [`Event`] (each type uses some).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Fields {
+    text: Option<String>,
+    message: Option<String>,
+    completed: Option<bool>,
+    reason: Option<String>,
+}
+
+impl Envelope {
+    pub fn event(&self) -> Event {
+        let known = matches!(
+            self.kind.as_str(),
+            "user_message" | "assistant_delta" | "assistant_message" | "error" | "run_finished"
+        );
+        if !known {
+            return Event::Other;
+        }
+        let f: Fields = self
+            .payload
+            .as_ref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default();
+        let text = f.text.unwrap_or_default();
+        match self.kind.as_str() {
+            "user_message" => Event::UserMessage { text },
+            "assistant_delta" => Event::AssistantDelta { text },
+            "assistant_message" => Event::AssistantMessage { text },
+            "error" => Event::Error {
+                message: f.message.unwrap_or_default(),
+            },
+            _ => Event::RunFinished {
+                completed: f.completed.unwrap_or(false),
+                reason: f.reason.unwrap_or_default(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_envelope_and_passes_unknown_types_through() {
+        let raw = r#"{"id":"u","seq":7,"type":"run_finished","session_id":"s","turn":1,"timestamp":1,
+            "timestamp_ms":1,"protocol_version":"1.0","payload":{"eventCount":6,"completed":true,"reason":"completed"}}"#;
+        let env: Envelope = serde_json::from_str(raw).unwrap();
+        assert_eq!(env.seq, Some(7));
+        assert_eq!(
+            env.event(),
+            Event::RunFinished {
+                completed: true,
+                reason: "completed".into()
+            }
+        );
+        let other: Envelope =
+            serde_json::from_str(r#"{"seq":null,"type":"ctree_node","payload":{"x":[1]}}"#)
+                .unwrap();
+        assert_eq!((other.seq, other.event()), (None, Event::Other));
+    }
+
+    #[test]
+    fn oneshot_sessions_are_recognised_by_either_marker() {
+        let s = |m: Value| Summary {
+            metadata: m,
+            ..Default::default()
+        };
+        assert!(s(serde_json::json!({"cli_session_kind": "oneshot"})).oneshot());
+        assert!(s(serde_json::json!({"non_interactive_cli_session": true})).oneshot());
+        assert!(!s(serde_json::json!({})).oneshot());
+    }
+}
