@@ -400,28 +400,45 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
 /// home normally holds, and a bound on doctor's time.
 const PRIVACY_SCAN_LIMIT: usize = 20_000;
 
-/// Paths under the home that hold user data or runtime sockets and that other users can read, write or traverse:
-/// the home, `data/` with everything in it (the session index and its `-wal`/`-shm`, each session's
+/// Paths under the home that hold user data or runtime sockets and that other users can actually reach and read,
+/// write or traverse: `data/` with everything in it (the session index and its `-wal`/`-shm`, each session's
 /// `events.jsonl`, Ray's temp dir and sockets), `logs/` and its files, `run/`'s files (the run directory itself, the
 /// token and the registration have their own findings), and config.toml when an index URL in it carries credentials.
-/// Symlinks are not followed. Returns the too-open paths with their modes, and how many entries were looked at.
+/// A directory others cannot traverse closes everything below it, so the walk stops there: Ray makes its own session
+/// directories 0777 inside the engine's private `data/ray`, and an old 0644 file in a 0700 `data/` is unreachable.
+/// The home itself counts only when others can write to it (they could swap `data/` or `run/`): an open but
+/// read-only home shows names, nothing private. Symlinks are not followed. Returns the too-open paths with their
+/// modes, and how many entries were looked at.
 pub fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
     use std::os::unix::fs::PermissionsExt;
     let mut open = Vec::new();
     let mut seen = 0usize;
-    let look = |path: &Path, open: &mut Vec<(PathBuf, u32)>, seen: &mut usize| {
-        let meta = std::fs::symlink_metadata(path).ok()?;
+    // The entry's metadata when it is a directory others can traverse (so what is below it is reachable too).
+    let look = |path: &Path, open: &mut Vec<(PathBuf, u32)>, seen: &mut usize| -> bool {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return false;
+        };
         *seen += 1;
         if meta.file_type().is_symlink() {
-            return None;
+            return false;
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             open.push((path.to_owned(), mode));
         }
-        Some(meta)
+        meta.is_dir() && mode & 0o011 != 0
     };
-    look(&paths.home, &mut open, &mut seen);
+    let Ok(home) = std::fs::symlink_metadata(&paths.home) else {
+        return (open, seen);
+    };
+    seen += 1;
+    let home_mode = home.permissions().mode() & 0o777;
+    if home_mode & 0o022 != 0 {
+        open.push((paths.home.clone(), home_mode));
+    }
+    if home_mode & 0o011 == 0 {
+        return (open, seen);
+    }
     if config_has_credentials(&paths.config_file()) {
         look(&paths.config_file(), &mut open, &mut seen);
     }
@@ -431,8 +448,15 @@ pub fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
         (paths.logs_dir(), false),
         (paths.run_dir(), false),
     ] {
-        if dir != paths.run_dir() {
-            look(&dir, &mut open, &mut seen);
+        let reachable = if dir == paths.run_dir() {
+            std::fs::symlink_metadata(&dir).is_ok_and(|m| {
+                m.is_dir() && !m.file_type().is_symlink() && m.permissions().mode() & 0o011 != 0
+            })
+        } else {
+            look(&dir, &mut open, &mut seen)
+        };
+        if !reachable {
+            continue;
         }
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
@@ -447,10 +471,8 @@ pub fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
                 if skip.contains(&path) {
                     continue;
                 }
-                if let Some(meta) = look(&path, &mut open, &mut seen) {
-                    if recurse && meta.is_dir() {
-                        stack.push(path);
-                    }
+                if look(&path, &mut open, &mut seen) && recurse {
+                    stack.push(path);
                 }
             }
         }
@@ -506,7 +528,7 @@ fn privacy_check(paths: &Paths) -> Finding {
         ),
     )
     .fix(format!(
-        "breadboard engine doctor --fix   # or: chmod go-rwx {} && chmod -R go-rwx {} {} {}",
+        "breadboard engine doctor --fix   # or: chmod go-w {} && chmod -R go-rwx {} {} {}",
         paths.home.display(),
         paths.data_dir().display(),
         paths.logs_dir().display(),
@@ -1260,6 +1282,8 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             reg: Some(reg),
             health,
         } => {
+            // A busy engine (connected, no answer within the quick probe) gets a longer look before it is judged.
+            let health = instance::health_patiently(&reg, health, DOCTOR_HEALTH_PATIENCE);
             out.push(Finding::ok(
                 "Engine",
                 "engine.registration",
@@ -1298,6 +1322,13 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                             .fix("breadboard engine restart")
                     }
                 }
+                Some(Err(e @ crate::engine_client::ClientError::Slow(_))) => Finding::warn(
+                    "Engine",
+                    "engine.health",
+                    "the engine is running but busy",
+                    format!("{}: {e}", reg.url),
+                )
+                .fix("breadboard engine logs -n 100   # what it is doing; restart only if it stays busy"),
                 Some(Err(e)) => Finding::error(
                     "Engine",
                     "engine.health",
@@ -1313,6 +1344,9 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
     out
 }
 
+/// How long doctor waits for a busy engine's `/health` (e.g. while a local Ray connects) before calling it busy.
+const DOCTOR_HEALTH_PATIENCE: Duration = Duration::from_secs(3);
+
 /// Processes of an earlier engine of this home that outlived it (e.g. Ray workers after a `kill -9` of `engine start
 /// --foreground`), found by the engine mark in their environment, whoever their parent is now. Not judged while a
 /// supervisor holds the lock without a registration: its engine's are indistinguishable then.
@@ -1326,13 +1360,13 @@ fn orphans_check(paths: &Paths, live: Option<&str>, unknown_live: bool) -> Optio
     }
     let listed: Vec<String> = left
         .iter()
-        .map(|p| {
-            let cmd: String = crate::procfs::cmdline(*p)
+        .map(|m| {
+            let cmd: String = crate::procfs::cmdline(m.pid)
                 .unwrap_or_default()
                 .chars()
                 .take(60)
                 .collect();
-            format!("{p} ({cmd})")
+            format!("{} ({cmd})", m.pid)
         })
         .collect();
     Some(

@@ -327,11 +327,10 @@ pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printe
 
 /// Processes an engine of this home started that outlived it, found by the mark the supervisor gives every engine
 /// (inherited by Ray's daemons and workers, whoever re-parented them): any instance's but `live`'s.
-pub fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<sys::Pid> {
+pub fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<procfs::Marked> {
     procfs::marked_processes(env_vars::BREADBOARD_ENGINE_MARK, &paths.home)
         .into_iter()
-        .filter(|(_, instance)| Some(instance.as_str()) != live)
-        .map(|(pid, _)| pid)
+        .filter(|m| Some(m.instance.as_str()) != live)
         .collect()
 }
 
@@ -341,15 +340,20 @@ pub fn end_marked_leftovers(paths: &Paths, printer: &Printer, live: Option<&str>
     if left.is_empty() {
         return;
     }
+    let pids: Vec<sys::Pid> = left.iter().map(|m| m.pid).collect();
     printer.info(&format!(
-        "ending {} leftover process(es) of an earlier engine of this home: {left:?}",
+        "ending {} leftover process(es) of an earlier engine of this home: {pids:?}",
         left.len()
     ));
-    for p in &left {
-        let _ = sys::kill(*p, libc::SIGKILL);
+    for m in &left {
+        // Checked again right before the kill: the pid may have been reused since the scan.
+        if procfs::same_process(m.pid, m.start_ticks) {
+            let _ = sys::kill(m.pid, libc::SIGKILL);
+        }
     }
     wait_until(Duration::from_secs(3), || {
-        left.iter().all(|p| !procfs::alive(*p))
+        left.iter()
+            .all(|m| !procfs::same_process(m.pid, m.start_ticks))
     });
 }
 

@@ -109,9 +109,19 @@ fn uid_of(pid: Pid) -> Option<u32> {
         .map(|m| m.uid())
 }
 
-/// Live processes of our uid whose environment holds `name=<something> <home>` (the engine mark): pid and the
-/// something (the instance id). Linux only; elsewhere nothing is found.
-pub fn marked_processes(name: &str, home: &Path) -> Vec<(Pid, String)> {
+/// A process carrying the engine mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub pid: Pid,
+    /// Read before its environment, so [`same_process`] with it later proves the pid still names the process
+    /// whose mark was read.
+    pub start_ticks: u64,
+    pub instance: String,
+}
+
+/// Live processes of our uid whose environment holds `name=<something> <home>` (the engine mark), with the something
+/// (the instance id). Linux only; elsewhere nothing is found.
+pub fn marked_processes(name: &str, home: &Path) -> Vec<Marked> {
     let uid = crate::sys::getuid();
     let me = crate::sys::getpid();
     let prefix = format!("{name}=");
@@ -128,7 +138,12 @@ pub fn marked_processes(name: &str, home: &Path) -> Vec<(Pid, String)> {
                     .map(str::to_owned)
             })?;
             let (instance, of) = value.split_once(' ')?;
-            (of == home).then(|| (s.pid, instance.to_owned()))
+            // The stat read by all() came first; a pid reused since then has other start ticks.
+            (of == home && same_process(s.pid, s.start_ticks)).then(|| Marked {
+                pid: s.pid,
+                start_ticks: s.start_ticks,
+                instance: instance.to_owned(),
+            })
         })
         .collect()
 }

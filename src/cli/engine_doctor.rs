@@ -163,22 +163,18 @@ fn file_repair(
             format!("chmod {mode:o} {}", path.display())
         }
         Repair::MakePrivate(list) => {
-            use std::os::unix::fs::PermissionsExt;
             let mut done = 0;
             for path in list {
-                // Looked at again: never follow a symlink put there since, never loosen anything.
-                let Ok(meta) = std::fs::symlink_metadata(path) else {
-                    continue;
-                };
-                if meta.file_type().is_symlink() {
-                    continue;
-                }
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o077 != 0 {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))
-                        .with_context(|| format!("chmod go-rwx {}", path.display()))?;
+                // The home only loses others' write bit: an open but read-only home is fine, and may be on purpose.
+                let strip = if *path == paths.home { 0o022 } else { 0o077 };
+                if make_private(path, strip)
+                    .with_context(|| format!("chmod go-rwx {}", path.display()))?
+                {
                     done += 1;
                 }
+            }
+            if done == 0 {
+                return Ok(None);
             }
             format!("made {done} path(s) private to you (chmod go-rwx)")
         }
@@ -225,6 +221,40 @@ fn file_repair(
             )
         }
     }))
+}
+
+/// Takes the `strip` bits off `path` when it has any; true when it changed. Opened with O_NOFOLLOW and changed through
+/// that descriptor, so a symlink swapped in since doctor looked is never followed. A socket (which cannot be opened)
+/// is changed by path after a fresh lstat.
+fn make_private(path: &std::path::Path, strip: u32) -> anyhow::Result<bool> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => {
+            let mode = file.metadata()?.permissions().mode() & 0o7777;
+            if mode & strip == 0 {
+                return Ok(false);
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(mode & !strip))?;
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(_) => {
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                return Ok(false);
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() || mode & strip == 0 {
+                return Ok(false);
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !strip))?;
+            Ok(true)
+        }
+    }
 }
 
 /// Rebuilds a venv from its receipt (same Python, installer and source) with this binary's own install.

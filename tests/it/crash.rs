@@ -313,7 +313,7 @@ fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
 fn marked(e: &Engine) -> Vec<i32> {
     breadboard::procfs::marked_processes("BREADBOARD_ENGINE_MARK", &e.ctx.home)
         .into_iter()
-        .map(|(p, _)| p)
+        .map(|m| m.pid)
         .collect()
 }
 
@@ -457,6 +457,17 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
         Duration::from_secs(30),
         || marked(&e).is_empty(),
     );
+    // After a real Ray turn the home holds Ray's session dirs (0777 by Ray's choice) inside the engine's private
+    // data/ray: nothing another user can reach, so doctor has nothing to report about it.
+    let out = e.cmd(&["engine", "doctor", "--json"]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let private = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "home.private")
+        .unwrap_or_else(|| panic!("no home.private in {doc}"));
+    assert_eq!(private["status"], "ok", "{private}");
 }
 
 #[test]
@@ -496,7 +507,9 @@ fn leftovers_of_an_earlier_engine_are_found_by_their_mark_and_stop_ends_them() {
     );
     let a = e.cmd(&["engine", "stop"]).assert().success();
     assert!(stderr(&a).contains("leftover"), "{}", stderr(&a));
-    ours.wait().unwrap();
+    wait_for("the leftover to end", Duration::from_secs(10), || {
+        ours.try_wait().unwrap().is_some()
+    });
     assert!(
         breadboard::procfs::alive(theirs.id() as i32),
         "another home's process is left alone"

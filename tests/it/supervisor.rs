@@ -1960,6 +1960,7 @@ fn a_busy_engine_is_reported_busy_and_an_idempotent_start_waits_for_it() {
     let again: Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     assert_eq!(again["pid"], started["pid"], "{again}");
     assert!(stderr(&a).contains("busy"), "{}", stderr(&a));
+    assert_eq!(doctor_health(&e)["status"], "ok");
     // Busy beyond every budget: said as busy, never as unreachable; start gives up after its --timeout.
     std::fs::write(&stall, "30").unwrap();
     let (code, st) = e.status();
@@ -1980,8 +1981,27 @@ fn a_busy_engine_is_reported_busy_and_an_idempotent_start_waits_for_it() {
         err.contains("busy") && !err.contains("not reachable"),
         "{err}"
     );
+    // Doctor says busy (a warning), never "does not answer" with a restart as the fix.
+    let health = doctor_health(&e);
+    assert_eq!(health["status"], "warn", "{health}");
+    assert!(
+        health["title"].as_str().unwrap().contains("busy"),
+        "{health}"
+    );
     std::fs::remove_file(&stall).unwrap();
     e.cmd(&["engine", "stop"]).assert().success();
+}
+
+fn doctor_health(e: &Engine) -> Value {
+    let out = e.cmd(&["engine", "doctor", "--json"]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "engine.health")
+        .unwrap_or_else(|| panic!("no engine.health in {doc}"))
+        .clone()
 }
 
 #[test]

@@ -43,7 +43,11 @@ def descendants(root: int) -> list[tuple[int, str]]:
 
 
 def marked(name: str, value: str) -> list[tuple[int, str]]:
-    """(pid, starttime) of every live process of our uid whose environment holds exactly `name=value`."""
+    """(pid, starttime) of every live process of our uid whose environment holds exactly `name=value`.
+
+    The start time is read before the environment and checked again after it, so the pair always names the process
+    whose environment was read, not one that reused its pid in between (the caller checks it once more before a kill).
+    """
     needle = f"{name}={value}".encode()
     uid = os.getuid()
     found: list[tuple[int, str]] = []
@@ -51,6 +55,9 @@ def marked(name: str, value: str) -> list[tuple[int, str]]:
         if not entry.isdigit():
             continue
         pid = int(entry)
+        fields = stat_fields(pid)
+        if not fields or fields[0] == "Z":
+            continue
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
@@ -58,7 +65,6 @@ def marked(name: str, value: str) -> list[tuple[int, str]]:
                 environ = f.read().split(b"\0")
         except OSError:
             continue
-        fields = stat_fields(pid)
-        if fields and fields[0] != "Z" and needle in environ:
+        if needle in environ and start_time(pid) == fields[19]:
             found.append((pid, fields[19]))
     return found
