@@ -13,9 +13,9 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The home, made absolute once here (against the working directory) so everything below, the registration and
-    /// the engine's environment included, names the same home from any directory. One that exists but is not a
-    /// directory is refused at once, with the way out.
+    /// The home, made canonical once here (see [`canonical_home`]) so everything below, the registration, the
+    /// engine's environment and the mark its processes carry included, names the same home however it was spelled
+    /// and from any directory. One that exists but is not a directory is refused at once, with the way out.
     pub fn from_env() -> anyhow::Result<Paths> {
         let paths = Paths::from_env_unchecked()?;
         if !paths.home.is_dir() && paths.home.symlink_metadata().is_ok() {
@@ -27,7 +27,7 @@ impl Paths {
     fn from_env_unchecked() -> anyhow::Result<Paths> {
         if let Some(home) = env_vars::get(env_vars::BREADBOARD_HOME) {
             return Ok(Paths {
-                home: absolute(Path::new(&home))?,
+                home: canonical_home(Path::new(&home))?,
             });
         }
         let Some(user_home) = env_vars::get(env_vars::HOME) else {
@@ -39,7 +39,7 @@ impl Paths {
             .into());
         };
         Ok(Paths {
-            home: PathBuf::from(user_home).join(".breadboard"),
+            home: canonical_home(&PathBuf::from(user_home).join(".breadboard"))?,
         })
     }
 
@@ -199,8 +199,10 @@ pub fn home_not_a_dir(home: &Path) -> CliError {
     ))
 }
 
-/// Creates `dir` (and parents) and makes it 0700 if this user owns it: DirBuilder's mode is filtered by the umask and
-/// ignored for an existing dir, so the mode is set explicitly.
+/// Creates `dir` (and parents) and makes it 0700: DirBuilder's mode is filtered by the umask and ignored for an
+/// existing dir, so the mode is set explicitly. One that is not this user's (or a symlink, or a symlink to one that
+/// is not) is refused: whoever owns it can replace the registration and the token in it, and so point the CLI and its
+/// bearer token at a server of theirs.
 fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -208,13 +210,67 @@ fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("could not create {}", dir.display()))?;
+    let link = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("could not read {}", dir.display()))?;
     let meta =
         std::fs::metadata(dir).with_context(|| format!("could not read {}", dir.display()))?;
-    if meta.uid() == crate::sys::getuid() && meta.permissions().mode() & 0o777 != 0o700 {
+    let me = crate::sys::getuid();
+    for m in [&link, &meta] {
+        if m.uid() != me {
+            return Err(CliError::new(
+                ErrorKind::Config,
+                format!(
+                    "{} belongs to another user (uid {}, you are uid {me}); refusing to keep private files there",
+                    dir.display(),
+                    m.uid()
+                ),
+            )
+            .hint(format!("sudo chown -R \"$(id -un)\" {}", dir.display()))
+            .into());
+        }
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("could not set permissions of {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// `path` made absolute (against the working directory), with symlinks, `.`, `..` and a trailing `/` resolved, so
+/// every spelling of one home is the same path. A part that does not exist yet (a home about to be created) is
+/// appended to its longest existing ancestor, canonicalised.
+pub fn canonical_home(path: &Path) -> anyhow::Result<PathBuf> {
+    use std::path::Component;
+    let abs = absolute(path)?;
+    let mut existing = abs.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                match Path::new(part).components().next() {
+                    Some(Component::ParentDir) => {
+                        out.pop();
+                    }
+                    Some(Component::Normal(p)) => out.push(p),
+                    _ => {}
+                }
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent.to_owned();
+            }
+            // `..` as the last part: file_name() is None; keep it for the lexical pass.
+            (Some(parent), None) if existing.ends_with("..") => {
+                rest.push("..".into());
+                existing = parent.to_owned();
+            }
+            _ => return Ok(abs),
+        }
+    }
 }
 
 /// Makes `path` absolute against the working directory without resolving symlinks.

@@ -1,7 +1,7 @@
 //! Small CLI behaviours at their edges: a huge last log line, a broken config under `engine list`, `--port 0`, a
 //! relative BREADBOARD_HOME, a home that is a file, a SIGSTOPped engine.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use crate::supervisor::{session, Engine};
@@ -50,6 +50,8 @@ fn list_warns_about_a_broken_config_and_port_0_is_a_usage_error_naming_auto() {
     assert!(stderr(&a).contains("--port auto"), "{}", stderr(&a));
 }
 
+/// The relative home part is a guard, not a reproduction: the CLI already made the home absolute before. It stays that
+/// way by design (docs/cli.md): the home is resolved once, where the command runs.
 #[test]
 fn a_relative_home_is_the_same_home_from_anywhere_and_a_file_home_says_so() {
     let e = Engine::fake("ok");
@@ -112,18 +114,79 @@ fn stop_of_a_sigstopped_supervisor_continues_it_and_says_so() {
         Duration::from_secs(5),
         || breadboard::procfs::stat(sup).is_some_and(|s| s.state == 'T'),
     );
-    let t0 = Instant::now();
     let a = e.cmd(&["engine", "stop"]).assert().success();
-    let took = t0.elapsed();
     let err = stderr(&a);
     assert!(
         err.contains("stopped by a signal") && err.contains("SIGCONT"),
         "{err}"
     );
-    assert!(!err.contains("ignored SIGTERM"), "{err}");
-    // A graceful stop (the engine answers /v1/shutdown), not the 8 s + 8 s ladder; generous slack for a loaded box.
-    assert!(took < Duration::from_secs(8), "{took:?}: {err}");
+    // A graceful stop (the engine answers /v1/shutdown), not the ladder that ends in killing its session.
+    assert!(
+        !err.contains("ignored SIGTERM") && !err.contains("killing its session"),
+        "{err}"
+    );
     wait_for("the session to end", Duration::from_secs(20), || {
         session(sid).is_empty()
+    });
+}
+
+/// The engine mark names the home canonically, so a home spelled through a symlink, with `..` or a trailing `/` is
+/// the same home when leftovers are looked for.
+#[test]
+fn leftovers_are_found_however_the_home_is_spelled() {
+    let e = Engine::fake("ok");
+    std::fs::create_dir_all(&e.ctx.home).unwrap();
+    let base = e.ctx.dir.path();
+    std::os::unix::fs::symlink(&e.ctx.home, base.join("link")).unwrap();
+    let canonical = std::fs::canonicalize(&e.ctx.home).unwrap();
+    let via_link = format!("{}/", base.join("link").display());
+    e.cmd(&["engine", "start", "--port", "auto"])
+        .env("BREADBOARD_HOME", &via_link)
+        .assert()
+        .success();
+    let reg = e.registration().unwrap();
+    let pid = reg["pid"].as_i64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mark = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"BREADBOARD_ENGINE_MARK="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("the engine carries the mark");
+    assert_eq!(
+        mark,
+        format!(
+            "{} {}",
+            reg["instance_id"].as_str().unwrap(),
+            canonical.display()
+        )
+    );
+    e.cmd(&["engine", "stop"])
+        .env("BREADBOARD_HOME", &via_link)
+        .assert()
+        .success();
+    // A leftover of an earlier engine (marked canonically, as every engine now is) is found by another spelling.
+    let mut left = std::process::Command::new("sleep")
+        .arg("600")
+        .env(
+            "BREADBOARD_ENGINE_MARK",
+            format!(
+                "0f0f0f0f-dead-4bee-8eef-000000000001 {}",
+                canonical.display()
+            ),
+        )
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let a = e
+        .cmd(&["engine", "stop"])
+        .env(
+            "BREADBOARD_HOME",
+            format!("{}/../link/", base.join("link").display()),
+        )
+        .assert()
+        .success();
+    assert!(stderr(&a).contains("leftover"), "{}", stderr(&a));
+    wait_for("the leftover to end", Duration::from_secs(10), || {
+        left.try_wait().unwrap().is_some()
     });
 }

@@ -137,8 +137,10 @@ fn nobody_cannot_read_a_prompt_after_a_real_turn() {
     assert!(!as_nobody(&grep), "nobody can read the prompt under {home}");
 }
 
+/// A regression guard, not a reproduction: the CLI already made a new home 0700 before privacy was hardened. It
+/// keeps it that way for the commands that create the home first.
 #[test]
-fn the_cli_creates_a_new_home_private() {
+fn a_new_home_stays_private_regression_guard() {
     let ctx = TestContext::new();
     chmod(ctx.dir.path(), 0o755);
     let a = ctx.cmd(&["engine", "stop"]).assert().success();
@@ -211,10 +213,84 @@ fn doctor_reports_an_open_home_and_fix_makes_it_private() {
     for f in files {
         assert_eq!(mode(&h.join(f)), 0o600, "{f}");
     }
-    for d in ["", "data", "data/ray", "data/sessions/s1", "logs", "run"] {
+    for d in ["data", "data/ray", "data/sessions/s1", "logs", "run"] {
         assert_eq!(mode(&h.join(d)), 0o700, "{d:?}");
     }
+    // A home open only for reading shows names, nothing private: left as the user made it.
+    assert_eq!(mode(h), 0o755);
     assert!(!as_nobody(&format!("cat {sqlite}")));
     let after = doctor_check(&ctx, &[], "home.private");
     assert_eq!(after["status"], "ok", "{after}");
+}
+
+#[test]
+fn doctor_does_not_flag_what_a_closed_directory_hides() {
+    // What a healthy home looks like after a Ray turn: an open home (made by hand), its private directories 0700,
+    // and below them what Ray and older engines leave open (Ray's session dirs 0777, an old 0644 index).
+    let ctx = TestContext::new();
+    chmod(ctx.dir.path(), 0o755);
+    let h = &ctx.home;
+    for d in ["data/ray/session_1/sockets", "logs", "run"] {
+        std::fs::create_dir_all(h.join(d)).unwrap();
+    }
+    std::fs::write(h.join("data/sessions.sqlite3"), "old index\n").unwrap();
+    chmod(&h.join("data/sessions.sqlite3"), 0o644);
+    chmod(&h.join("data/ray/session_1"), 0o777);
+    chmod(&h.join("data/ray/session_1/sockets"), 0o777);
+    for d in ["data", "data/ray", "logs", "run"] {
+        chmod(&h.join(d), 0o700);
+    }
+    chmod(h, 0o755);
+    let found = doctor_check(&ctx, &[], "home.private");
+    assert_eq!(found["status"], "ok", "{found}");
+    // An open ray dir makes what is below it reachable again: then it is flagged.
+    chmod(&h.join("data/ray"), 0o755);
+    chmod(&h.join("data"), 0o755);
+    let found = doctor_check(&ctx, &[], "home.private");
+    assert_eq!(found["status"], "error", "{found}");
+    assert!(
+        found["detail"]
+            .as_str()
+            .unwrap()
+            .contains("session_1 (777)"),
+        "{found}"
+    );
+    // A home others can write to lets them swap data/ or run/: flagged.
+    for d in ["data", "data/ray"] {
+        chmod(&h.join(d), 0o700);
+    }
+    chmod(h, 0o777);
+    let found = doctor_check(&ctx, &[], "home.private");
+    assert_eq!(found["status"], "error", "{found}");
+    assert!(
+        found["detail"].as_str().unwrap().contains("(777)"),
+        "{found}"
+    );
+}
+
+#[test]
+fn a_run_directory_of_another_user_is_refused() {
+    // Another local user pre-created run/ (e.g. a home under /tmp): they could rewrite the registration there and
+    // receive the bearer token. The CLI refuses to use it and says how to take it back.
+    let ctx = TestContext::new();
+    std::fs::create_dir(&ctx.home).unwrap();
+    chmod(&ctx.home, 0o700);
+    let run = ctx.home.join("run");
+    std::fs::create_dir(&run).unwrap();
+    chmod(&run, 0o777);
+    std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+    let a = ctx.cmd(&["engine", "stop"]).assert().code(3);
+    let err = stderr(&a);
+    assert!(err.contains("belongs to another user"), "{err}");
+    assert!(err.contains("chown"), "{err}");
+    assert_eq!(mode(&run), 0o777, "left as it was");
+    // Likewise a symlink to it.
+    std::fs::rename(&run, ctx.home.join("theirs")).unwrap();
+    std::os::unix::fs::symlink(ctx.home.join("theirs"), &run).unwrap();
+    let a = ctx.cmd(&["engine", "stop"]).assert().code(3);
+    assert!(
+        stderr(&a).contains("belongs to another user"),
+        "{}",
+        stderr(&a)
+    );
 }
