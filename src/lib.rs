@@ -23,5 +23,6 @@ pub mod python;
 pub mod registration;
 pub mod release;
 pub mod self_replace;
+pub mod session_index;
 pub mod sys;
 pub mod venv_store;
