@@ -125,16 +125,15 @@ pub fn pre_exec_setsid(cmd: &mut std::process::Command) {
     }
 }
 
-/// Between fork and exec: own process group (so the whole engine group can be signalled), SIGKILL when the parent
-/// (the supervisor's spawning thread, which is its main thread) dies, and umask 077, so every file the engine and
-/// its Ray create (session index, event logs, Ray's temp dir and sockets) is private to the user whatever umask the
-/// user's shell has.
+/// Between fork and exec: own process group (so the whole engine group can be signalled) and SIGKILL when the parent
+/// (the supervisor's spawning thread, which is its main thread) dies. The umask is the user's: the engine's `serve`
+/// sets its own private one, and an `engine.command` override (another engine, an agent writing into the user's
+/// project) must create files as the user's shell would.
 pub fn pre_exec_engine(cmd: &mut std::process::Command, parent: Pid) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: umask, setpgid, prctl, getppid and _exit are async-signal-safe and take integers only.
+    // SAFETY: setpgid, prctl, getppid and _exit are async-signal-safe and take integers only.
     unsafe {
         cmd.pre_exec(move || {
-            libc::umask(0o077);
             if libc::setpgid(0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }

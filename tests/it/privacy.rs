@@ -67,6 +67,8 @@ fn nobody_cannot_read_a_prompt_after_a_real_turn() {
     let e = Engine {
         ctx,
         env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+        // The runner's umask must not decide the outcome: the usual permissive one, as install.sh's test forces.
+        umask: Some(0o022),
     };
     let started = e.start();
     let url = started["url"].as_str().unwrap().to_owned();

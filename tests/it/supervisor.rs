@@ -12,6 +12,8 @@ use crate::common::*;
 pub struct Engine {
     pub ctx: TestContext,
     pub env: Vec<(String, String)>,
+    /// The umask the CLI runs under, when a test must not depend on the runner's.
+    pub umask: Option<libc::mode_t>,
 }
 
 impl Engine {
@@ -21,6 +23,7 @@ impl Engine {
         Engine {
             ctx,
             env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+            umask: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl Engine {
                 ),
                 ("FAKE_ENGINE_MODE".into(), mode.into()),
             ],
+            umask: None,
         }
     }
 
@@ -44,6 +48,24 @@ impl Engine {
         let mut c = self.ctx.command();
         for (k, v) in &self.env {
             c.env(k, v);
+        }
+        if let Some(mask) = self.umask {
+            // Through sh, so the CLI (and what it spawns) inherits the umask; its own args follow as "$@".
+            let mut wrapped = Command::new("sh");
+            wrapped
+                .arg("-c")
+                .arg(format!("umask {mask:03o}; exec \"$0\" \"$@\""))
+                .arg(c.get_program());
+            for (k, v) in c.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            if let Some(dir) = c.get_current_dir() {
+                wrapped.current_dir(dir);
+            }
+            c = wrapped;
         }
         c
     }
@@ -641,6 +663,7 @@ fn upgrade_of_a_running_engine_rolls_back_when_the_new_version_fails() {
     let e = Engine {
         ctx: TestContext::new(),
         env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+        umask: None,
     };
     e.cmd(&[
         "engine",
@@ -1797,6 +1820,7 @@ fn upgrade_uses_the_configured_protocol_mode_and_leaves_a_foreground_engine_runn
     let e = Engine {
         ctx: TestContext::new(),
         env: vec![("BREADBOARD_RAY_START".into(), "off".into())],
+        umask: None,
     };
     e.ctx.install(&["--version", "0.1.0"]).success();
 
@@ -2054,4 +2078,22 @@ fn engine_command_as_an_argv_list_and_as_a_shell_snippet_both_run_the_real_engin
         );
         assert!(!breadboard::procfs::alive(engine_pid), "form {i}");
     }
+}
+
+#[test]
+fn an_engine_command_override_runs_under_the_users_umask() {
+    // Files another engine (or an agent it runs) writes into the user's project are the user's usual mode: the CLI
+    // does not impose the engine's private umask on an override (the engine's own `serve` sets that itself).
+    let mut e = Engine::fake("ok");
+    let seen = e.ctx.dir.path().join("umask.txt");
+    let script = repo_root().join("tests/fixtures/fake_engine.py");
+    e.env[0].1 = format!(
+        "umask > {} && exec python3 {}",
+        seen.display(),
+        script.display()
+    );
+    e.umask = Some(0o022);
+    e.start();
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "0022");
+    e.cmd(&["engine", "stop"]).assert().success();
 }
