@@ -516,19 +516,33 @@ pub fn shell_argv(command: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script]
 }
 
-/// One command with arguments, no shell syntax that `exec` would break: no operators, no newline, no assignment
-/// or builtin first.
+/// One command with arguments that `exec` in front runs unchanged. Conservative: anything it is unsure of runs as
+/// written instead (the engine then found by its identity). The first word must be a plain program name or path (no
+/// quoting, expansion or assignment) and not a shell keyword or builtin (`exec eval ...`, `exec cd ...` break);
+/// nowhere an operator, redirection, subshell, command substitution, brace group or newline.
 fn is_simple_command(command: &str) -> bool {
-    const BUILTINS: [&str; 16] = [
-        "cd", "export", "set", "unset", "source", ".", "umask", "ulimit", "if", "for", "while",
-        "until", "case", "exec", "{", "!",
+    const SHELL_WORDS: [&str; 56] = [
+        // Reserved words.
+        "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "function", "if",
+        "in", "select", "then", "time", "until", "while", "[[", "]]",
+        // Special and regular builtins (POSIX, and the common bash/dash ones).
+        ".", ":", "break", "continue", "eval", "exec", "exit", "export", "readonly", "return",
+        "set", "shift", "times", "trap", "unset", "alias", "bg", "cd", "command", "fc", "fg",
+        "getopts", "hash", "jobs", "read", "type", "ulimit", "umask", "unalias", "wait", "source",
+        "local", "builtin", "declare", "typeset",
     ];
-    let first = command.split_whitespace().next().unwrap_or_default();
-    !command.trim().is_empty()
-        && !command.contains([';', '&', '|', '\n', '(', ')', '`', '<', '>'])
+    let mut words = command.split_whitespace();
+    let Some(first) = words.next() else {
+        return false;
+    };
+    let plain = |w: &str| {
+        w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./+:@%,".contains(c))
+    };
+    plain(first)
+        && !SHELL_WORDS.contains(&first)
+        && !command.contains([';', '&', '|', '\n', '(', ')', '`', '<', '>', '{', '}'])
         && !command.contains("$(")
-        && !first.contains('=')
-        && !BUILTINS.contains(&first)
 }
 
 fn resolve_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
@@ -1767,6 +1781,10 @@ mod tests {
             shell_argv("python3 serve.py --name 'a b'")[2],
             "exec python3 serve.py --name 'a b'"
         );
+        assert_eq!(
+            shell_argv("/opt/engine/.venv/bin/python -m x --port $PORT")[2],
+            "exec /opt/engine/.venv/bin/python -m x --port $PORT"
+        );
         for snippet in [
             "cd /srv/engine && python3 serve.py",
             "A=1 python3 serve.py",
@@ -1774,6 +1792,17 @@ mod tests {
             "python3 serve.py 2>err.log",
             "source env.sh\npython3 serve.py",
             "export A=1",
+            "eval python3 serve.py",
+            "trap '' HUP; python3 serve.py",
+            "command python3 serve.py",
+            "read x",
+            "exec python3 serve.py",
+            "set -e",
+            ". ./env.sh",
+            "cd /srv",
+            "'python3' serve.py",
+            "$PY serve.py",
+            "{ python3 serve.py; }",
         ] {
             assert_eq!(shell_argv(snippet)[2], snippet);
         }
