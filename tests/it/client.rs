@@ -34,12 +34,13 @@ pub fn run(e: &Engine, args: &[&str]) -> Out {
     }
 }
 
-/// A replay fixture in the test's dir: `lines` are JSONL records.
+/// A replay fixture in the engine's replay directory (the only one it reads them from): `lines` are JSONL records.
 pub fn fixture(e: &Engine, name: &str, lines: &[Value]) -> String {
-    let path = e.ctx.dir.path().join(name);
+    let dir = e.ctx.home.join("data/replays");
+    std::fs::create_dir_all(&dir).unwrap();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text).unwrap();
-    format!("replay:{}", path.display())
+    std::fs::write(dir.join(name), text).unwrap();
+    format!("replay:{name}")
 }
 
 /// A replay turn that streams `n` words, one every `delay_ms`.
