@@ -380,11 +380,26 @@ fn ask_and_sessions_against_the_real_engine() {
     let kept = std::fs::read_to_string(&config).unwrap_or_default();
     std::fs::write(&config, format!("{kept}\n[client]\nurl = \"{nowhere}\"\n")).unwrap();
     let o = run(&e, &["sessions", "list"]);
-    std::fs::write(&config, kept).unwrap();
     assert_eq!(o.code, 21, "{}", o.stderr);
     assert!(
         o.stderr
             .contains(&format!("could not reach the engine at {nowhere}")),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("unknown key"), "{}", o.stderr);
+    // A [client] url that is not one is the config's fault (exit 3), named as the file's setting.
+    std::fs::write(
+        &config,
+        format!("{kept}\n[client]\nurl = \"127.0.0.1:8\"\n"),
+    )
+    .unwrap();
+    let o = run(&e, &["sessions", "list"]);
+    std::fs::write(&config, kept).unwrap();
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("[client] url in config.toml is \"127.0.0.1:8\""),
         "{}",
         o.stderr
     );
