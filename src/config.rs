@@ -20,6 +20,7 @@ pub struct Config {
     pub python: PythonConfig,
     pub protocol: ProtocolConfig,
     pub ray: RayConfig,
+    pub client: ClientConfig,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -68,6 +69,19 @@ pub struct RayConfig {
     unknown: BTreeMap<String, toml::Value>,
 }
 
+/// `[client]`: the engine that `ask` and `sessions` talk to when it is not the local one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// A remote engine (as `--url`; env `BREADBOARD_URL`).
+    pub url: Option<String>,
+    /// A file holding that engine's token (as `--token-file`; env `BREADBOARD_API_TOKEN_FILE`). A relative path is
+    /// relative to the directory of config.toml.
+    pub token_file: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
 impl Config {
     /// Loads `path`; a missing file is an empty config. Warns once per unknown key.
     pub fn load(path: &Path, printer: &Printer) -> anyhow::Result<Config> {
@@ -93,11 +107,12 @@ impl Config {
     }
 
     pub fn unknown_keys(&self) -> Vec<String> {
-        let sections: [(&str, &BTreeMap<String, toml::Value>); 4] = [
+        let sections: [(&str, &BTreeMap<String, toml::Value>); 5] = [
             ("engine.", &self.engine.unknown),
             ("python.", &self.python.unknown),
             ("protocol.", &self.protocol.unknown),
             ("ray.", &self.ray.unknown),
+            ("client.", &self.client.unknown),
         ];
         let mut keys: Vec<String> = self.unknown.keys().cloned().collect();
         for (prefix, map) in sections {
@@ -163,6 +178,10 @@ fn in_config_terms(message: &str) -> String {
             "expected the table [protocol]",
         ),
         ("expected struct RayConfig", "expected the table [ray]"),
+        (
+            "expected struct ClientConfig",
+            "expected the table [client]",
+        ),
         ("expected u16", "expected a port number (1-65535)"),
     ]
     .iter()
@@ -328,6 +347,59 @@ pub fn resolve_installer(
     }
 }
 
+/// A remote engine's base URL: `http://HOST:PORT` or `https://HOST:PORT` (a path prefix allowed, no query), without
+/// the trailing `/`. `origin` names where the value came from (`--url`, `BREADBOARD_URL`, `[client] url ...`).
+pub fn check_engine_url(url: &str, origin: &str) -> Result<String, CliError> {
+    let base = url.trim_end_matches('/');
+    let host = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"));
+    match host {
+        Some(rest)
+            if !rest.is_empty()
+                && !base.contains(['?', '#'])
+                && !base.contains(char::is_whitespace) =>
+        {
+            Ok(base.to_owned())
+        }
+        _ => Err(CliError::new(
+            ErrorKind::Usage,
+            format!("{origin} is {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
+        )),
+    }
+}
+
+/// The remote engine of `[client] url`, checked; `None` when unset or empty. An invalid one is a config error (the
+/// same check `--url` gets, exit 3 here since the file is at fault).
+pub fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
+    match config.client.url.as_deref() {
+        None | Some("") => Ok(None),
+        Some(url) => check_engine_url(url, CLIENT_URL_ORIGIN)
+            .map(Some)
+            .map_err(|e| {
+                CliError::new(ErrorKind::Config, e.message)
+                    .hint("set [client] url in config.toml to http://HOST:PORT or https://HOST:PORT, or remove it")
+                    .into()
+            }),
+    }
+}
+
+/// How `[client] url` is named in messages.
+pub const CLIENT_URL_ORIGIN: &str = "[client] url in config.toml";
+
+/// `[client] token_file`, a relative path taken from the directory of `config_file`; `None` when unset or empty.
+pub fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf> {
+    let path = config
+        .client
+        .token_file
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty())?;
+    Some(match config_file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +420,33 @@ mod tests {
             let err = format!("{:#}", Config::load(&path, &printer).unwrap_err());
             assert!(err.contains(want) && !err.contains("struct"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_client_table_is_known_and_checked() {
+        let config: Config = toml::from_str(
+            "[client]\nurl = \"https://engine.example:8443/\"\ntoken_file = \"tok\"\n",
+        )
+        .unwrap();
+        assert!(config.unknown_keys().is_empty());
+        assert_eq!(
+            client_url(&config).unwrap().as_deref(),
+            Some("https://engine.example:8443")
+        );
+        assert_eq!(
+            client_token_file(&config, Path::new("/h/config.toml")),
+            Some(PathBuf::from("/h/tok"))
+        );
+        for bad in ["engine:8443", "http://", "http://h:1/?t=x", "ftp://h"] {
+            assert!(check_engine_url(bad, "--url").is_err(), "{bad}");
+        }
+        let bad: Config = toml::from_str("[client]\nurl = \"h:1\"\nuser = 1\n").unwrap();
+        let err = client_url(&bad)
+            .unwrap_err()
+            .downcast::<CliError>()
+            .unwrap();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert_eq!(bad.unknown_keys(), ["client.user"]);
     }
 
     #[test]

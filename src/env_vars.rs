@@ -52,6 +52,14 @@ pub const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
 /// Set by CI systems; `breadboard upgrade` then never asks for confirmation (as without a terminal).
 pub const CI: &str = "CI";
 
+/// A remote engine for `ask` and `sessions` (same as `--url`; config `[client] url`).
+pub const BREADBOARD_URL: &str = "BREADBOARD_URL";
+/// A file holding the remote engine's token (same as `--token-file`; config `[client] token_file`).
+pub const BREADBOARD_API_TOKEN_FILE: &str = "BREADBOARD_API_TOKEN_FILE";
+/// The remote engine's token itself. Prefer the file: a variable is inherited by every child process. (The
+/// supervisor also hands the local engine its token under this name.)
+pub const BREADBOARD_API_TOKEN: &str = "BREADBOARD_API_TOKEN";
+
 /// Set by the supervisor on the engine it spawns (never on the CLI or the supervisor): `<instance id> <home>`.
 /// Inherited by everything the engine starts, Ray's daemons and workers included, so whatever an instance left
 /// behind is found by it (`/proc/<pid>/environ`), whoever its parent is now: the engine's reaper ends this

@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, args: &StopArgs) -> anyhow::Result<u8> {
         )
         .await?;
         let detail = c.command(&args.id, "stop", serde_json::json!({})).await?;
-        if detail.get("stopped").and_then(serde_json::Value::as_bool) == Some(true) {
+        if detail.stopped == Some(true) {
             ctx.printer.result(&format!(
                 "stopped the turn in progress in session {}",
                 args.id

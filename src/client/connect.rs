@@ -5,25 +5,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use super::wire::Health;
 use super::{http_client, Client, Endpoint};
 use crate::cli::Ctx;
 use crate::compat;
+use crate::config;
 use crate::crash::LastExit;
 use crate::engine_client::ClientError;
-use crate::env_vars;
+use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
 use crate::error::{CliError, ErrorKind};
 use crate::instance::{self, Probe, ProtocolMode};
 use crate::registration::{self, Registration};
-
-/// A remote engine's address (same as `--url`).
-pub const BREADBOARD_URL: &str = "BREADBOARD_URL";
-/// A file holding the remote engine's token (same as `--token-file`).
-pub const BREADBOARD_API_TOKEN_FILE: &str = "BREADBOARD_API_TOKEN_FILE";
-/// The remote engine's token itself (prefer the file: a variable is inherited by every child process).
-pub const BREADBOARD_API_TOKEN: &str = "BREADBOARD_API_TOKEN";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPolicy {
@@ -45,48 +37,16 @@ pub struct Connect {
     pub wait: Duration,
 }
 
-/// `[client]` of config.toml.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ClientSection {
-    url: Option<String>,
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ClientFile {
-    client: ClientSection,
-}
-
-/// The `[client]` table (the rest of the file is parsed, and checked, by `Config`).
-fn client_config(ctx: &Ctx) -> ClientSection {
-    std::fs::read_to_string(ctx.paths.config_file())
-        .ok()
-        .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
-        .map(|f| f.client)
-        .unwrap_or_default()
-}
-
 pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Client<'a>> {
     let mode = instance::protocol_mode(target.protocol, &ctx.config)?;
-    let config = client_config(ctx);
-    let remote = match (&target.url, env_vars::get(BREADBOARD_URL), &config.url) {
-        (Some(u), _, _) => Some((u.clone(), "--url")),
-        (None, Some(u), _) => Some((u, BREADBOARD_URL)),
-        (None, None, Some(u)) if !u.is_empty() => Some((u.clone(), "[client] url in config.toml")),
-        _ => None,
+    // flag > environment > config, as for every setting.
+    let base = match (&target.url, env_vars::get(BREADBOARD_URL)) {
+        (Some(u), _) => Some(config::check_engine_url(u, "--url")?),
+        (None, Some(u)) => Some(config::check_engine_url(&u, BREADBOARD_URL)?),
+        (None, None) => config::client_url(&ctx.config)?,
     };
-    if let Some((url, origin)) = remote {
-        let base = url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) || base.contains('?') {
-            return Err(CliError::new(
-                ErrorKind::Usage,
-                format!("{origin} is {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
-            )
-            .into());
-        }
-        let (token, token_origin) = remote_token(&target, &config)?;
+    if let Some(base) = base {
+        let (token, token_origin) = remote_token(ctx, &target)?;
         let client = Client {
             ctx,
             http: http_client(&base)?,
@@ -111,10 +71,7 @@ pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Cl
 }
 
 /// `--token-file` > BREADBOARD_API_TOKEN_FILE > BREADBOARD_API_TOKEN > `[client] token_file`; never from argv.
-fn remote_token(
-    target: &Connect,
-    config: &ClientSection,
-) -> anyhow::Result<(Option<String>, Option<String>)> {
+fn remote_token(ctx: &Ctx, target: &Connect) -> anyhow::Result<(Option<String>, Option<String>)> {
     let from_file = |path: &PathBuf, origin: String, kind: ErrorKind| {
         let text = std::fs::read_to_string(path).map_err(|e| {
             CliError::new(kind, format!("could not read {origin}: {e}"))
@@ -150,12 +107,12 @@ fn remote_token(
             Some(format!("the variable {BREADBOARD_API_TOKEN}")),
         ));
     }
-    if let Some(p) = &config.token_file {
+    if let Some(p) = config::client_token_file(&ctx.config, &ctx.paths.config_file()) {
         let origin = format!(
             "the token file {} ([client] token_file in config.toml)",
             p.display()
         );
-        return from_file(p, origin, ErrorKind::Config);
+        return from_file(&p, origin, ErrorKind::Config);
     }
     Ok((None, None))
 }

@@ -509,7 +509,7 @@ async fn interrupted(
         .info("stopping the turn (Ctrl-C again to quit at once)");
     // Only a turn the engine says it stopped is waited for; print what arrives until it ends.
     match client.command(id, "stop", serde_json::json!({})).await {
-        Ok(detail) if detail.get("stopped").and_then(serde_json::Value::as_bool) == Some(true) => {
+        Ok(detail) if detail.stopped == Some(true) => {
             st.stop_deadline = Some(Instant::now() + Duration::from_secs(5));
             None
         }

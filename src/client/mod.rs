@@ -307,7 +307,7 @@ impl<'a> Client<'a> {
     pub async fn input(&self, id: &str, content: &str) -> anyhow::Result<()> {
         let req = self
             .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/input"))
-            .json(&serde_json::json!({ "content": content }));
+            .json(&wire::Input { content });
         self.send(req)
             .await
             .map_err(|e| self.error(e, About::Session(id)))?;
@@ -315,12 +315,17 @@ impl<'a> Client<'a> {
     }
 
     /// `POST /v1/sessions/{id}/command`; returns the answer's `detail`.
-    pub async fn command(&self, id: &str, command: &str, payload: Value) -> anyhow::Result<Value> {
+    pub async fn command(
+        &self,
+        id: &str,
+        command: &str,
+        payload: Value,
+    ) -> anyhow::Result<wire::CommandDetail> {
         let req = self
             .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/command"))
-            .json(&serde_json::json!({ "command": command, "payload": payload }));
-        let doc: Value = self.json(req, About::Session(id)).await?;
-        Ok(doc.get("detail").cloned().unwrap_or(Value::Null))
+            .json(&wire::Command { command, payload });
+        let answer: wire::CommandAnswer = self.json(req, About::Session(id)).await?;
+        Ok(answer.detail)
     }
 
     pub async fn set_model(&self, id: &str, model: &str) -> anyhow::Result<()> {

@@ -5,10 +5,11 @@
 //! through untouched (an engine within protocol 1.x may add types), and `--json` prints the engine's own bytes.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// `GET /health`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Health {
     #[serde(default)]
     pub status: String,
@@ -23,13 +24,13 @@ pub struct Health {
 }
 
 /// The error body of every non-2xx answer: `{"error", "detail", "path"}` (`last_seq` on a 409 of the event stream).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct ErrorBody {
     #[serde(default)]
     pub error: String,
     #[serde(default)]
     pub detail: Value,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<u64>,
 }
 
@@ -53,8 +54,36 @@ pub struct CreateSession<'a> {
     pub metadata: Value,
 }
 
+/// `POST /v1/sessions/{id}/input` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Input<'a> {
+    pub content: &'a str,
+}
+
+/// `POST /v1/sessions/{id}/command` body: `stop`, `set_model {model}`, `set_mode {mode}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Command<'a> {
+    pub command: &'a str,
+    pub payload: Value,
+}
+
+/// `POST /v1/sessions/{id}/command` answer.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct CommandAnswer {
+    #[serde(default)]
+    pub detail: CommandDetail,
+}
+
+/// What a command did, as far as the client reads it.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct CommandDetail {
+    /// `stop`: whether a turn was running (and is stopped now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<bool>,
+}
+
 /// `POST /v1/sessions` answer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Created {
     pub session_id: String,
     #[serde(default)]
@@ -62,18 +91,18 @@ pub struct Created {
 }
 
 /// A session summary (`GET /v1/sessions[/{id}]`); the client reads these fields, `--json` prints the whole object.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct Summary {
     pub session_id: String,
     #[serde(default)]
     pub status: String,
     #[serde(default)]
     pub created_at: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default)]
     pub last_seq: u64,
@@ -101,18 +130,30 @@ impl Summary {
     }
 }
 
-/// The envelope of every event: `{"id","seq","type","session_id","turn","timestamp","timestamp_ms",
-/// "protocol_version","payload"}`. The payload stays raw JSON until an event's fields are asked for: following a
-/// long stream with `--json` never decodes one.
-#[derive(Debug, Clone, Deserialize)]
+/// The envelope of every event, its fields in the engine's order: encoding a decoded event gives back the engine's
+/// bytes (checked against the golden corpus), and an event of a type the client does not know passes through whole.
+/// The payload stays raw JSON until an event's fields are asked for: following a long stream with `--json` never
+/// decodes one. Fields that upstream may leave out stay out when encoded.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Envelope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Per session, from 1, by one. Upstream sends `null` for a synthetic event, which is not stored.
     #[serde(default)]
     pub seq: Option<u64>,
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     #[serde(default)]
     pub turn: Option<u64>,
+    /// Milliseconds since the epoch; kept as the number that was sent (upstream has sent floats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
     #[serde(default)]
     pub payload: Option<Box<serde_json::value::RawValue>>,
 }
@@ -128,43 +169,84 @@ pub enum Event {
     Other,
 }
 
-/// The payload fields of the events in [`Event`] (each type uses some).
-#[derive(Debug, Default, Deserialize)]
+/// The event types the client decodes a payload of; any other passes through as [`Event::Other`].
+pub const ACTED_ON: [&str; 5] = [
+    "user_message",
+    "assistant_delta",
+    "assistant_message",
+    "error",
+    "run_finished",
+];
+
+/// The payload of `user_message`, `assistant_delta` and `assistant_message`, as far as the client reads it.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
-struct Fields {
-    text: Option<String>,
-    message: Option<String>,
-    completed: Option<bool>,
-    reason: Option<String>,
+pub struct TextPayload {
+    pub text: String,
+}
+
+/// The payload of `error`, as far as the client reads it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ErrorPayload {
+    pub message: String,
+}
+
+/// The payload of `run_finished`, as far as the client reads it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunFinishedPayload {
+    pub completed: bool,
+    pub reason: String,
+}
+
+/// A payload decoded leniently: one that does not fit is the type's default (an engine within 1.x stays readable).
+fn decode<T: serde::de::DeserializeOwned + Default>(payload: Option<&RawValue>) -> T {
+    payload
+        .and_then(|p| serde_json::from_str(p.get()).ok())
+        .unwrap_or_default()
 }
 
 impl Envelope {
     pub fn event(&self) -> Event {
-        let known = matches!(
-            self.kind.as_str(),
-            "user_message" | "assistant_delta" | "assistant_message" | "error" | "run_finished"
-        );
-        if !known {
-            return Event::Other;
-        }
-        let f: Fields = self
-            .payload
-            .as_ref()
-            .and_then(|p| serde_json::from_str(p.get()).ok())
-            .unwrap_or_default();
-        let text = f.text.unwrap_or_default();
+        let payload = self.payload.as_deref();
         match self.kind.as_str() {
-            "user_message" => Event::UserMessage { text },
-            "assistant_delta" => Event::AssistantDelta { text },
-            "assistant_message" => Event::AssistantMessage { text },
+            "user_message" => Event::UserMessage {
+                text: decode::<TextPayload>(payload).text,
+            },
+            "assistant_delta" => Event::AssistantDelta {
+                text: decode::<TextPayload>(payload).text,
+            },
+            "assistant_message" => Event::AssistantMessage {
+                text: decode::<TextPayload>(payload).text,
+            },
             "error" => Event::Error {
-                message: f.message.unwrap_or_default(),
+                message: decode::<ErrorPayload>(payload).message,
             },
-            _ => Event::RunFinished {
-                completed: f.completed.unwrap_or(false),
-                reason: f.reason.unwrap_or_default(),
-            },
+            "run_finished" => {
+                let p: RunFinishedPayload = decode(payload);
+                Event::RunFinished {
+                    completed: p.completed,
+                    reason: p.reason,
+                }
+            }
+            _ => Event::Other,
         }
+    }
+
+    /// The payload of an [`ACTED_ON`] type as the client reads it, encoded again (`None` for other types): what the
+    /// schema test compares with the engine's definition of that payload.
+    pub fn read_payload(&self) -> Option<Value> {
+        let payload = self.payload.as_deref();
+        let value = match self.kind.as_str() {
+            "user_message" | "assistant_delta" | "assistant_message" => {
+                serde_json::to_value(decode::<TextPayload>(payload))
+            }
+            "error" => serde_json::to_value(decode::<ErrorPayload>(payload)),
+            "run_finished" => serde_json::to_value(decode::<RunFinishedPayload>(payload)),
+            _ => return None,
+        };
+        value.ok()
     }
 }
 

@@ -34,12 +34,13 @@ pub fn run(e: &Engine, args: &[&str]) -> Out {
     }
 }
 
-/// A replay fixture in the test's dir: `lines` are JSONL records.
+/// A replay fixture in the engine's replay directory (the only one it reads them from): `lines` are JSONL records.
 pub fn fixture(e: &Engine, name: &str, lines: &[Value]) -> String {
-    let path = e.ctx.dir.path().join(name);
+    let dir = e.ctx.home.join("data/replays");
+    std::fs::create_dir_all(&dir).unwrap();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text).unwrap();
-    format!("replay:{}", path.display())
+    std::fs::write(dir.join(name), text).unwrap();
+    format!("replay:{name}")
 }
 
 /// A replay turn that streams `n` words, one every `delay_ms`.
@@ -379,11 +380,26 @@ fn ask_and_sessions_against_the_real_engine() {
     let kept = std::fs::read_to_string(&config).unwrap_or_default();
     std::fs::write(&config, format!("{kept}\n[client]\nurl = \"{nowhere}\"\n")).unwrap();
     let o = run(&e, &["sessions", "list"]);
-    std::fs::write(&config, kept).unwrap();
     assert_eq!(o.code, 21, "{}", o.stderr);
     assert!(
         o.stderr
             .contains(&format!("could not reach the engine at {nowhere}")),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("unknown key"), "{}", o.stderr);
+    // A [client] url that is not one is the config's fault (exit 3), named as the file's setting.
+    std::fs::write(
+        &config,
+        format!("{kept}\n[client]\nurl = \"127.0.0.1:8\"\n"),
+    )
+    .unwrap();
+    let o = run(&e, &["sessions", "list"]);
+    std::fs::write(&config, kept).unwrap();
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("[client] url in config.toml is \"127.0.0.1:8\""),
         "{}",
         o.stderr
     );

@@ -7,6 +7,7 @@ mod broken;
 mod client;
 mod client_term;
 mod client_tls;
+mod client_wire;
 mod concurrency;
 mod crash;
 mod discovery;

@@ -430,3 +430,95 @@ fn parse_http(raw: &[u8]) -> Option<(u16, String)> {
     }
     Some((code, String::from_utf8_lossy(&out).into_owned()))
 }
+
+/// A real terminal: `breadboard <args>` in a tmux session on a tmux server of its own (`-L`, named after the
+/// session), so no other tmux use can touch it; the server ends with the value. (crash.rs keeps an older copy of
+/// these helpers on the default server.)
+pub struct Term(String);
+
+impl Term {
+    /// Runs `breadboard <args>` in `dir` with `cmd`'s environment, then prints `EXIT=<code>` and keeps the pane.
+    pub fn open(cmd: &Command, dir: &Path, name: &str, args: &str) -> Term {
+        // The shell's own Ctrl-C is trapped (not ignored: the command must get the default disposition), or it
+        // would end with the command and take the pane with it.
+        let mut text = String::from("#!/bin/sh\ntrap : INT\n");
+        for (k, v) in cmd.get_envs() {
+            let k = k.to_string_lossy();
+            match v {
+                Some(v) => text.push_str(&format!("export {k}='{}'\n", v.to_string_lossy())),
+                None => text.push_str(&format!("unset {k}\n")),
+            }
+        }
+        text.push_str(&format!(
+            "cd '{}'\n'{BIN}' {args}\necho EXIT=$?\nsleep 120\n",
+            dir.display()
+        ));
+        let path = dir.join(format!("{name}.sh"));
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let term = Term(format!("bbc{name}{}", std::process::id()));
+        let size = ["-x", "200", "-y", "50"];
+        let mut new = vec!["new-session", "-d", "-s", term.0.as_str()];
+        new.extend(size);
+        new.push(path.to_str().unwrap());
+        let ok = term.tmux(&new);
+        assert!(ok.status.success(), "{ok:?}");
+        term
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    /// The pane and its scrollback, wrapped lines joined (trailing spaces kept).
+    pub fn text(&self) -> String {
+        let out = self.tmux(&["capture-pane", "-p", "-J", "-t", &self.0, "-S", "-500"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the pane until `cond` holds, or panics after 60 s showing it.
+    pub fn wait(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = self.text();
+            if cond(&text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_for_text(&self, needle: &str) {
+        self.wait(needle, |t| t.contains(needle));
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.0.as_str()];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success());
+    }
+}
+
+/// The last line with anything on it.
+pub fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .map(str::trim_end)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
