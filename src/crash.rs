@@ -126,12 +126,31 @@ pub fn log_tail(path: &Path, n: usize, token: Option<&str>) -> Vec<String> {
             lines.remove(0);
         }
     }
+    let cut_first = out.len();
     out.extend(
         lines[lines.len().saturating_sub(n)..]
             .iter()
             .map(|l| cap_line(&redact(l, token))),
     );
+    // The window holds only the end of that huge line: what is shown of it is its end, as the note says.
+    if cut_first == 1 {
+        if let Some(last) = lines.last() {
+            out[1] = cap_line_end(&redact(last, token));
+        }
+    }
     out
+}
+
+/// `line`, cut to its last [`MAX_LINE`] bytes (on a character boundary) after a note of how much was left out.
+fn cap_line_end(line: &str) -> String {
+    if line.len() <= MAX_LINE {
+        return line.to_owned();
+    }
+    let mut cut = line.len() - MAX_LINE;
+    while !line.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("[line cut: {cut} bytes before] ...{}", &line[cut..])
 }
 
 /// How far back from a log's end its tail is looked for: enough for any sensible `-n`, bounded for a huge log.

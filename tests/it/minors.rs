@@ -12,13 +12,16 @@ fn logs_tail_of_a_huge_last_line_is_bounded_and_says_it_was_cut() {
     std::fs::create_dir_all(ctx.home.join("logs")).unwrap();
     let mut text = String::from("first line\nsecond line\n");
     text.push_str(&"x".repeat(32 * 1024 * 1024));
+    text.push_str("the-real-end-of-the-line");
     text.push('\n');
     std::fs::write(ctx.home.join("logs/engine.log"), text).unwrap();
     let a = ctx.cmd(&["engine", "logs", "-n", "3"]).assert().success();
     let out = stdout(&a);
     assert!(out.len() < 16 * 1024, "{} bytes shown", out.len());
     assert!(
-        out.contains("longer than 256 KiB") && out.contains("line cut:"),
+        out.contains("longer than 256 KiB")
+            && out.contains("line cut:")
+            && out.contains("the-real-end-of-the-line"),
         "{}",
         &out[..out.len().min(300)]
     );
