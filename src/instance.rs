@@ -1520,15 +1520,6 @@ pub fn stop_locked(
             .into());
         }
     }
-    if !force {
-        resume_if_stopped(
-            printer,
-            &[
-                ("supervisor", reg.supervisor_pid, reg.supervisor_start_ticks),
-                ("engine", reg.pid, reg.pid_start_ticks),
-            ],
-        );
-    }
     let mut engine_ok = procfs::same_process(reg.pid, reg.pid_start_ticks);
     // Record the intent first: the supervisor classifies the exit by it, not by the exit code, and never restarts
     // an engine whose stop was asked for. The intent file cannot be lost to a registration the supervisor rewrites.
@@ -1541,6 +1532,17 @@ pub fn stop_locked(
         .unwrap_or_else(|| reg.clone());
     marked.stop_requested_at = Some(fsutil::now_rfc3339());
     registration::write(paths, &marked)?;
+    // Resumed only now, with the intent recorded: a supervisor continued earlier could see its engine's exit first
+    // and take it for a crash (and restart it).
+    if !force {
+        resume_if_stopped(
+            printer,
+            &[
+                ("supervisor", reg.supervisor_pid, reg.supervisor_start_ticks),
+                ("engine", reg.pid, reg.pid_start_ticks),
+            ],
+        );
+    }
     let phase = timeout.mul_f64(0.4);
     let free = || !lock_busy(paths);
     let mut forced = force;
@@ -1741,16 +1743,28 @@ fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::Error {
 }
 
 /// A supervisor or engine stopped by a signal (SIGSTOP, Ctrl-Z: state T) can neither answer, stop its engine nor
-/// exit: it is continued (SIGCONT), saying so, before the stop begins. Each pid is checked against its start time.
+/// exit: each is continued (SIGCONT, harmless to a running process, so it is sent wherever `/proc` cannot tell) once
+/// its pid is checked against its start time, and the engine's whole process group with it (a stopped Ray driver or
+/// worker would hold the engine's shutdown up). A warning only when `/proc` shows one stopped.
 fn resume_if_stopped(printer: &Printer, procs: &[(&str, sys::Pid, u64)]) {
     for (what, pid, ticks) in procs {
-        let stopped = procfs::same_process(*pid, *ticks)
-            && procfs::stat(*pid).is_some_and(|s| s.state == 'T' || s.state == 't');
-        if stopped {
+        if !procfs::same_process(*pid, *ticks) {
+            continue;
+        }
+        let stat = procfs::stat(*pid);
+        if stat
+            .as_ref()
+            .is_some_and(|s| s.state == 'T' || s.state == 't')
+        {
             printer.warn(&format!(
                 "the {what} (pid {pid}) was stopped by a signal (SIGSTOP or Ctrl-Z); sent it SIGCONT so it can stop"
             ));
-            let _ = sys::kill(*pid, libc::SIGCONT);
+        }
+        let _ = sys::kill(*pid, libc::SIGCONT);
+        if *what == "engine" {
+            if let Some(pgid) = stat.map(|s| s.pgid).filter(|g| *g > 1) {
+                let _ = sys::killpg(pgid, libc::SIGCONT);
+            }
         }
     }
 }
