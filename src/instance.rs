@@ -1580,6 +1580,13 @@ pub fn stop_locked(
         {
             match client.shutdown() {
                 Ok(()) => done = wait_until(phase, free),
+                // Delivered but not answered in time: a busy engine reads it when it can, so it gets the same phase.
+                Err(e @ ClientError::Slow(_)) => {
+                    printer.debug(&format!(
+                        "POST /v1/shutdown: {e}; waiting for the engine to stop"
+                    ));
+                    done = wait_until(phase, free);
+                }
                 Err(e) => printer.debug(&format!("POST /v1/shutdown failed: {e}")),
             }
         }
