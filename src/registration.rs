@@ -81,8 +81,15 @@ enum Unreadable {
 /// shape, a huge file) is `Bad`, which callers treat exactly like a corrupt file.
 fn load(path: &Path) -> Result<Registration, Unreadable> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let bad = |why: String| Unreadable::Bad(why);
-    let file = match std::fs::File::open(path) {
+    // Non-blocking open: a FIFO put there would otherwise block the open (and every command) until a writer came.
+    // A regular file ignores the flag.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unreadable::Missing),
         Err(e) => return Err(bad(e.to_string())),

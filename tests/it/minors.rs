@@ -193,3 +193,23 @@ fn leftovers_are_found_however_the_home_is_spelled() {
         left.try_wait().unwrap().is_some()
     });
 }
+
+#[test]
+fn a_fifo_as_the_registration_is_moved_aside_not_waited_on() {
+    let ctx = TestContext::new();
+    std::fs::create_dir_all(ctx.home.join("run")).unwrap();
+    let reg = ctx.home.join("run/engine.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&reg)
+        .status()
+        .unwrap()
+        .success());
+    let mut stop = ctx.cmd(&["engine", "stop"]);
+    stop.timeout(Duration::from_secs(20));
+    let a = stop.assert().success();
+    assert!(
+        !reg.symlink_metadata().is_ok_and(|m| !m.is_file()),
+        "the FIFO was moved aside: {}",
+        stderr(&a)
+    );
+}
