@@ -93,9 +93,17 @@ struct Follower {
     /// Bytes of `file` already read.
     pos: u64,
     ino: Option<u64>,
-    /// The start of a line whose newline has not been written yet.
+    /// The start of a line whose newline has not been written yet, at most [`PENDING_MAX`] bytes of it.
     pending: Vec<u8>,
+    /// Bytes of that line dropped beyond `limit` (a huge line being written costs no more memory).
+    dropped: u64,
+    /// How much of an unfinished line is kept: the whole tail window for the first read (its lines are shown
+    /// whole, then capped for display), [`PENDING_MAX`] while following.
+    limit: usize,
 }
+
+/// Kept of an unfinished line: under [`crash::MAX_LINE`], so the note of what was dropped fits in a shown line.
+const PENDING_MAX: usize = crash::MAX_LINE - 64;
 
 use crash::TAIL_WINDOW;
 
@@ -116,12 +124,16 @@ impl Follower {
             pos: start,
             ino: meta.map(|m| m.ino()),
             pending: Vec::new(),
+            dropped: 0,
+            limit: TAIL_WINDOW as usize + 1,
         };
         let mut lines = Vec::new();
         follower.read_available(&mut lines);
+        follower.limit = PENDING_MAX;
         if start > 0 {
             if lines.is_empty() {
                 follower.pending.clear(); // one line longer than the window: no whole line to show
+                follower.dropped = 0;
             } else {
                 lines.remove(0);
             }
@@ -143,6 +155,7 @@ impl Follower {
             if !self.pending.is_empty() {
                 lines.push(String::from_utf8_lossy(&self.pending).into_owned());
                 self.pending.clear();
+                self.dropped = 0;
             }
             self.file = File::open(&self.path).ok();
             self.ino = self
@@ -154,6 +167,7 @@ impl Follower {
         } else if truncated {
             self.pos = 0;
             self.pending.clear();
+            self.dropped = 0;
         }
         self.read_available(&mut lines);
         (lines, replaced || truncated)
@@ -166,16 +180,41 @@ impl Follower {
         if f.seek(SeekFrom::Start(self.pos)).is_err() {
             return;
         }
-        let mut buf = Vec::new();
-        if let Ok(n) = f.read_to_end(&mut buf) {
+        // In chunks, so a huge amount written at once is never all in memory.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
             self.pos += n as u64;
-            self.pending.extend_from_slice(&buf);
-            while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=i).collect();
-                lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+            let mut chunk = &buf[..n];
+            while let Some(i) = chunk.iter().position(|b| *b == b'\n') {
+                keep(
+                    &mut self.pending,
+                    &mut self.dropped,
+                    self.limit,
+                    &chunk[..i],
+                );
+                let mut line = String::from_utf8_lossy(&self.pending).into_owned();
+                if self.dropped > 0 {
+                    line.push_str(&format!("... [line cut: {} more bytes]", self.dropped));
+                }
+                lines.push(line);
+                self.pending.clear();
+                self.dropped = 0;
+                chunk = &chunk[i + 1..];
             }
+            keep(&mut self.pending, &mut self.dropped, self.limit, chunk);
         }
     }
+}
+
+/// Adds `bytes` to the unfinished line `pending`, up to `limit` bytes; the rest is only counted in `dropped`.
+fn keep(pending: &mut Vec<u8>, dropped: &mut u64, limit: usize, bytes: &[u8]) {
+    let room = limit.saturating_sub(pending.len()).min(bytes.len());
+    pending.extend_from_slice(&bytes[..room]);
+    *dropped += (bytes.len() - room) as u64;
 }
 
 #[cfg(test)]
@@ -190,6 +229,40 @@ mod tests {
             .open(path)
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_huge_line_being_written_is_held_bounded_and_shown_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("engine.log");
+        append(&log, "start\n");
+        let (mut f, _) = Follower::with_tail(log.clone(), 1);
+        append(&log, &"y".repeat(1024 * 1024));
+        let (lines, _) = f.poll();
+        assert!(lines.is_empty());
+        assert!(
+            f.pending.len() <= PENDING_MAX,
+            "{} bytes held",
+            f.pending.len()
+        );
+        append(&log, "\nnext\n");
+        let (lines, _) = f.poll();
+        assert_eq!(
+            lines.len(),
+            2,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(
+            lines[0].len() < crash::MAX_LINE
+                && lines[0].ends_with(&format!(
+                    "[line cut: {} more bytes]",
+                    1024 * 1024 - PENDING_MAX
+                )),
+            "{}",
+            &lines[0][lines[0].len() - 60..]
+        );
+        assert_eq!(lines[1], "next");
     }
 
     #[test]
