@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -73,10 +74,17 @@ class Engine:
     """One engine process. The harness binds the port and hands the socket over with --fd, as the supervisor does."""
 
     def __init__(
-        self, data_dir: Path, env: dict | None = None, token: str | None = None, args: list[str] | None = None
+        self,
+        data_dir: Path,
+        env: dict | None = None,
+        token: str | None = None,
+        args: list[str] | None = None,
+        ca: Path | None = None,
     ):
         self.data_dir = data_dir
         self.token = token
+        # Serving HTTPS (its args name the certificate): the CA that certificate is signed by, which clients trust.
+        self.ca = ca
         self.extra_env = env or {}
         self.args = args or []
         self.proc: subprocess.Popen | None = None
@@ -114,21 +122,25 @@ class Engine:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
 
     @property
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, verify=self.verify)
 
     def wait_healthy(self, timeout: float = 30.0) -> dict:
         def probe():
             if self.proc.poll() is not None:
                 raise AssertionError(f"engine exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
-                r = httpx.get(self.url + "/health", headers=self.headers, timeout=1.0)
+                r = httpx.get(self.url + "/health", headers=self.headers, timeout=1.0, verify=self.verify)
                 return r.json() if r.status_code == 200 else None
             except httpx.TransportError:
                 return None
@@ -185,7 +197,12 @@ class Engine:
         if "last_event_id" in params:
             headers["Last-Event-ID"] = str(params.pop("last_event_id"))
         with httpx.stream(
-            "GET", f"{self.url}/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=60
+            "GET",
+            f"{self.url}/v1/sessions/{session_id}/events",
+            params=params,
+            headers=headers,
+            timeout=60,
+            verify=self.verify,
         ) as r:
             assert r.status_code == 200, r.read()
             return [e for e in parse_sse(r.iter_bytes()) if "data" in e]
@@ -289,7 +306,12 @@ def read_until_seq(engine: Engine, session_id: str, seq: int, on_open=None, **pa
         headers["Last-Event-ID"] = str(params.pop("last_event_id"))
     out = []
     with httpx.stream(
-        "GET", f"{engine.url}/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=60
+        "GET",
+        f"{engine.url}/v1/sessions/{session_id}/events",
+        params=params,
+        headers=headers,
+        timeout=60,
+        verify=engine.verify,
     ) as r:
         assert r.status_code == 200, r.read()
         if on_open is not None:

@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["background", "lazy", "off"],
         help="when a local Ray starts: once the port is open, at the first turn, or never (env BREADBOARD_RAY_START)",
     )
+    serve.add_argument(
+        "--ssl-certfile", help="serve HTTPS with this PEM certificate (chain) (env BREADBOARD_SSL_CERTFILE)"
+    )
+    serve.add_argument(
+        "--ssl-keyfile", help="the certificate's unencrypted PEM private key, mode 0600 (env BREADBOARD_SSL_KEYFILE)"
+    )
     serve.add_argument("--log-level", help="uvicorn/engine log level (env BREADBOARD_CLI_LOG_LEVEL, default info)")
 
     version = sub.add_parser("version", help="print the engine and protocol versions")

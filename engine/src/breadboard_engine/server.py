@@ -119,7 +119,14 @@ def serve(args) -> int:
         timeout_graceful_shutdown=5,
         lifespan="on",
         server_header=False,
+        ssl_certfile=settings.tls.certfile if settings.tls else None,
+        ssl_keyfile=settings.tls.keyfile if settings.tls else None,
     )
+    # uvicorn.Config has set logging up by now.
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    if settings.tls is not None:
+        log.info("serving HTTPS with the certificate %s", settings.tls.certfile)
     server = EngineServer(config, request_exit)
     server_box["server"] = server
     try:
@@ -174,6 +181,18 @@ class EngineServer(uvicorn.Server):
     async def serve(self, sockets=None):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def shutdown(self, sockets=None):
+        if self.config.is_ssl:
+            # Closing a TLS connection waits for the peer's close_notify, which an idle keep-alive connection in a
+            # client's pool never sends: the exit would wait out the whole graceful timeout. Nothing is in flight on
+            # an idle connection, so drop those at once (the condition is uvicorn's own test for "idle").
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                transport = getattr(connection, "transport", None)
+                if transport is not None and (cycle is None or cycle.response_complete):
+                    transport.abort()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig, frame):
         # Runs in a signal handler: hand the stream closing to the loop rather than touching queues here.

@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
+import stat
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TRUTHY = {"1", "true", "yes", "on"}
@@ -21,6 +23,12 @@ MAX_BODY_BYTES = 1 << 20
 
 class SettingsError(Exception):
     """A configuration the engine refuses to start with; the message says why and how to fix it."""
+
+
+@dataclass
+class Tls:
+    certfile: Path
+    keyfile: Path
 
 
 @dataclass
@@ -40,6 +48,9 @@ class Settings:
     provider: str
     max_body_bytes: int
     replay_dir: Path
+    tls: Tls | None = None
+    # Accepted but worth saying: the server logs these once logging is set up.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def sessions_dir(self) -> Path:
@@ -115,6 +126,8 @@ def load(args) -> Settings:
         except OSError as exc:
             raise SettingsError(f"--fd {fd} is not a usable listening socket: {exc.strerror}") from exc
 
+    warnings: list[str] = []
+    tls = _tls(args, warnings)
     token = _read_token()
     if not is_loopback(host) and not token:
         allow = (_env("BREADBOARD_ALLOW_INSECURE_REMOTE") or "").lower() in TRUTHY
@@ -164,4 +177,72 @@ def load(args) -> Settings:
         provider=_env("BREADBOARD_PROVIDER") or "echo",
         max_body_bytes=max_body,
         replay_dir=replay_dir,
+        tls=tls,
+        warnings=warnings,
     )
+
+
+def _tls(args, warnings: list[str]) -> Tls | None:
+    """The certificate and key to serve HTTPS with, checked here so that a wrong file is a one-line error naming it
+    rather than a traceback from inside uvicorn."""
+    cert, cert_from = _path_setting(args, "ssl_certfile", "--ssl-certfile", "BREADBOARD_SSL_CERTFILE")
+    key, key_from = _path_setting(args, "ssl_keyfile", "--ssl-keyfile", "BREADBOARD_SSL_KEYFILE")
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = (cert_from, "--ssl-keyfile") if key is None else (key_from, "--ssl-certfile")
+        raise SettingsError(
+            f"{given} is set but {missing} is not: serving TLS needs both the certificate and its private key "
+            "(--ssl-certfile and --ssl-keyfile, or BREADBOARD_SSL_CERTFILE and BREADBOARD_SSL_KEYFILE)."
+        )
+    cert_text = _read_pem(cert, "TLS certificate")
+    key_text = _read_pem(key, "TLS private key")
+
+    mode = key.stat().st_mode
+    if mode & stat.S_IROTH:
+        # Anyone on the machine could read it and pose as this engine, or decrypt recorded traffic.
+        raise SettingsError(
+            f"the TLS private key {key} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
+            f"make it private: chmod 600 {key}"
+        )
+    if mode & stat.S_IRGRP:
+        # Tolerated: a key shared with a group (Debian's ssl-cert) is a common, deliberate setup.
+        warnings.append(
+            f"the TLS private key {key} is readable by its group (mode {stat.S_IMODE(mode):04o}); "
+            f"unless that is deliberate, chmod 600 {key}"
+        )
+
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        check.load_verify_locations(cadata=cert_text)
+    except (ssl.SSLError, ValueError) as exc:
+        raise SettingsError(f"the TLS certificate file {cert} holds no PEM certificate.") from exc
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback, so an encrypted key fails here instead of prompting on the engine's terminal.
+        server.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            raise SettingsError(f"the TLS private key {key} does not belong to the certificate {cert}.") from exc
+        if "ENCRYPTED" in key_text:
+            raise SettingsError(
+                f"the TLS private key {key} is encrypted with a passphrase, which the engine cannot ask for; "
+                f"store it decrypted and private instead: openssl pkey -in {key} -out NEW.key && chmod 600 NEW.key"
+            ) from exc
+        raise SettingsError(f"the TLS private key file {key} holds no usable PEM private key.") from exc
+    return Tls(certfile=cert, keyfile=key)
+
+
+def _path_setting(args, attr: str, flag: str, env: str) -> tuple[Path | None, str]:
+    """The path from the flag, else from the environment, and which of the two it came from."""
+    raw, source = getattr(args, attr, None), flag
+    if not raw:
+        raw, source = _env(env), env
+    return (Path(raw).expanduser().absolute() if raw else None), source
+
+
+def _read_pem(path: Path, what: str) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the {what} file {path}: {exc.strerror}.") from exc

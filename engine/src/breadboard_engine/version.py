@@ -21,6 +21,7 @@ CAPABILITIES = [
     "providers.openai",
     "providers.replay.dir",
     "limits.body",
+    "transport.tls",
 ]
 
 
