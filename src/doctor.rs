@@ -1322,6 +1322,18 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                             .fix("breadboard engine restart")
                     }
                 }
+                // Slow because it is stopped (SIGSTOP, Ctrl-Z), not busy: it will never answer by itself.
+                Some(Err(e @ crate::engine_client::ClientError::Slow(_)))
+                    if crate::procfs::stat(reg.pid).is_some_and(|s| s.state == 'T' || s.state == 't') =>
+                {
+                    Finding::error(
+                        "Engine",
+                        "engine.health",
+                        "the engine does not answer /health",
+                        format!("{}: {e}; pid {} is stopped by a signal (SIGSTOP or Ctrl-Z)", reg.url, reg.pid),
+                    )
+                    .fix("breadboard engine restart")
+                }
                 Some(Err(e @ crate::engine_client::ClientError::Slow(_))) => Finding::warn(
                     "Engine",
                     "engine.health",
