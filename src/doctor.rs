@@ -391,9 +391,54 @@ fn home_checks(paths: &Paths) -> Vec<Finding> {
         }
     }
     out.push(privacy_check(paths));
+    out.push(index_check(paths));
     out.push(filesystem_check(home));
     out.push(disk_check(home));
     out
+}
+
+/// The session index is a cache of the event logs: the engine sets an unreadable one aside and rebuilds it when it
+/// starts, so what doctor finds here is a warning, never data loss.
+fn index_check(paths: &Paths) -> Finding {
+    let data = paths.data_dir();
+    let state = crate::session_index::inspect(&data);
+    let index = data.join(crate::session_index::INDEX_FILE);
+    if let Some(why) = state.unreadable {
+        return Finding::warn(
+            "Home",
+            "data.index",
+            "the session index is unreadable",
+            format!(
+                "{} {why}; the engine sets it aside and rebuilds it from the session logs when it starts (no \
+                 session is lost, but rebuilt ones come back without their metadata)",
+                index.display()
+            ),
+        )
+        .fix("breadboard engine restart");
+    }
+    if let Some(newest) = state.set_aside.last() {
+        return Finding::warn(
+            "Home",
+            "data.index",
+            "the engine rebuilt an unreadable session index",
+            format!(
+                "{} earlier index(es) kept, the newest at {}; the sessions were rebuilt from their logs",
+                state.set_aside.len(),
+                newest.display()
+            ),
+        )
+        .fix(format!(
+            "rm {}/{}.corrupt-*   # once you no longer need them",
+            data.display(),
+            crate::session_index::INDEX_FILE
+        ));
+    }
+    Finding::ok(
+        "Home",
+        "data.index",
+        "the session index is readable",
+        index.display().to_string(),
+    )
 }
 
 /// At most this many entries are looked at under `data/` (Ray's temp dir can hold many): enough for every file a
@@ -1088,7 +1133,7 @@ fn ray_checks(setup: &Setup, store: &Store, import: bool) -> Vec<Finding> {
             "Ray",
             "ray.temp_dir",
             "Ray's temp dir moves to /tmp",
-            format!("{} is longer than 40 bytes (Unix socket paths are limited to 107), so the engine uses /tmp/bbray-<uid>-<hash>", temp.display()),
+            format!("{} is longer than 40 bytes (Unix socket paths are limited to 107), so the engine keeps Ray's sockets in a private directory of its own under /tmp (recorded in <data>/ray_temp_dir)", temp.display()),
         )
     });
     // The same source `engine start` uses (config; a --ray-address flag is per start and not known here).

@@ -705,3 +705,43 @@ fn corrupt_registration_is_moved_aside_by_fix() {
         "{doc:#}"
     );
 }
+
+#[test]
+fn an_unreadable_session_index_is_reported_and_its_fixes_work() {
+    let engine = crate::supervisor::Engine::new();
+    engine.start();
+    engine.cmd(&["engine", "stop"]).assert().success();
+    let data = engine.ctx.home.join("data");
+    let index = data.join("sessions.sqlite3");
+    assert!(index.is_file(), "the engine made no index");
+    for companion in ["sessions.sqlite3-wal", "sessions.sqlite3-shm"] {
+        let _ = std::fs::remove_file(data.join(companion));
+    }
+    std::fs::write(&index, b"this is not a database, it was overwritten").unwrap();
+
+    let (_, doc) = engine_doctor(&engine, &[]);
+    let finding = check(&doc, "data.index");
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert_eq!(finding["fix"], "breadboard engine restart");
+
+    // The fix: the engine sets the bad index aside and starts on a rebuilt one; doctor then names what was kept.
+    engine
+        .cmd(&["engine", "restart", "--port", "auto"])
+        .assert()
+        .success();
+    let (_, doc) = engine_doctor(&engine, &[]);
+    let finding = check(&doc, "data.index");
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("sessions.sqlite3.corrupt-"),
+        "{finding}"
+    );
+    run_fix(&engine.ctx, finding["fix"].as_str().unwrap());
+    let (code, doc) = engine_doctor(&engine, &[]);
+    assert_eq!(check(&doc, "data.index")["status"], "ok", "{doc:#}");
+    assert_eq!(code, 0, "{doc:#}");
+    engine.cmd(&["engine", "stop"]).assert().success();
+}
