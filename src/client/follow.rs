@@ -151,6 +151,7 @@ where
     let mut asked_restart = false;
     let mut said = None::<String>;
     loop {
+        let before = st.last;
         let outcome = attempt(client, id, &opts, &mut st, &mut sigint, &mut on_event).await?;
         super::render::flush();
         match outcome {
@@ -161,7 +162,12 @@ where
                 })
             }
             Ok(Attempt::Lost) => {
-                backoff = Duration::from_millis(100);
+                // The stream was open, so the engine answered: the wait for it (`--timeout`) starts anew.
+                down_since = None;
+                let progressed = st.last != before;
+                if progressed {
+                    backoff = Duration::from_millis(100);
+                }
                 // A stream that ends by itself: the session closed (its stream ends after the replay), or the
                 // engine shut down or dropped us as a slow follower. Only the first is the end.
                 match client.summary(id).await {
@@ -181,6 +187,19 @@ where
                             report_restart(client, &reg);
                             client.endpoint.restarts = reg.restarts;
                         }
+                        // A stream that ended with nothing new while the engine still answers (one shutting
+                        // down ends every stream after its replay; a proxy may cut them): back off, never spin.
+                        if !progressed {
+                            if pause(jitter(backoff), &mut sigint, &mut st).await {
+                                if let Some(ended) = interrupted(client, id, &opts, &mut st).await {
+                                    return Ok(Followed {
+                                        ended,
+                                        last_seq: st.last,
+                                    });
+                                }
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
                         continue;
                     }
                     Err(e)
@@ -194,7 +213,21 @@ where
             Err(ApiError::Status(code @ (401 | 404 | 409), body)) => {
                 return Err(client.error(ApiError::Status(code, body), About::Session(id)));
             }
-            Err(_) => {}
+            // Any other refusal (400, 403, ...) will be the same next time; only a timeout or a rate limit may pass.
+            Err(ApiError::Status(code, body))
+                if (400..500).contains(&code) && code != 408 && code != 429 =>
+            {
+                return Err(client.error(ApiError::Status(code, body), About::Session(id)));
+            }
+            Err(_) => {
+                // A local engine that answers /health but fails the stream (a 500, a 503) would otherwise be
+                // retried at once, forever: the same backoff as a remote one, and the `--timeout` keeps running.
+                if client.endpoint.is_local() {
+                    // A Ctrl-C here is seen by the wait below, which ends any mode.
+                    pause(jitter(backoff), &mut sigint, &mut st).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
         }
         // Disconnected: wait for the engine to answer again.
         let since = *down_since.get_or_insert_with(Instant::now);
@@ -304,7 +337,6 @@ where
                 .printer
                 .info("the engine is back: resuming the stream");
         }
-        down_since = None;
     }
 }
 

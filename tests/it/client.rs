@@ -460,8 +460,47 @@ fn ask_and_sessions_against_the_real_engine() {
             .any(|l| l.contains("run_finished"))
     });
     let printed = out.seqs().last().copied().unwrap();
+    // The same follow of a remote engine (--url): it retries with backoff and still gives up after --timeout.
+    std::fs::write(&tf, e.token()).unwrap();
+    let mut remote = e
+        .command()
+        .args([
+            "sessions",
+            "follow",
+            &live,
+            "--json",
+            "--timeout",
+            "3",
+            "--url",
+            &url_of(&e),
+            "--token-file",
+            tf.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let remote_out = Collector::new(remote.stdout.take().unwrap());
+    let remote_err = Collector::new(remote.stderr.take().unwrap());
+    wait_for("the remote replay", Duration::from_secs(30), || {
+        remote_out
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("run_finished"))
+    });
     let pid = e.registration().unwrap()["pid"].as_i64().unwrap();
     breadboard::sys::kill(pid as i32, 9).unwrap();
+    // Bounded: a follow that retries forever fails here instead of hanging the suite.
+    wait_for(
+        "the remote follower to give up",
+        Duration::from_secs(60),
+        || remote.try_wait().unwrap().is_some(),
+    );
+    let remote_text = remote_err.lines.lock().unwrap().join("\n");
+    assert_eq!(remote.wait().unwrap().code(), Some(21), "{remote_text}");
+    assert!(remote_text.contains("within 3s"), "{remote_text}");
     let status = follower.wait().unwrap();
     wait_for("its stderr", Duration::from_secs(10), || {
         err.lines

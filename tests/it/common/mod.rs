@@ -440,7 +440,8 @@ impl Term {
     /// Runs `breadboard <args>` in `dir` with `cmd`'s environment, then prints `EXIT=<code>` and keeps the pane.
     pub fn open(cmd: &Command, dir: &Path, name: &str, args: &str) -> Term {
         // The shell's own Ctrl-C is trapped (not ignored: the command must get the default disposition), or it
-        // would end with the command and take the pane with it.
+        // would end with the command and take the pane with it; after the command, a Ctrl-C that comes late only
+        // ends one `sleep` of the loop that keeps the pane open.
         let mut text = String::from("#!/bin/sh\ntrap : INT\n");
         for (k, v) in cmd.get_envs() {
             let k = k.to_string_lossy();
@@ -450,7 +451,7 @@ impl Term {
             }
         }
         text.push_str(&format!(
-            "cd '{}'\n'{BIN}' {args}\necho EXIT=$?\nsleep 120\n",
+            "cd '{}'\n'{BIN}' {args}\necho EXIT=$?\nwhile :; do sleep 1; done\n",
             dir.display()
         ));
         let path = dir.join(format!("{name}.sh"));
