@@ -202,15 +202,20 @@ where
                         }
                         continue;
                     }
-                    Err(e)
-                        if is_kind(&e, &[ErrorKind::SessionNotFound, ErrorKind::TokenRefused]) =>
-                    {
-                        return Err(e)
+                    Err(e) if is_kind(&e, &[ErrorKind::TokenRefused]) => {
+                        if refresh_local_endpoint(client)? {
+                            continue;
+                        }
+                        return Err(e);
                     }
+                    Err(e) if is_kind(&e, &[ErrorKind::SessionNotFound]) => return Err(e),
                     Err(_) => {}
                 }
             }
             Err(ApiError::Status(code @ (401 | 404 | 409), body)) => {
+                if code == 401 && refresh_local_endpoint(client)? {
+                    continue;
+                }
                 return Err(client.error(ApiError::Status(code, body), About::Session(id)));
             }
             // Any other refusal (400, 403, ...) will be the same next time; only a timeout or a rate limit may pass.
@@ -338,6 +343,28 @@ where
                 .info("the engine is back: resuming the stream");
         }
     }
+}
+
+/// `engine restart` gives the new instance a new token (and maybe a new port), so a local follower refused after a
+/// reconnect first takes the registration's current endpoint. `false` when that is the one just refused: the refusal
+/// is then real, and it ends the follow instead of looping.
+fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<bool> {
+    if !client.endpoint.is_local() {
+        return Ok(false);
+    }
+    let Some(reg) = crate::registration::peek(&client.ctx.paths) else {
+        return Ok(false);
+    };
+    let fresh = endpoint_of(&reg);
+    if fresh.token == client.endpoint.token && fresh.base == client.endpoint.base {
+        return Ok(false);
+    }
+    report_restart(client, &reg);
+    if fresh.base != client.endpoint.base {
+        client.http = http_client(&fresh.base)?;
+    }
+    client.endpoint = fresh;
+    Ok(true)
 }
 
 /// The supervisor restarted the engine after a crash (maybe before we saw it down): its crash report, once.

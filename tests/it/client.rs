@@ -443,6 +443,59 @@ fn ask_and_sessions_against_the_real_engine() {
         run(&e, &["sessions", "send", &live, "before", "--wait"]).code,
         0
     );
+    // `engine restart` while a follower is frozen: it wakes up to a new instance with a new token on the same port,
+    // takes them from the registration and resumes (it used to end with 'token refused').
+    let mut waking = e
+        .command()
+        .args(["sessions", "follow", &live, "--json", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waking_out = Collector::new(waking.stdout.take().unwrap());
+    let waking_err = Collector::new(waking.stderr.take().unwrap());
+    let finished = |c: &Collector| {
+        c.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("run_finished"))
+            .count()
+    };
+    wait_for("the follower's replay", Duration::from_secs(30), || {
+        finished(&waking_out) >= 1
+    });
+    let pid = waking.id() as i32;
+    breadboard::sys::kill(pid, libc::SIGSTOP).unwrap();
+    let old_token = e.token();
+    e.cmd(&["engine", "restart"]).assert().success();
+    assert_ne!(
+        e.token(),
+        old_token,
+        "a restart gives the engine a new token"
+    );
+    breadboard::sys::kill(pid, libc::SIGCONT).unwrap();
+    assert_eq!(
+        run(
+            &e,
+            &["sessions", "send", &live, "after the restart", "--wait"]
+        )
+        .code,
+        0
+    );
+    wait_for(
+        "the woken follower to print the next turn",
+        Duration::from_secs(60),
+        || finished(&waking_out) >= 2 || waking.try_wait().unwrap().is_some(),
+    );
+    assert!(
+        waking.try_wait().unwrap().is_none(),
+        "the follower ended: {}",
+        waking_err.lines.lock().unwrap().join("\n")
+    );
+    breadboard::sys::kill(pid, libc::SIGKILL).unwrap();
+    let _ = waking.wait();
+
     let mut follower = e
         .command()
         .args(["sessions", "follow", &live, "--json", "--timeout", "3"])
