@@ -445,15 +445,10 @@ fn ask_and_sessions_against_the_real_engine() {
     );
     // `engine restart` while a follower is frozen: it wakes up to a new instance with a new token on the same port,
     // takes them from the registration and resumes (it used to end with 'token refused').
-    let mut waking = e
-        .command()
-        .args(["sessions", "follow", &live, "--json", "--timeout", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waking_out = Collector::new(waking.stdout.take().unwrap());
-    let waking_err = Collector::new(waking.stderr.take().unwrap());
+    let (mut waking, waking_out, waking_err) = spawn_collected(
+        &e,
+        &["sessions", "follow", &live, "--json", "--timeout", "60"],
+    );
     let finished = |c: &Collector| {
         c.lines
             .lock()
@@ -496,15 +491,10 @@ fn ask_and_sessions_against_the_real_engine() {
     breadboard::sys::kill(pid, libc::SIGKILL).unwrap();
     let _ = waking.wait();
 
-    let mut follower = e
-        .command()
-        .args(["sessions", "follow", &live, "--json", "--timeout", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Collector::new(follower.stdout.take().unwrap());
-    let err = Collector::new(follower.stderr.take().unwrap());
+    let (mut follower, out, err) = spawn_collected(
+        &e,
+        &["sessions", "follow", &live, "--json", "--timeout", "3"],
+    );
     wait_for("the replay", Duration::from_secs(30), || {
         out.lines
             .lock()
@@ -515,9 +505,9 @@ fn ask_and_sessions_against_the_real_engine() {
     let printed = out.seqs().last().copied().unwrap();
     // The same follow of a remote engine (--url): it retries with backoff and still gives up after --timeout.
     std::fs::write(&tf, e.token()).unwrap();
-    let mut remote = e
-        .command()
-        .args([
+    let (mut remote, remote_out, remote_err) = spawn_collected(
+        &e,
+        &[
             "sessions",
             "follow",
             &live,
@@ -528,13 +518,8 @@ fn ask_and_sessions_against_the_real_engine() {
             &url_of(&e),
             "--token-file",
             tf.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let remote_out = Collector::new(remote.stdout.take().unwrap());
-    let remote_err = Collector::new(remote.stderr.take().unwrap());
+        ],
+    );
     wait_for("the remote replay", Duration::from_secs(30), || {
         remote_out
             .lines
@@ -644,6 +629,20 @@ impl Collector {
     }
 }
 
+/// `breadboard ARGS` in the background, its stdout and stderr collected line by line.
+pub fn spawn_collected(e: &Engine, args: &[&str]) -> (std::process::Child, Collector, Collector) {
+    let mut child = e
+        .command()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Collector::new(child.stdout.take().unwrap());
+    let err = Collector::new(child.stderr.take().unwrap());
+    (child, out, err)
+}
+
 #[test]
 fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
     let mut e = Engine::new();
@@ -670,9 +669,9 @@ fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut follower = e
-        .command()
-        .args([
+    let (mut follower, out, err) = spawn_collected(
+        &e,
+        &[
             "sessions",
             "follow",
             &id,
@@ -681,13 +680,8 @@ fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
             "0",
             "--timeout",
             "120",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Collector::new(follower.stdout.take().unwrap());
-    let err = Collector::new(follower.stderr.take().unwrap());
+        ],
+    );
     let words = "a b c d e f g h i j k l m n o p q r s t";
     for i in 0..20 {
         let o = run(&e, &["sessions", "send", &id, &format!("turn {i} {words}")]);
