@@ -261,7 +261,7 @@ fn cli_version(paths: &Paths) -> Finding {
                 exe.display()
             ),
         ),
-        // A second copy shadowing the installed one is the classic "upgrade did nothing" trap (installers.md 3.1).
+        // A second copy shadowing the installed one is the classic "upgrade did nothing" trap.
         InstallMethod::Foreign {
             why: Foreign::OtherCopy { installed, .. },
             ..
@@ -582,7 +582,7 @@ fn privacy_check(paths: &Paths) -> Finding {
     .repair(Repair::MakePrivate(open.into_iter().map(|(p, _)| p).collect()))
 }
 
-/// Locks need a local filesystem: flock over NFS or SMB is unreliable (supervisors.md C1).
+/// Locks need a local filesystem: flock over NFS or SMB is unreliable.
 fn filesystem_check(path: &Path) -> Finding {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

@@ -50,7 +50,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Points `link` at `target` atomically: a symlink under a temp name, then rename over `link`
-/// (rename(2) replaces atomically; see supervisors.md C7).
+/// (rename(2) replaces atomically).
 pub fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
     let dir = link.parent().context("link has no parent")?;
     let name = link

@@ -1,7 +1,7 @@
 //! The install receipt install.sh writes (`$BREADBOARD_HOME/install-receipt.json`, docs/distribution.md) and the
 //! question `breadboard upgrade` must answer before any network call: may this copy replace itself?
 //!
-//! Order (installers.md §4.4.1; uv `self_update.rs` and axoupdater `check_receipt_is_for_this_executable`):
+//! Order (the first that applies decides, so a copy another tool owns is never replaced):
 //! 1. the npm launcher's marker (`BREADBOARD_MANAGED_BY`) -> the package manager owns this copy: print its command;
 //! 2. a receipt whose `binary_path`, canonicalised, is this executable, canonicalised -> self-update;
 //! 3. anything else (cargo install, Homebrew, a distro package, a second copy) -> refuse, naming both paths.

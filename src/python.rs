@@ -1,7 +1,7 @@
 //! Finding a Python interpreter for engine venvs and asking it its version.
 //!
 //! The path is kept exactly as found (never canonicalised): `/usr/bin/python3.12` survives a patch upgrade of Python
-//! while `/usr/lib/.../python3.12.1` would not (uv #1640, #7634; see supervisors.md C7).
+//! while `/usr/lib/.../python3.12.1` would not.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! `manifest.json` scripts/dist writes (schema 1), and a download that is checked for size and sha256 as it streams.
 //!
 //! A static manifest instead of the GitHub API: no 60-requests-per-hour limit, works from any mirror, and the tests
-//! serve it from 127.0.0.1 (installers.md §4.4.4).
+//! serve it from 127.0.0.1.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -179,7 +179,7 @@ pub struct Artifact {
 
 impl Manifest {
     /// The artifact built for exactly `target`: no "same arch and OS" fallback, which can hand a musl build the gnu
-    /// tarball (installers.md §1.8, self_update#136).
+    /// tarball.
     pub fn artifact_for(&self, target: &str) -> anyhow::Result<&Artifact> {
         self.artifacts.iter().find(|a| a.target == target).ok_or_else(|| {
             let ships: Vec<&str> = self.artifacts.iter().map(|a| a.target.as_str()).collect();

@@ -1,6 +1,6 @@
 //! Replacing the breadboard binary in place, safely: everything is staged in the binary's own directory (same
 //! filesystem, so the final step is one `rename(2)`, atomic, and a running process keeps its old inode: no
-//! ETXTBSY, installers.md §3.8), the staged binary must run and report the expected version first, and the replaced
+//! ETXTBSY), the staged binary must run and report the expected version first, and the replaced
 //! file is kept as `<name>.previous` (the name install.sh uses) for `breadboard upgrade --rollback`.
 //!
 //! Until that rename, any failure (bad checksum, cut-off download, full disk, read-only directory) leaves the old

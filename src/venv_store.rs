@@ -3,7 +3,7 @@
 //!
 //! Venvs are built at their final path because they are not relocatable (absolute shebangs, `pyvenv.cfg` home). A
 //! version dir without `receipt.json` is a leftover of an interrupted run and is deleted by the next command that
-//! holds the control lock (rye pattern: marker written last, `SELF_VERSION`/`tool-version.txt`; supervisors.md C7).
+//! holds the control lock: the marker is written last, so its presence means the venv is complete.
 
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,8 @@
 //! 2. Self-update: read the release `manifest.json`, download exactly this target's tarball into the binary's
 //!    directory, check size and sha256, unpack, run the new binary's `--version`, keep the old binary as
 //!    `<bin>.previous`, rename the new one over it, update the receipt (`self_replace`).
-//! 3. Run the **new** binary's `engine upgrade` (its engine range applies, and steps a new release adds run at all:
-//!    ccodex#8, rye#859, installers.md §3.1), only when an engine is installed.
+//! 3. Run the **new** binary's `engine upgrade` (its engine range applies, and so do the steps a new release adds),
+//!    only when an engine is installed.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -87,8 +87,7 @@ struct CliCheckJson {
 
 pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env()?;
-    // Read before anything can replace the file: afterwards Linux reports "<path> (deleted)" (rye#252,
-    // self_update#217; installers.md §3.8).
+    // Read before anything can replace the file: afterwards Linux reports "<path> (deleted)".
     let exe =
         std::env::current_exe().context("could not find the path of the running breadboard")?;
     let started_as = self_replace::file_id(&exe);
@@ -497,7 +496,7 @@ fn emit_check(
 }
 
 /// `--engine-only`: `engine upgrade` (or `--check`) through this binary; no install-method check, because the engine
-/// venv belongs to breadboard whoever installed the binary (installers.md §4.5.5).
+/// venv belongs to breadboard whoever installed the binary.
 fn engine_only(
     printer: &Printer,
     engine: &EngineStep,
@@ -596,7 +595,7 @@ fn parse_version(v: &str) -> anyhow::Result<String> {
 }
 
 /// Confirmation only when a human can answer: never without a terminal or under CI (a prompt there would hang;
-/// installers.md §4.4.3).
+/// docs/distribution.md).
 fn confirmed(printer: &Printer, yes: bool, question: &str) -> bool {
     let ci =
         env_vars::get(env_vars::CI).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));
