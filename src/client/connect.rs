@@ -145,16 +145,7 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
             reg: Some(reg),
             health,
         } => match health {
-            Some(Ok(h)) if instance::identity_ok(&h, &reg) => LocalState::Ready(
-                Box::new(reg),
-                Health {
-                    status: h.status,
-                    protocol_version: h.protocol_version,
-                    engine_version: h.engine_version,
-                    pid: h.pid,
-                    instance_id: h.instance_id,
-                },
-            ),
+            Some(Ok(h)) if instance::identity_ok(&h, &reg) => LocalState::Ready(Box::new(reg), h),
             Some(Ok(_)) => LocalState::Waiting(
                 format!(
                     "{} answers with another identity than its registration",

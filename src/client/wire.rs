@@ -8,20 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// `GET /health`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Health {
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub protocol_version: String,
-    #[serde(default)]
-    pub engine_version: String,
-    #[serde(default)]
-    pub pid: i64,
-    #[serde(default)]
-    pub instance_id: String,
-}
+/// `GET /health`: the same type the supervisor's probe reads.
+pub use crate::engine_client::Health;
 
 /// The error body of every non-2xx answer: `{"error", "detail", "path"}` (`last_seq` on a 409 of the event stream).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
