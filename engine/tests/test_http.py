@@ -8,7 +8,7 @@ import sys
 import time
 
 import httpx
-from conftest import turn_done, wait_until
+from conftest import parse_sse, turn_done, wait_until
 
 ROUTES = [
     ("GET", "/health"),
@@ -173,6 +173,32 @@ def test_interactive_session_waits_for_input(engine):
     turns = [e["data"]["turn"] for e in events if e["data"]["type"] == "turn_start"]
     assert turns == [1, 2]
     assert engine.client().get(f"/v1/sessions/{sid}").json()["status"] == "running"
+
+
+def test_input_id_is_echoed_and_a_one_shot_is_final_when_its_run_finished_goes_out(engine):
+    c = engine.client()
+    sid = engine.create("")
+    engine.wait_status(sid, "running")
+    answer = c.post(f"/v1/sessions/{sid}/input", json={"content": "mine", "input_id": "in-7"})
+    assert answer.status_code == 202 and answer.json() == {"status": "accepted", "input_id": "in-7"}
+    plain = c.post(f"/v1/sessions/{sid}/input", json={"content": "theirs"})
+    assert plain.json() == {"status": "accepted"}
+    events = turn_done(engine, sid, 2)
+    users = [e["data"]["payload"] for e in events if e["data"]["type"] == "user_message"]
+    assert users == [{"text": "mine", "input_id": "in-7"}, {"text": "theirs"}]
+    too_long = c.post(f"/v1/sessions/{sid}/input", json={"content": "x", "input_id": "i" * 129})
+    assert too_long.status_code == 422
+
+    # A client that reads a one-shot session when its run_finished arrives sees the final status, not "running".
+    meta = {"cli_session_kind": "oneshot", "echo_delay_ms": 50}
+    oneshot = c.post("/v1/sessions", json={"task": "one two three", "metadata": meta}).json()["session_id"]
+    statuses = []
+    with httpx.stream("GET", f"{engine.url}/v1/sessions/{oneshot}/events", headers=engine.headers, timeout=60) as r:
+        for frame in parse_sse(r.iter_bytes()):
+            if frame.get("data", {}).get("type") == "run_finished":
+                statuses.append(c.get(f"/v1/sessions/{oneshot}").json()["status"])
+                break
+    assert statuses == ["completed"]
 
 
 def test_error_envelopes(engine):

@@ -204,14 +204,15 @@ def create_app(
     @app.post("/v1/sessions/{session_id}/input", status_code=202)
     async def post_input(session_id: str, body: InputRequest, request: Request):
         try:
-            manager.post_input(session_id, body.content)
+            manager.post_input(session_id, body.content, body.input_id)
         except SessionNotFound:
             return error(404, "not_found", "session not found", request.url.path)
         except SessionClosed as exc:
             return error(409, "conflict", str(exc), request.url.path)
         except ReplayRefused as exc:
             return error(400, "invalid_request", str(exc), request.url.path)
-        return JSONResponse(InputResponse.emit({"status": "accepted"}), status_code=202)
+        answer = {"status": "accepted"} if body.input_id is None else {"status": "accepted", "input_id": body.input_id}
+        return JSONResponse(InputResponse.emit(answer), status_code=202)
 
     @app.post("/v1/sessions/{session_id}/command", status_code=202)
     async def post_command(session_id: str, body: CommandRequest, request: Request):

@@ -71,6 +71,9 @@ class UserMessagePayload(WireModel):
     """`user_message`: the input that starts a turn."""
 
     text: str
+    input_id: str | None = Field(
+        default=None, description="the `input_id` the client sent with this input, so it can find its own turn"
+    )
 
 
 class TurnStartPayload(WireModel):
@@ -264,6 +267,12 @@ class InputRequest(WireModel):
 
     content: str = Field(description="must not be blank (422)")
     attachments: list[str] | None = None
+    input_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="optional, chosen by the client (capability `sessions.input_id`): echoed in the answer and in "
+        "the `user_message` that starts this input's turn",
+    )
 
     @field_validator("content")
     @classmethod
@@ -275,6 +284,7 @@ class InputRequest(WireModel):
 
 class InputResponse(WireModel):
     status: str = Field(description="`accepted`")
+    input_id: str | None = Field(default=None, description="the request's `input_id`, when it sent one")
 
 
 class CommandRequest(WireModel):

@@ -24,6 +24,7 @@ from .version import PROTOCOL_VERSION
 log = logging.getLogger("breadboard_engine.sessions")
 
 CLOSED = ("completed", "failed", "stopped")  # will never run again
+ONESHOT_STATUS = {"completed": "completed", "stopped": "stopped"}  # a one-shot session's status by its turn's end
 LIVE = ("starting", "running")  # a runner owns the session
 REPLAY_BLOCK = 4096  # events read from disk per hop to the reader thread
 KICK_GRACE_S = 1.0
@@ -299,15 +300,15 @@ class SessionManager:
     def list(self) -> list[Session]:
         return sorted(self.sessions.values(), key=lambda s: s.row.created_at)
 
-    def post_input(self, session_id: str, content: str) -> None:
+    def post_input(self, session_id: str, content: str, input_id: str | None = None) -> None:
         session = self.get(session_id)
         if session.row.status in CLOSED:
             raise SessionClosed(f"session is {session.row.status}")
         self._check_replay(content)
         if session.streaming:
-            session.inputs.put_nowait(content)
+            session.inputs.put_nowait((content, input_id))
         else:  # interrupted by a restart: pick the conversation up again
-            self._start_runner(session, content)
+            self._start_runner(session, content, input_id)
 
     def command(self, session_id: str, name: str, payload: dict) -> dict:
         """Upstream's `POST /v1/sessions/{id}/command`: returns the `detail` of the 202 answer."""
@@ -344,21 +345,23 @@ class SessionManager:
         await asyncio.to_thread(remove_session_dir, session.dir)
 
     # -- the runner ------------------------------------------------------------------------------------------------
-    def _start_runner(self, session: Session, first_input: str | None) -> None:
+    def _start_runner(self, session: Session, first_input: str, input_id: str | None) -> None:
         self._set_status(session, "running")
-        session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input))
+        session.runner = asyncio.get_running_loop().create_task(self._run(session, first_input, input_id=input_id))
 
-    async def _run(self, session: Session, first_input: str | None, begun: bool = False) -> None:
+    async def _run(
+        self, session: Session, first_input: str | None, begun: bool = False, input_id: str | None = None
+    ) -> None:
         outcome = "completed"
         try:
             if first_input is not None:
-                outcome = await self._turn(session, first_input, begun)
+                outcome = await self._turn(session, first_input, begun, input_id)
             if session.oneshot:
-                self._set_status(session, {"completed": "completed", "stopped": "stopped"}.get(outcome, "failed"))
+                self._set_status(session, ONESHOT_STATUS.get(outcome, "failed"))
                 return
             while True:
-                content = await session.inputs.get()
-                await self._turn(session, content)
+                content, input_id = await session.inputs.get()
+                await self._turn(session, content, input_id=input_id)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - a bug (or a full disk) in the runner must not take the engine down
@@ -397,19 +400,20 @@ class SessionManager:
             }
         return provider, request
 
-    def _begin_turn(self, session: Session, content: str) -> None:
+    def _begin_turn(self, session: Session, content: str, input_id: str | None = None) -> None:
         session.log  # noqa: B018 - loads the turn counter after a restart
         session.turn += 1
         session.in_turn = True
         session.plan = self._plan(session, content)
-        self._publish(session, "user_message", {"text": content}, session.turn)
+        message = {"text": content} if input_id is None else {"text": content, "input_id": input_id}
+        self._publish(session, "user_message", message, session.turn)
         self._publish(session, "turn_start", {"turn": session.turn, "mode": session.plan[0]}, session.turn)
 
-    async def _turn(self, session: Session, content: str, begun: bool = False) -> str:
+    async def _turn(self, session: Session, content: str, begun: bool = False, input_id: str | None = None) -> str:
         """Runs one turn (its first two events already written when `begun`); returns how it ended: completed,
         stopped (the `stop` command) or error."""
         if not begun:
-            self._begin_turn(session, content)
+            self._begin_turn(session, content, input_id)
         turn = session.turn
         provider, request = session.plan
         count, error, reply = 2, None, None
@@ -462,6 +466,10 @@ class SessionManager:
             summary = {"completed": completed, "reason": reason}
             self._publish(session, "completion", {"summary": summary, "mode": provider}, turn)
             count += 1
+        outcome = "stopped" if stopped else ("completed" if completed else "error")
+        if session.oneshot:
+            # Final before run_finished goes out: a client that reads the session on that event sees how it ended.
+            self._set_status(session, ONESHOT_STATUS.get(outcome, "failed"))
         if "run_finished" not in seen:
             finished = {"eventCount": count + 1, "completed": completed, "reason": reason, "logging_dir": None}
             self._publish(session, "run_finished", finished, turn)
@@ -474,7 +482,7 @@ class SessionManager:
         self._set_status(session, session.row.status)  # persists last_seq and the summary
         if self.settings.fsync == "turn":
             await asyncio.to_thread(session.log.sync)
-        return "stopped" if stopped else ("completed" if completed else "error")
+        return outcome
 
     async def _stop_runner(self, session: Session) -> None:
         if session.runner is not None and not session.runner.done():

@@ -12,6 +12,7 @@ CAPABILITIES = [
     "events.resume",
     "sessions.durable",
     "sessions.command",
+    "sessions.input_id",
     "serve.fd",
     "shutdown.http",
     "ray.local",
