@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Warm-cache `breadboard engine install` with the uv back end versus the pip back end, against the fixture index
-# (target/fixtures/simple) served on 127.0.0.1. Each timed run installs into a fresh BREADBOARD_HOME; the caches
-# (UV_CACHE_DIR, PIP_CACHE_DIR under target/bench-cache) are warmed by one untimed install first.
+# (target/fixtures/simple) served on 127.0.0.1, and the first install of a machine without uv (no uv on PATH, no
+# BREADBOARD_UV: the CLI sets up its pinned uv from the same index, then installs with it). Each timed run installs
+# into a fresh BREADBOARD_HOME (so the uv set-up is timed every run); the caches (UV_CACHE_DIR, PIP_CACHE_DIR under
+# target/bench-cache) are warmed by one untimed install first.
 # Usage: bench/cli_install.sh [uv-runs] [pip-runs]     Needs hyperfine (apt-get install -y hyperfine).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,4 +41,8 @@ hyperfine --style basic --time-unit millisecond --export-markdown "$work/uv.md" 
 hyperfine --style basic --time-unit millisecond --export-markdown "$work/pip.md" --runs "$pip_runs" --prepare "rm -rf $work/pip" \
   -n "engine install (pip, warm cache)" \
   "BREADBOARD_HOME=$work/pip $bin -q engine install --index-url $index --installer pip"
-cat "$work/uv.md"; tail -n +3 "$work/pip.md"
+# No uv in view: what a user without uv gets by default (the pinned uv is fetched into the fresh home every run).
+hyperfine --style basic --time-unit millisecond --export-markdown "$work/none.md" --runs "$uv_runs" --prepare "rm -rf $work/none" \
+  -n "engine install (no uv on PATH: pinned uv set up, warm cache)" \
+  "env -u BREADBOARD_UV PATH=/usr/bin:/bin BREADBOARD_HOME=$work/none $bin -q engine install --index-url $index"
+cat "$work/uv.md"; tail -n +3 "$work/none.md"; tail -n +3 "$work/pip.md"

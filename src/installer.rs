@@ -20,6 +20,7 @@ use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::package_index::{EngineSource, PYPI_SIMPLE};
 use crate::printer::Printer;
+use crate::uv_bootstrap;
 use crate::venv_store::InstallerKind;
 
 /// The `uv` to use: `BREADBOARD_UV`, else `uv` on PATH.
@@ -33,12 +34,16 @@ pub fn find_uv() -> Option<PathBuf> {
 pub struct Installer {
     pub kind: InstallerKind,
     uv: Option<PathBuf>,
+    /// No uv was found and pip was not asked for: [`Installer::bootstrap_uv`] fetches the pinned one.
+    wants_bootstrap: bool,
+    forced: Option<InstallerKind>,
     log: PathBuf,
     verbose: bool,
 }
 
 impl Installer {
-    /// `forced` comes from `--installer`/`BREADBOARD_INSTALLER`/config; otherwise uv when found, else pip.
+    /// `forced` comes from `--installer`/`BREADBOARD_INSTALLER`/config; otherwise uv when found, else pip until
+    /// [`Installer::bootstrap_uv`] sets up the pinned uv.
     pub fn choose(
         forced: Option<InstallerKind>,
         log: PathBuf,
@@ -52,17 +57,6 @@ impl Installer {
             ));
         }
         let kind = match (forced, &uv) {
-            (Some(InstallerKind::Uv), None) => {
-                return Err(CliError::new(
-                    ErrorKind::Failure,
-                    "the uv installer was requested but uv was not found",
-                )
-                .hint(format!(
-                "install uv (https://docs.astral.sh/uv/), point {} at it, or use --installer pip",
-                env_vars::BREADBOARD_UV
-            ))
-                .into())
-            }
             (Some(kind), _) => kind,
             (None, Some(_)) => InstallerKind::Uv,
             (None, None) => InstallerKind::Pip,
@@ -72,10 +66,60 @@ impl Installer {
         }
         Ok(Installer {
             kind,
+            wants_bootstrap: uv.is_none() && forced != Some(InstallerKind::Pip),
             uv,
+            forced,
             log,
             verbose: printer.verbose(),
         })
+    }
+
+    /// With no uv in view, sets up the pinned uv under `home` from the engine's own package source (see
+    /// [`uv_bootstrap`]). Called after the interpreter is chosen, so Python discovery is the same with or without
+    /// it. When it cannot be set up, pip is used with a warning, unless uv itself was asked for.
+    pub fn bootstrap_uv(
+        &mut self,
+        home: &Path,
+        source: &EngineSource,
+        printer: &Printer,
+    ) -> anyhow::Result<()> {
+        if !self.wants_bootstrap {
+            return Ok(());
+        }
+        if !uv_bootstrap::uv_path(home).is_file() {
+            printer.info(&format!(
+                "no uv found: setting up uv {} from {} (once; --installer pip skips it)",
+                uv_bootstrap::UV_VERSION,
+                source.describe()
+            ));
+        }
+        match uv_bootstrap::ensure(home, source) {
+            Ok(path) => {
+                printer.debug(&format!("installer: {}", path.display()));
+                self.uv = Some(path);
+                self.kind = InstallerKind::Uv;
+                Ok(())
+            }
+            Err(e) if self.forced == Some(InstallerKind::Uv) => Err(CliError::new(
+                ErrorKind::Failure,
+                format!(
+                    "the uv installer was requested but uv was not found, and uv {} could not be set up: {e:#}",
+                    uv_bootstrap::UV_VERSION
+                ),
+            )
+            .hint(format!(
+                "install uv (https://docs.astral.sh/uv/), point {} at it, or use --installer pip",
+                env_vars::BREADBOARD_UV
+            ))
+            .into()),
+            Err(e) => {
+                printer.warn(&format!(
+                    "could not set up uv {}: {e:#}; installing with pip instead (slower)",
+                    uv_bootstrap::UV_VERSION
+                ));
+                Ok(())
+            }
+        }
     }
 
     pub fn uv(&self) -> Option<&Path> {

@@ -25,4 +25,5 @@ pub mod release;
 pub mod self_replace;
 pub mod session_index;
 pub mod sys;
+pub mod uv_bootstrap;
 pub mod venv_store;

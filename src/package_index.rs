@@ -274,23 +274,35 @@ fn json_filenames(body: &str) -> anyhow::Result<Vec<String>> {
     Ok(page.files.into_iter().map(|f| f.filename).collect())
 }
 
-/// File names from an HTML page: each `href` target's last path segment plus each anchor text. Tolerant on
-/// purpose: PEP 503 pages, `python -m http.server` listings and find-links pages all fit.
+/// File names from an HTML page: each `href` target's last path segment. Tolerant on purpose: PEP 503 pages,
+/// `python -m http.server` listings and find-links pages all fit.
 fn hrefs_and_texts(body: &str) -> Vec<String> {
+    hrefs(body)
+        .iter()
+        .filter_map(|target| {
+            let target = target.split(['#', '?']).next().unwrap_or("");
+            target.rsplit('/').next().map(percent_decode)
+        })
+        .collect()
+}
+
+/// Every `href` target on an HTML page as written (relative or absolute, with its `#sha256=` fragment).
+pub(crate) fn hrefs(body: &str) -> Vec<String> {
     let mut out = Vec::new();
     for piece in body.split("href=").skip(1) {
         let quote = piece.chars().next().unwrap_or('"');
         let rest = piece.trim_start_matches(['"', '\'']);
-        let target = rest.split([quote, '>', ' ']).next().unwrap_or("");
-        let target = target.split(['#', '?']).next().unwrap_or("");
-        if let Some(name) = target.rsplit('/').next() {
-            out.push(percent_decode(name));
-        }
+        out.push(
+            rest.split([quote, '>', ' '])
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        );
     }
     out
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

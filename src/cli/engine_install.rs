@@ -283,7 +283,7 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
     let log = ctx.paths.logs_dir().join(format!("install-{v}.log"));
     ctx.paths.ensure_logs_dir()?;
     let _ = std::fs::remove_file(&log);
-    let installer = Installer::choose(plan.installer, log, printer)?;
+    let mut installer = Installer::choose(plan.installer, log, printer)?;
     let fallback = existing
         .as_ref()
         .map(|r| r.python.path.clone())
@@ -304,6 +304,7 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
         interpreter.path.display(),
         interpreter.version
     ));
+    installer.bootstrap_uv(&ctx.paths.home, &plan.source, printer)?;
 
     // The dir is about to be torn down: never leave `current` pointing into it, so a crash leaves it absent.
     if store.current().as_deref() == Some(v.as_str()) {

@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use crate::common::*;
 
 #[test]
@@ -101,31 +103,52 @@ fn install_from_local_wheel_source() {
     assert!(config.contains("source = "), "{config}");
 }
 
-/// The pip back end, chosen automatically when no uv is in view, gives the same distributions as the uv back end.
+/// A find-links directory holding every wheel of the wheelhouse but the uv one.
+fn wheelhouse_without_uv(ctx: &TestContext) -> PathBuf {
+    let dir = ctx.dir.path().join("wheels-without-uv");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(wheelhouse()).unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("uv-") {
+            std::os::unix::fs::symlink(entry.path(), dir.join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// No uv in view and none in the package source either: the pip back end, with a warning saying why, gives the same
+/// distributions as the uv back end.
 #[test]
 fn pip_and_uv_build_the_same_venv() {
     let uv_ctx = TestContext::new();
     uv_ctx.install(&["--version", "0.1.0"]).success();
 
     let pip_ctx = TestContext::new();
-    let url = index_url();
+    let wheels = wheelhouse_without_uv(&pip_ctx);
     let mut cmd = pip_ctx.cmd(&[
         "engine",
         "install",
         "--version",
         "0.1.0",
-        "--index-url",
-        &url,
+        "--find-links",
+        wheels.to_str().unwrap(),
     ]);
     cmd.env_remove("BREADBOARD_UV"); // uv is not on PATH in the test environment either
     cmd.env("PATH", "/usr/bin:/bin");
     let assert = cmd.assert().success();
     assert!(stdout(&assert).contains("pip"), "{}", stdout(&assert));
+    let err = stderr(&assert);
+    assert!(
+        err.contains("warning: could not set up uv 0.13.9: uv-0.13.9-py3-none-")
+            && err.contains("installing with pip instead (slower)"),
+        "{err}"
+    );
     pip_ctx.assert_current_complete("0.1.0");
     assert_eq!(
         pip_ctx.list_json()["versions"][0]["receipt"]["installer"],
         "pip"
     );
+    assert!(!pip_ctx.home.join("tools/uv-0.13.9").join("uv").exists());
 
     let dists = |ctx: &TestContext| -> Vec<String> {
         let out = std::process::Command::new(ctx.engine_dir().join("current/bin/python"))
@@ -180,4 +203,101 @@ fn install_from_project_dir_source_offline() {
         .unwrap();
     let location = String::from_utf8_lossy(&out.stdout);
     assert!(location.contains("site-packages"), "{location}");
+}
+
+/// No uv on PATH: the pinned uv comes from the engine's own index (verified against its pinned sha256), is kept
+/// under the home and installs the engine; the next install reuses it.
+#[test]
+fn without_uv_the_pinned_uv_is_set_up_from_the_same_index() {
+    let ctx = TestContext::new();
+    let install = |version: &str| {
+        let url = index_url();
+        let mut cmd = ctx.cmd(&[
+            "engine",
+            "install",
+            "--version",
+            version,
+            "--index-url",
+            &url,
+        ]);
+        cmd.env_remove("BREADBOARD_UV").env("PATH", "/usr/bin:/bin");
+        cmd.assert().success()
+    };
+    let first = install("0.1.0");
+    let err = stderr(&first);
+    assert!(
+        err.contains("no uv found: setting up uv 0.13.9 from index http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+    let uv = ctx.home.join("tools/uv-0.13.9/uv");
+    let version = std::process::Command::new(&uv)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("uv 0.13.9"),
+        "{version:?}"
+    );
+    ctx.assert_current_complete("0.1.0");
+    assert_eq!(ctx.list_json()["versions"][0]["receipt"]["installer"], "uv");
+
+    let second = install("0.1.1");
+    assert!(
+        !stderr(&second).contains("setting up uv"),
+        "{}",
+        stderr(&second)
+    );
+    ctx.assert_current_complete("0.1.1");
+    // Nothing half-written is left next to it.
+    let left: Vec<_> = std::fs::read_dir(uv.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("uv")]);
+}
+
+/// A uv wheel that is not the pinned one is refused; with uv asked for explicitly that is an error naming the
+/// mismatch, and nothing is installed or kept.
+#[test]
+fn a_uv_wheel_with_the_wrong_checksum_is_refused() {
+    let ctx = TestContext::new();
+    let wheels = wheelhouse_without_uv(&ctx);
+    let real = std::fs::read_dir(wheelhouse())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("uv-0.13.9-"))
+        .expect("the wheelhouse has the pinned uv wheel (scripts/fixtures)");
+    let mut bytes = std::fs::read(real.path()).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(wheels.join(real.file_name()), bytes).unwrap();
+    let mut cmd = ctx.cmd(&[
+        "engine",
+        "install",
+        "--version",
+        "0.1.0",
+        "--installer",
+        "uv",
+        "--find-links",
+        wheels.to_str().unwrap(),
+    ]);
+    cmd.env_remove("BREADBOARD_UV").env("PATH", "/usr/bin:/bin");
+    let assert = cmd.assert().code(1);
+    let err = stderr(&assert);
+    assert!(
+        err.contains("the uv installer was requested but uv was not found, and uv 0.13.9 could not be set up: checksum mismatch for")
+            && err.contains("expected 1"),
+        "{err}"
+    );
+    assert!(err.contains("hint: install uv"), "{err}");
+    assert!(!ctx.home.join("tools/uv-0.13.9/uv").exists());
+    let left: Vec<_> = std::fs::read_dir(ctx.home.join("tools/uv-0.13.9"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(ctx.version_dirs().is_empty(), "{:?}", ctx.version_dirs());
 }
