@@ -10,6 +10,7 @@ use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
 
 pub mod ask;
+pub mod completions;
 pub mod engine_doctor;
 pub mod engine_install;
 pub mod engine_list;
@@ -72,6 +73,11 @@ pub enum Command {
     Engine(EngineArgs),
     /// Upgrade breadboard itself (when install.sh installed it), then the engine
     Upgrade(upgrade::UpgradeArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) on stdout
+    Completions(completions::CompletionsArgs),
+    /// Internal: write the man pages into a directory (the release tarball ships them)
+    #[command(name = "__man", hide = true)]
+    Man(completions::ManArgs),
     /// Internal: the engine supervisor spawned by `engine start`
     #[command(name = "__supervise", hide = true)]
     Supervise(supervise::SuperviseArgs),
@@ -265,6 +271,8 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             }
         }
         Command::Upgrade(args) => upgrade::run(printer, &cli.global, &args),
+        Command::Completions(args) => completions::run(&args),
+        Command::Man(args) => completions::run_man(printer, &args),
         Command::Supervise(args) => supervise::run(&args),
     }
 }

@@ -31,8 +31,13 @@ def test_layout(release: Release) -> None:
 
         with tarfile.open(vdir / name) as tf:
             members = tf.getmembers()
-        assert [m.name for m in members] == ["breadboard"]  # at the root, no ./ prefix
+        # The binary first and at the root (no ./ prefix), then the completions and man pages.
+        assert members[0].name == "breadboard"
         assert members[0].isfile() and members[0].mode & 0o111 and members[0].uid == 0
+        names = {m.name for m in members}
+        assert {"completions/breadboard.bash", "completions/_breadboard", "completions/breadboard.fish"} <= names
+        assert {"man/breadboard.1", "man/breadboard-ask.1", "man/breadboard-engine-start.1"} <= names
+        assert all(m.uid == 0 and not m.name.startswith(("/", "./")) for m in members)
 
     # latest/ is a copy of the newest version.
     assert json.loads((tree / "latest" / "manifest.json").read_text())["version"] == NEW
@@ -96,3 +101,34 @@ def test_unknown_profile_refused(tmp_path: Path) -> None:
     )
     assert r.returncode != 0 and "unknown --profile 'debug' (release or fast)" in r.stderr
     assert list(tmp_path.iterdir()) == []  # refused before anything is written
+
+
+def test_completions_and_man_pages_in_the_tarball_work(release: Release, tmp_path: Path) -> None:
+    """The shipped completion scripts load in their shells and complete the real commands; the man page renders."""
+    with tarfile.open(release.tarball(NEW)) as tf:
+        tf.extractall(tmp_path, filter="data")
+    comp = tmp_path / "completions"
+    # bash: load the script and ask it to complete `breadboard eng` and `breadboard engine st`.
+    script = f"""
+source {comp / "breadboard.bash"}
+COMP_WORDS=(breadboard eng); COMP_CWORD=1; _breadboard breadboard eng breadboard; echo "1:${{COMPREPLY[*]}}"
+COMP_WORDS=(breadboard engine st); COMP_CWORD=2; _breadboard breadboard st engine; echo "2:${{COMPREPLY[*]}}"
+"""
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(":", 1) for line in r.stdout.splitlines())
+    assert lines["1"].split() == ["engine"], r.stdout
+    assert sorted(lines["2"].split()) == ["start", "status", "stop"], r.stdout
+    # zsh and fish: the scripts parse; fish also completes the subcommands.
+    r = subprocess.run(["zsh", "-n", str(comp / "_breadboard")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        ["fish", "--no-config", "-c", f"source {comp / 'breadboard.fish'}; complete -C 'breadboard eng'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0 and r.stdout.split()[0] == "engine", (r.stdout, r.stderr)
+    page = (tmp_path / "man" / "breadboard-engine-start.1").read_text()
+    assert page.startswith(".ie \\n(.g .ds Aq") or ".TH breadboard-engine-start 1" in page, page[:200]
+    assert "--port" in page.replace("\\-", "-")
