@@ -144,3 +144,32 @@ pub fn rfc3339(secs: i64) -> String {
         rem % 60
     )
 }
+
+/// Copies `from` into `out` and returns how many bytes went through and their sha256 (lowercase hex): downloads are
+/// checked as they are written, never read twice.
+pub fn copy_hashing(
+    from: &mut impl std::io::Read,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<(u64, String)> {
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        size += n as u64;
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    let hex = hasher
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, hex))
+}

@@ -27,3 +27,4 @@ pub mod session_index;
 pub mod sys;
 pub mod uv_bootstrap;
 pub mod venv_store;
+pub mod wheel_url;

@@ -77,7 +77,11 @@ impl EngineSource {
     pub fn offline(&self) -> bool {
         self.index_url.is_none()
             && self.extra_index_urls.is_empty()
-            && (self.find_links.is_some() || self.path.as_deref().is_some_and(is_wheel))
+            && (self.find_links.is_some()
+                || self
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| is_wheel(p) && !crate::wheel_url::is_url(p)))
     }
 
     /// The index URLs to consult (the primary one first); empty when offline.
@@ -130,10 +134,14 @@ impl EngineSource {
                 "find-links {}",
                 self.find_links.as_deref().unwrap_or_default()
             ),
-            SourceKind::Path => format!(
-                "local source {}",
-                self.path.as_deref().unwrap_or(Path::new("")).display()
-            ),
+            SourceKind::Path => {
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                if crate::wheel_url::is_url(path) {
+                    format!("wheel {}", path.display())
+                } else {
+                    format!("local source {}", path.display())
+                }
+            }
         }
     }
 }
@@ -357,6 +365,14 @@ pub fn local_source_version(path: &Path) -> anyhow::Result<Version> {
             .hint("pass the engine project directory (the one with pyproject.toml) or a breadboard_engine-*.whl file")
             .into()
     };
+    if crate::wheel_url::is_url(path) {
+        let url = path.to_string_lossy();
+        let name = crate::wheel_url::file_name(&url);
+        let v = filename_version(name)
+            .ok_or_else(|| bad("its file name is not a breadboard-engine wheel".into()))?;
+        return compat::parse_engine_version(&v)
+            .ok_or_else(|| bad(format!("version {v} is not a release")));
+    }
     if is_wheel(path) {
         if !path.is_file() {
             return Err(bad("no such file".into()));

@@ -4,7 +4,7 @@
 //! only needs the uv wheel next to the engine's), checked against the size and sha256 pinned here, and unpacked into
 //! `BREADBOARD_HOME/tools/uv-<version>/uv`. Nothing here is fatal: the caller falls back to pip with a warning.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -141,24 +141,7 @@ fn copy_verified(
     origin: &str,
     out: &mut std::fs::File,
 ) -> anyhow::Result<()> {
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-    }
-    let actual: String = hasher
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (size, actual) = crate::fsutil::copy_hashing(from, out)?;
     if size != wheel.size || actual != wheel.sha256 {
         bail!(
             "checksum mismatch for {origin}: expected {} bytes with sha256 {}, found {size} bytes with sha256 {actual}",

@@ -118,10 +118,17 @@ pub(crate) fn source_from_flags(args: &SourceArgs) -> anyhow::Result<EngineSourc
         index_url: args.index_url.clone(),
         extra_index_urls: args.extra_index_url.clone(),
         find_links: args.find_links.as_deref().map(local).transpose()?,
+        // A wheel URL stays a URL; a local path is made absolute.
         path: args
             .source
             .as_deref()
-            .map(crate::paths::absolute)
+            .map(|p| {
+                if crate::wheel_url::is_url(p) {
+                    Ok(p.to_owned())
+                } else {
+                    crate::paths::absolute(p)
+                }
+            })
             .transpose()?,
     })
 }
@@ -305,6 +312,21 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
         interpreter.version
     ));
     installer.bootstrap_uv(&ctx.paths.home, &plan.source, printer)?;
+    // A wheel URL is downloaded and verified before the old venv is torn down.
+    let requirement = match &plan.source.path {
+        Some(url) if crate::wheel_url::is_url(url) => {
+            let url = url.to_string_lossy();
+            steps.step(&format!(
+                "downloading {}",
+                crate::wheel_url::file_name(&url)
+            ));
+            crate::wheel_url::fetch(&url, &ctx.paths.engine_dir().join("downloads"))?
+                .display()
+                .to_string()
+        }
+        Some(path) => path.display().to_string(),
+        None => format!("{ENGINE_DIST}=={v}"),
+    };
 
     // The dir is about to be torn down: never leave `current` pointing into it, so a crash leaves it absent.
     if store.current().as_deref() == Some(v.as_str()) {
@@ -319,10 +341,6 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
             installer.kind, interpreter.version
         ));
         installer.create_venv(&interpreter.path, &dir)?;
-        let requirement = match &plan.source.path {
-            Some(path) => path.display().to_string(),
-            None => format!("{ENGINE_DIST}=={v}"),
-        };
         steps.step(&format!(
             "installing {ENGINE_DIST} {v} from {}",
             plan.source.describe()

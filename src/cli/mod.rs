@@ -289,7 +289,8 @@ pub struct SourceArgs {
     /// Directory (or URL) of wheels; alone it means an offline install. Remembered in config.toml
     #[arg(long, value_name = "DIR")]
     pub find_links: Option<String>,
-    /// A local engine project directory or wheel file. Remembered in config.toml
+    /// A local engine project directory or wheel file, or the http(s) URL of a wheel (verified by its `#sha256=` or
+    /// the SHA256SUMS next to it). Remembered in config.toml
     #[arg(long, value_name = "PATH")]
     pub source: Option<PathBuf>,
 }

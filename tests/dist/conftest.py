@@ -37,7 +37,8 @@ os.environ.setdefault("BREADBOARD_DIST_PROFILE", "fast")
 def _source_key() -> str:
     h = hashlib.sha256(os.environ["BREADBOARD_DIST_PROFILE"].encode() + b"\0")
     files = sorted(p for p in (REPO / "src").rglob("*") if p.is_file())
-    files += [REPO / name for name in ("Cargo.toml", "Cargo.lock", "build.rs", "scripts/dist")]
+    files += sorted(p for p in (REPO / "engine" / "src").rglob("*.py") if p.is_file())
+    files += [REPO / name for name in ("Cargo.toml", "Cargo.lock", "build.rs", "scripts/dist", "engine/pyproject.toml")]
     for path in files:
         if path.is_file():
             h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -69,8 +70,20 @@ def _build_tree(cache_root: Path) -> Path:
     building = cache_root / f".{key}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
+    # The engine wheel the release carries next to NEW's tarballs, built from engine/ as the release workflow does.
+    wheels = building / ".engine-wheel"
+    subprocess.run(
+        [str(REPO / ".venv-dev" / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(wheels), str(REPO / "engine")],
+        check=True,
+    )
+    (wheel,) = wheels.glob("breadboard_engine-*.whl")
     for version in (OLD, NEW):
-        subprocess.run([str(REPO / "scripts" / "dist"), "--out", str(building), "--version", version], check=True)
+        extra = ["--engine-wheel", str(wheel)] if version == NEW else []
+        subprocess.run(
+            [str(REPO / "scripts" / "dist"), "--out", str(building), "--version", version, *extra], check=True
+        )
+    shutil.rmtree(wheels)
     # Sources edited during the build (a shared checkout): use the tree for this run, but do not cache it.
     if _source_key() == key:
         (building / ".complete").write_text(key + "\n")

@@ -18,9 +18,24 @@ def test_layout(release: Release) -> None:
     for version in (OLD, NEW):
         vdir = tree / version
         name = f"breadboard-{version}-{TARGET}.tar.gz"
-        assert sorted(p.name for p in vdir.iterdir()) == sorted([name, "SHA256SUMS", "manifest.json"])
+        # NEW carries the engine wheel built from engine/ (scripts/dist --engine-wheel), OLD none.
+        wheels = [p.name for p in vdir.glob("breadboard_engine-*-py3-none-any.whl")]
+        assert len(wheels) == (1 if version == NEW else 0), wheels
+        assert sorted(p.name for p in vdir.iterdir()) == sorted([name, "SHA256SUMS", "manifest.json", *wheels])
         digest = hashlib.sha256((vdir / name).read_bytes()).hexdigest()
-        assert (vdir / "SHA256SUMS").read_text() == f"{digest}  {name}\n"
+        sums = f"{digest}  {name}\n"
+        engine = None
+        if wheels:
+            wheel_digest = hashlib.sha256((vdir / wheels[0]).read_bytes()).hexdigest()
+            sums += f"{wheel_digest}  {wheels[0]}\n"
+            engine = {
+                "engine_version": wheels[0].split("-")[1],
+                "name": wheels[0],
+                "url": wheels[0],
+                "sha256": wheel_digest,
+                "size": (vdir / wheels[0]).stat().st_size,
+            }
+        assert (vdir / "SHA256SUMS").read_text() == sums
 
         manifest = json.loads((vdir / "manifest.json").read_text())
         assert manifest["schema"] == 1 and manifest["version"] == version
@@ -28,6 +43,7 @@ def test_layout(release: Release) -> None:
         assert manifest["artifacts"] == [
             {"target": TARGET, "name": name, "url": name, "sha256": digest, "size": (vdir / name).stat().st_size}
         ]
+        assert manifest["engine"] == engine
 
         with tarfile.open(vdir / name) as tf:
             members = tf.getmembers()
@@ -52,6 +68,9 @@ def test_index_only_with_base_url(release: Release, tmp_path: Path) -> None:
     # A second target's tarball collected from another runner (contents do not matter to the index).
     other = out / NEW / f"breadboard-{NEW}-aarch64-apple-darwin.tar.gz"
     other.write_bytes(b"not really a tarball")
+    # The engine wheel, collected from the workflow's engine job.
+    (wheel,) = release.tree.joinpath(NEW).glob("breadboard_engine-*.whl")
+    shutil.copy2(wheel, out / NEW)
     base = "https://github.com/o/breadboard/releases/download/v{version}"
     r = subprocess.run(
         [str(REPO / "scripts" / "dist"), "--out", str(out), "--version", NEW, "--index-only", "--base-url", base],
@@ -64,7 +83,9 @@ def test_index_only_with_base_url(release: Release, tmp_path: Path) -> None:
     assert [a["target"] for a in manifest["artifacts"]] == ["aarch64-apple-darwin", TARGET]
     for a in manifest["artifacts"]:
         assert a["url"] == f"https://github.com/o/breadboard/releases/download/v{NEW}/{a['name']}"
-    assert len((out / NEW / "SHA256SUMS").read_text().splitlines()) == 2
+    assert manifest["engine"]["url"] == f"https://github.com/o/breadboard/releases/download/v{NEW}/{wheel.name}"
+    assert manifest["engine"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert len((out / NEW / "SHA256SUMS").read_text().splitlines()) == 3
     assert (out / "latest" / "manifest.json").is_file() and (out / "install.sh").is_file()
 
 

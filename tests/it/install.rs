@@ -301,3 +301,68 @@ fn a_uv_wheel_with_the_wrong_checksum_is_refused() {
     assert!(left.is_empty(), "{left:?}");
     assert!(ctx.version_dirs().is_empty(), "{:?}", ctx.version_dirs());
 }
+
+/// A wheel by URL (as a release tree carries it): verified against the SHA256SUMS next to it, its dependencies from
+/// the index, the URL kept in the receipt. A wrong `#sha256=` or nothing to verify against installs nothing.
+#[test]
+fn install_from_a_wheel_url_is_verified_by_sha256() {
+    let ctx = TestContext::new();
+    let name = "breadboard_engine-0.1.1-py3-none-any.whl";
+    let tree = ctx.dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("v0.1.1")).unwrap();
+    std::fs::create_dir_all(tree.join("nosums")).unwrap();
+    let bytes = std::fs::read(wheelhouse().join(name)).unwrap();
+    std::fs::write(tree.join("v0.1.1").join(name), &bytes).unwrap();
+    std::fs::write(tree.join("nosums").join(name), &bytes).unwrap();
+    let digest = {
+        let out = std::process::Command::new("sha256sum")
+            .arg(tree.join("v0.1.1").join(name))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(
+        tree.join("v0.1.1/SHA256SUMS"),
+        format!(
+            "{}  breadboard-0.1.1-x86_64-unknown-linux-gnu.tar.gz\n{digest}  {name}\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let base = serve(tree, 0);
+    let index = index_url();
+    let install = |url: &str| {
+        ctx.cmd(&["engine", "install", "--source", url, "--index-url", &index])
+            .assert()
+    };
+
+    let wrong = format!("{base}/v0.1.1/{name}#sha256={}", "ab".repeat(32));
+    let err = stderr(&install(&wrong).code(9));
+    assert!(
+        err.contains(&format!(
+            "checksum mismatch for {wrong}: expected sha256 {}",
+            "ab".repeat(32)
+        )) && err.contains(&format!("the download has {digest}; nothing was installed")),
+        "{err}"
+    );
+    let unverifiable = format!("{base}/nosums/{name}");
+    let err = stderr(&install(&unverifiable).code(9));
+    assert!(
+        err.contains(&format!(
+            "cannot verify {unverifiable}: {base}/nosums/SHA256SUMS answered HTTP 404"
+        )) && err.contains("#sha256=<hex>"),
+        "{err}"
+    );
+    assert!(ctx.version_dirs().is_empty(), "{:?}", ctx.version_dirs());
+
+    let url = format!("{base}/v0.1.1/{name}");
+    install(&url).success();
+    ctx.assert_current_complete("0.1.1");
+    let receipt = &ctx.list_json()["versions"][0]["receipt"];
+    assert_eq!(receipt["source"]["kind"], "path");
+    assert_eq!(receipt["source"]["path"], url.as_str());
+}
