@@ -31,6 +31,11 @@ pub fn find_uv() -> Option<PathBuf> {
     }
 }
 
+/// The uv a check may run: [`find_uv`], else the one `engine install` set up under `home` (never fetched here).
+pub fn installed_uv(home: &Path) -> Option<PathBuf> {
+    find_uv().or_else(|| Some(uv_bootstrap::uv_path(home)).filter(|p| p.is_file()))
+}
+
 pub struct Installer {
     pub kind: InstallerKind,
     uv: Option<PathBuf>,

@@ -30,6 +30,7 @@ pub mod sessions_rm;
 pub mod sessions_send;
 pub mod sessions_show;
 pub mod sessions_stop;
+pub mod sessions_watch;
 pub mod supervise;
 pub mod upgrade;
 

@@ -1,4 +1,5 @@
-//! `breadboard sessions list [--json] [--status S]`: the engine's sessions, oldest first.
+//! `breadboard sessions list [--json] [--status S] [--watch]`: the engine's sessions, oldest first; `--watch` keeps
+//! the list live over the realtime bus (`sessions_watch`).
 
 use super::{ConnectArgs, Ctx};
 use crate::client::{self, wire::Summary, StartPolicy};
@@ -11,18 +12,24 @@ pub struct ListArgs {
     /// Only sessions with this status (starting, running, completed, failed, stopped, interrupted)
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
+    /// Keep the list live (the engine's realtime bus): redrawn on a terminal, one JSON line per change on a pipe
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
 pub fn run(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<u8> {
     client::block_on(async {
-        let c = client::connect(
+        let mut c = client::connect(
             ctx,
             args.connect
                 .connect(StartPolicy::FailFast, super::ask::DEFAULT_WAIT),
         )
         .await?;
+        if args.watch {
+            return super::sessions_watch::run(ctx, &mut c, args.status.as_deref()).await;
+        }
         let mut all = c.list().await?;
         if let Some(s) = &args.status {
             all.retain(|v| v.get("status").and_then(|x| x.as_str()) == Some(s.as_str()));

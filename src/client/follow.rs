@@ -348,7 +348,7 @@ where
 /// `engine restart` gives the new instance a new token (and maybe a new port), so a local follower refused after a
 /// reconnect first takes the registration's current endpoint. `false` when that is the one just refused: the refusal
 /// is then real, and it ends the follow instead of looping.
-fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<bool> {
+pub(crate) fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<bool> {
     if !client.endpoint.is_local() {
         return Ok(false);
     }

@@ -6,8 +6,10 @@
 //! refusal to an error with its exit code and the command that fixes it. [`follow`] reads a session's events
 //! without losing or repeating one across disconnects and engine restarts.
 
+mod backoff;
 mod connect;
 mod follow;
+pub mod realtime;
 pub mod render;
 pub mod state;
 pub mod wire;

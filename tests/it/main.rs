@@ -18,3 +18,4 @@ mod lifecycle;
 mod minors;
 mod privacy;
 mod supervisor;
+mod watch;

@@ -1,0 +1,137 @@
+//! `breadboard sessions list --watch`: the live session list over the engine's realtime bus. On a terminal the table
+//! is redrawn in place (at most ten times a second); on a pipe every bus message of the `sessions` topic is one JSON
+//! line (the snapshot too, so a reader can rebuild the list, and again after each reconnect). Disconnects are said
+//! on stderr and retried; Ctrl-C ends the watch with 0.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::sessions_list::{provider_model, short_time};
+use super::Ctx;
+use crate::client::realtime::{watch_sessions, SessionsUpdate};
+use crate::client::wire::Summary;
+use crate::client::Client;
+
+const REDRAW_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+
+pub async fn run(
+    ctx: &Ctx<'_>,
+    client: &mut Client<'_>,
+    status: Option<&str>,
+) -> anyhow::Result<u8> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut sessions: Vec<Value> = Vec::new();
+    let mut last_draw: Option<Instant> = None;
+    let mut note: Option<String> = None;
+    let mut disconnected = false;
+    let printer = ctx.printer;
+    let code = watch_sessions(client, |update| {
+        // One warning per outage, not one per attempt; its end is said too.
+        match &update {
+            SessionsUpdate::Disconnected(why) if !disconnected => {
+                disconnected = true;
+                printer.warn(&format!(
+                    "lost the engine's realtime bus ({why}); reconnecting"
+                ));
+            }
+            SessionsUpdate::Disconnected(why) => {
+                printer.debug(&format!("still reconnecting: {why}"))
+            }
+            SessionsUpdate::Snapshot { .. } if disconnected => {
+                disconnected = false;
+                printer.info("reconnected to the engine's realtime bus: the list is fresh");
+            }
+            _ => {}
+        }
+        if !terminal {
+            if let SessionsUpdate::Snapshot { raw, .. } | SessionsUpdate::Change { raw, .. } =
+                &update
+            {
+                print_line(raw);
+            }
+            return;
+        }
+        match update {
+            SessionsUpdate::Snapshot { list, .. } => {
+                sessions = list;
+                note = None;
+            }
+            SessionsUpdate::Change { change, .. } => {
+                let at = sessions.iter().position(|s| {
+                    s.get("session_id").and_then(Value::as_str) == Some(&change.session_id)
+                });
+                match (change.kind.as_str(), at, change.summary) {
+                    ("deleted", Some(i), _) => {
+                        sessions.remove(i);
+                    }
+                    (_, Some(i), Some(summary)) => sessions[i] = summary,
+                    (_, None, Some(summary)) => sessions.push(summary),
+                    ("activity", Some(i), None) => {
+                        if let Some(obj) = sessions[i].as_object_mut() {
+                            if let Some(seq) = change.last_seq {
+                                obj.insert("last_seq".into(), seq.into());
+                            }
+                            if let Some(t) = change.last_activity_at {
+                                obj.insert("last_activity_at".into(), t.into());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            SessionsUpdate::Disconnected(why) => note = Some(format!("reconnecting: {why}")),
+        }
+        // Bursts of activity are drawn once: a redraw costs a screen, an event only a line.
+        if last_draw.is_some_and(|t| t.elapsed() < REDRAW_AT_MOST_EVERY) && note.is_none() {
+            return;
+        }
+        last_draw = Some(Instant::now());
+        draw(&sessions, status, note.as_deref());
+    })
+    .await?;
+    if terminal {
+        draw(&sessions, status, None);
+    }
+    Ok(code)
+}
+
+fn print_line(value: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// The table of `sessions list`, from the top of the screen.
+fn draw(sessions: &[Value], status: Option<&str>, note: Option<&str>) {
+    let mut text = String::from("\x1b[H\x1b[2J");
+    text.push_str(&format!(
+        "{:<36}  {:<11}  {:<20}  {:<20}  {:<20}  {:>8}\n",
+        "ID", "STATUS", "PROVIDER/MODEL", "CREATED", "LAST ACTIVITY", "LAST SEQ"
+    ));
+    let rows: Vec<Summary> = sessions
+        .iter()
+        .filter_map(|v| serde_json::from_value::<Summary>(v.clone()).ok())
+        .filter(|s| status.is_none_or(|want| s.status == want))
+        .collect();
+    for s in &rows {
+        text.push_str(&format!(
+            "{:<36}  {:<11}  {:<20}  {:<20}  {:<20}  {:>8}\n",
+            s.session_id,
+            s.status,
+            provider_model(s),
+            short_time(&s.created_at),
+            short_time(s.last_activity_at.as_deref().unwrap_or("")),
+            s.last_seq
+        ));
+    }
+    text.push_str(&format!(
+        "\n{} session(s), live{} (Ctrl-C to stop)\n",
+        rows.len(),
+        note.map(|n| format!(" - {n}")).unwrap_or_default()
+    ));
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
