@@ -17,5 +17,6 @@ mod install;
 mod lifecycle;
 mod minors;
 mod privacy;
+mod snapshots;
 mod supervisor;
 mod watch;
