@@ -1,4 +1,4 @@
-//! Snapshots of the human output (insta): status, doctor, the crash report and the main errors, exit code, stdout and
+//! Snapshots of the human output (insta): status, the crash report and the main errors, exit code, stdout and
 //! stderr together. Paths, pids, ports, times and durations are filtered, so a snapshot changes only when what a user
 //! reads changes. A changed snapshot fails the test and leaves `<name>.snap.new` next to the old one (review with
 //! `cargo insta review`, or rerun with `INSTA_UPDATE=always` and read the diff).
@@ -88,7 +88,7 @@ fn errors_without_an_engine() {
 }
 
 #[test]
-fn status_doctor_crash_report_and_client_errors_of_a_real_engine() {
+fn status_crash_report_and_client_errors_of_a_real_engine() {
     let e = Engine::new();
     let ctx = &e.ctx;
     let run = |args: &[&str]| e.cmd(args).output().unwrap();
