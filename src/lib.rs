@@ -12,19 +12,19 @@ pub mod env_vars;
 pub mod error;
 pub mod fsutil;
 pub mod install_receipt;
-pub mod installer;
 pub mod instance;
 pub mod lock;
-pub mod package_index;
 pub mod paths;
 pub mod printer;
 pub mod procfs;
-pub mod python;
 pub mod registration;
 pub mod release;
 pub mod self_replace;
 pub mod session_index;
 pub mod sys;
-pub mod uv_bootstrap;
-pub mod venv_store;
-pub mod wheel_url;
+pub mod venv;
+
+// The venv modules' former paths, kept while the layout moves (docs/architecture.md).
+pub use venv::{
+    index as package_index, installer, python, store as venv_store, uv as uv_bootstrap, wheel_url,
+};

@@ -11,11 +11,11 @@ use anyhow::Context;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+use super::index::SourceRecord;
+use super::python::Interpreter;
 use crate::fsutil;
-use crate::package_index::SourceRecord;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::python::Interpreter;
 
 pub const RECEIPT: &str = "receipt.json";
 pub const RECEIPT_SCHEMA: u32 = 1;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::package_index::EngineSource;
+use super::index::EngineSource;
 use crate::release::{self, Artifact};
 
 pub const UV_VERSION: &str = "0.13.9";
@@ -179,7 +179,7 @@ fn find_on_page(
         .map_err(|e| {
             anyhow::anyhow!(
                 "could not reach {page}: {}",
-                crate::package_index::error_chain(&e)
+                super::index::error_chain(&e)
             )
         })?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -198,9 +198,9 @@ fn find_on_page(
             .find(|f| f.filename == name)
             .map(|f| f.url)
     } else {
-        crate::package_index::hrefs(&body).into_iter().find(|href| {
+        super::index::hrefs(&body).into_iter().find(|href| {
             let path = href.split(['#', '?']).next().unwrap_or("");
-            crate::package_index::percent_decode(path.rsplit('/').next().unwrap_or("")) == name
+            super::index::percent_decode(path.rsplit('/').next().unwrap_or("")) == name
         })
     };
     match target {

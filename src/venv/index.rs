@@ -81,7 +81,7 @@ impl EngineSource {
                 || self
                     .path
                     .as_deref()
-                    .is_some_and(|p| is_wheel(p) && !crate::wheel_url::is_url(p)))
+                    .is_some_and(|p| is_wheel(p) && !super::wheel_url::is_url(p)))
     }
 
     /// The index URLs to consult (the primary one first); empty when offline.
@@ -136,7 +136,7 @@ impl EngineSource {
             ),
             SourceKind::Path => {
                 let path = self.path.as_deref().unwrap_or(Path::new(""));
-                if crate::wheel_url::is_url(path) {
+                if super::wheel_url::is_url(path) {
                     format!("wheel {}", path.display())
                 } else {
                     format!("local source {}", path.display())
@@ -365,9 +365,9 @@ pub fn local_source_version(path: &Path) -> anyhow::Result<Version> {
             .hint("pass the engine project directory (the one with pyproject.toml) or a breadboard_engine-*.whl file")
             .into()
     };
-    if crate::wheel_url::is_url(path) {
+    if super::wheel_url::is_url(path) {
         let url = path.to_string_lossy();
-        let name = crate::wheel_url::file_name(&url);
+        let name = super::wheel_url::file_name(&url);
         let v = filename_version(name)
             .ok_or_else(|| bad("its file name is not a breadboard-engine wheel".into()))?;
         return compat::parse_engine_version(&v)

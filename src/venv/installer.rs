@@ -15,13 +15,13 @@ use std::process::{Command, Stdio};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::index::{EngineSource, PYPI_SIMPLE};
+use super::store::InstallerKind;
+use super::uv as pinned_uv;
 use crate::compat;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
-use crate::package_index::{EngineSource, PYPI_SIMPLE};
 use crate::printer::Printer;
-use crate::uv_bootstrap;
-use crate::venv_store::InstallerKind;
 
 /// The `uv` to use: `BREADBOARD_UV`, else `uv` on PATH.
 pub fn find_uv() -> Option<PathBuf> {
@@ -33,7 +33,7 @@ pub fn find_uv() -> Option<PathBuf> {
 
 /// The uv a check may run: [`find_uv`], else the one `engine install` set up under `home` (never fetched here).
 pub fn installed_uv(home: &Path) -> Option<PathBuf> {
-    find_uv().or_else(|| Some(uv_bootstrap::uv_path(home)).filter(|p| p.is_file()))
+    find_uv().or_else(|| Some(pinned_uv::uv_path(home)).filter(|p| p.is_file()))
 }
 
 pub struct Installer {
@@ -91,14 +91,14 @@ impl Installer {
         if !self.wants_bootstrap {
             return Ok(());
         }
-        if !uv_bootstrap::uv_path(home).is_file() {
+        if !pinned_uv::uv_path(home).is_file() {
             printer.info(&format!(
                 "no uv found: setting up uv {} from {} (once; --installer pip skips it)",
-                uv_bootstrap::UV_VERSION,
+                pinned_uv::UV_VERSION,
                 source.describe()
             ));
         }
-        match uv_bootstrap::ensure(home, source) {
+        match pinned_uv::ensure(home, source) {
             Ok(path) => {
                 printer.debug(&format!("installer: {}", path.display()));
                 self.uv = Some(path);
@@ -109,7 +109,7 @@ impl Installer {
                 ErrorKind::Failure,
                 format!(
                     "the uv installer was requested but uv was not found, and uv {} could not be set up: {e:#}",
-                    uv_bootstrap::UV_VERSION
+                    pinned_uv::UV_VERSION
                 ),
             )
             .hint(format!(
@@ -120,7 +120,7 @@ impl Installer {
             Err(e) => {
                 printer.warn(&format!(
                     "could not set up uv {}: {e:#}; installing with pip instead (slower)",
-                    uv_bootstrap::UV_VERSION
+                    pinned_uv::UV_VERSION
                 ));
                 Ok(())
             }
