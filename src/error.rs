@@ -51,32 +51,114 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn exit_code(self) -> u8 {
+    pub fn exit_status(self) -> ExitStatus {
         match self {
-            ErrorKind::Failure => 1,
-            ErrorKind::Usage => 2,
-            ErrorKind::Config => 3,
-            ErrorKind::Lock => 4,
-            ErrorKind::Python => 5,
-            ErrorKind::Source => 6,
-            ErrorKind::Validation => 7,
-            ErrorKind::NotSelfUpdatable => 8,
-            ErrorKind::Integrity => 9,
-            ErrorKind::TurnFailed => 20,
-            ErrorKind::EngineUnavailable => 21,
-            ErrorKind::SessionNotFound => 22,
-            ErrorKind::TokenRefused => 23,
-            ErrorKind::ProtocolMismatch => 24,
-            ErrorKind::SessionClosed => 25,
-            ErrorKind::ResumeWindowExceeded => 26,
-            ErrorKind::Timeout => 124,
-            ErrorKind::Interrupted => 130,
+            ErrorKind::Failure => ExitStatus::Failure,
+            ErrorKind::Usage => ExitStatus::Usage,
+            ErrorKind::Config => ExitStatus::Config,
+            ErrorKind::Lock => ExitStatus::Lock,
+            ErrorKind::Python => ExitStatus::Python,
+            ErrorKind::Source => ExitStatus::Source,
+            ErrorKind::Validation => ExitStatus::Validation,
+            ErrorKind::NotSelfUpdatable => ExitStatus::NotSelfUpdatable,
+            ErrorKind::Integrity => ExitStatus::Integrity,
+            ErrorKind::TurnFailed => ExitStatus::TurnFailed,
+            ErrorKind::EngineUnavailable => ExitStatus::EngineUnavailable,
+            ErrorKind::SessionNotFound => ExitStatus::SessionNotFound,
+            ErrorKind::TokenRefused => ExitStatus::TokenRefused,
+            ErrorKind::ProtocolMismatch => ExitStatus::ProtocolMismatch,
+            ErrorKind::SessionClosed => ExitStatus::SessionClosed,
+            ErrorKind::ResumeWindowExceeded => ExitStatus::ResumeWindowExceeded,
+            ErrorKind::Timeout => ExitStatus::Timeout,
+            ErrorKind::Interrupted => ExitStatus::Interrupted,
         }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        self.exit_status().code()
+    }
+}
+
+/// Every exit code the CLI documents (docs/cli.md, "Exit codes"), in one place: errors map here through
+/// [`ErrorKind`], `engine status` through the engine's state, `--check` through [`ExitStatus::UpgradeAvailable`].
+/// Part of the contract: never renumber (a test checks each is documented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitStatus {
+    Success = 0,
+    Failure = 1,
+    Usage = 2,
+    Config = 3,
+    Lock = 4,
+    Python = 5,
+    Source = 6,
+    Validation = 7,
+    NotSelfUpdatable = 8,
+    Integrity = 9,
+    /// 10-15: `engine status`, the engine's state.
+    Stopped = 10,
+    Starting = 11,
+    Unhealthy = 12,
+    Incompatible = 13,
+    Crashed = 14,
+    /// `restart = "on-failure"` gave up.
+    Errored = 15,
+    TurnFailed = 20,
+    EngineUnavailable = 21,
+    SessionNotFound = 22,
+    TokenRefused = 23,
+    ProtocolMismatch = 24,
+    SessionClosed = 25,
+    ResumeWindowExceeded = 26,
+    /// `engine upgrade --check`, `upgrade --check`: an upgrade is available (rustup's `check` convention).
+    UpgradeAvailable = 100,
+    Timeout = 124,
+    Interrupted = 130,
+}
+
+impl ExitStatus {
+    pub const ALL: [ExitStatus; 26] = [
+        ExitStatus::Success,
+        ExitStatus::Failure,
+        ExitStatus::Usage,
+        ExitStatus::Config,
+        ExitStatus::Lock,
+        ExitStatus::Python,
+        ExitStatus::Source,
+        ExitStatus::Validation,
+        ExitStatus::NotSelfUpdatable,
+        ExitStatus::Integrity,
+        ExitStatus::Stopped,
+        ExitStatus::Starting,
+        ExitStatus::Unhealthy,
+        ExitStatus::Incompatible,
+        ExitStatus::Crashed,
+        ExitStatus::Errored,
+        ExitStatus::TurnFailed,
+        ExitStatus::EngineUnavailable,
+        ExitStatus::SessionNotFound,
+        ExitStatus::TokenRefused,
+        ExitStatus::ProtocolMismatch,
+        ExitStatus::SessionClosed,
+        ExitStatus::ResumeWindowExceeded,
+        ExitStatus::UpgradeAvailable,
+        ExitStatus::Timeout,
+        ExitStatus::Interrupted,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<ExitStatus> for u8 {
+    fn from(s: ExitStatus) -> u8 {
+        s.code()
     }
 }
 
 /// Exit code of `engine upgrade --check` and `upgrade --check` when an upgrade is available (rustup `check` convention).
-pub const EXIT_UPGRADE_AVAILABLE: u8 = 100;
+pub const EXIT_UPGRADE_AVAILABLE: u8 = ExitStatus::UpgradeAvailable as u8;
 
 #[derive(Debug)]
 pub struct CliError {
@@ -145,5 +227,48 @@ pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
         ),
         libc::ENOSPC | libc::EDQUOT => Some("the disk (or your quota) is full: free some space and retry"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table in docs/cli.md names every code (10-15 as one row).
+    #[test]
+    fn every_exit_status_is_documented_and_distinct() {
+        let doc = include_str!("../docs/cli.md");
+        let section = doc
+            .split("## Exit codes")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("docs/cli.md has an Exit codes section");
+        let mut documented = std::collections::BTreeSet::new();
+        for row in section.lines().filter(|l| l.starts_with("| ")) {
+            let cell = row
+                .trim_start_matches("| ")
+                .split(" |")
+                .next()
+                .unwrap_or("");
+            match cell.split_once('-') {
+                Some((a, b)) => {
+                    if let (Ok(a), Ok(b)) = (a.parse::<u8>(), b.parse::<u8>()) {
+                        documented.extend(a..=b);
+                    }
+                }
+                None => {
+                    if let Ok(n) = cell.parse::<u8>() {
+                        documented.insert(n);
+                    }
+                }
+            }
+        }
+        for status in ExitStatus::ALL {
+            assert!(
+                documented.contains(&status.code()),
+                "exit code {} ({status:?}) is not in docs/cli.md",
+                status.code()
+            );
+        }
     }
 }
