@@ -374,7 +374,7 @@ class SessionManager:
             session._log.close()
         del self.sessions[session.id]
         topic = session_topic(session.id)
-        gone = dumps({"type": "error", "topic": topic, "message": "the session was deleted"})
+        gone = dumps({"type": "error", "message": "the session was deleted", "topic": topic})
         for conn in list(self.bus.topics.get(topic, ())):
             self.bus.send(conn, gone)
             self.bus.unsubscribe(conn, topic)
@@ -559,8 +559,8 @@ class SessionManager:
 
     def _send_activity(self, session: Session) -> None:
         session.activity_timer = None
-        session.activity_at = asyncio.get_running_loop().time()
-        if session.id in self.sessions:
+        if session.id in self.sessions:  # not before it is announced `created`
+            session.activity_at = asyncio.get_running_loop().time()
             change = self._change("activity", session, last_seq=session.row.last_seq, last_activity_at=iso_now())
             self.bus.publish(SESSIONS_TOPIC, change)
 

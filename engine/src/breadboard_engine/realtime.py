@@ -23,7 +23,9 @@ log = logging.getLogger("breadboard_engine.realtime")
 
 SUBPROTOCOL = "breadboard.v1"
 BEARER_SUBPROTOCOL_PREFIX = "bearer."  # a browser's way to send the token (it cannot set Authorization)
-CLOSE_TIMEOUT_S = 5.0
+# How long a connection that fell behind has to take its final error (its peer may have paused, not died); after
+# that the socket is closed without it. Memory meanwhile is bounded: the queue is dropped at once.
+FINAL_WAIT_S = 30.0
 
 
 def offered_subprotocols(headers) -> list[str]:
@@ -78,7 +80,7 @@ async def _receive(ws: WebSocket, conn: Connection, manager: SessionManager) -> 
                     continue
                 refused = await manager.subscribe(conn, topic)
                 if refused is not None:
-                    bus.send(conn, dumps({"type": "error", "topic": topic, "message": refused}))
+                    bus.send(conn, dumps({"type": "error", "message": refused, "topic": topic}))
         else:
             for topic in message.topics:
                 bus.unsubscribe(conn, topic)
@@ -113,5 +115,5 @@ async def _close(ws: WebSocket, conn: Connection, closing: Closing, queue_size: 
     with contextlib.suppress(Exception):
         if error is not None:
             log.warning("a realtime connection fell %d messages behind and was closed (4008)", queue_size)
-            await asyncio.wait_for(ws.send_text(error), CLOSE_TIMEOUT_S)
-        await asyncio.wait_for(ws.close(closing.code, closing.reason), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(ws.send_text(error), FINAL_WAIT_S)
+        await asyncio.wait_for(ws.close(closing.code, closing.reason), FINAL_WAIT_S)
