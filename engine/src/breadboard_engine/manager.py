@@ -75,9 +75,10 @@ def turn_id(session_id: str, turn: int) -> str:
 
 
 class Session:
-    def __init__(self, row: SessionRow, directory: Path, fsync: str):
+    def __init__(self, row: SessionRow, root: Path, fsync: str):
         self.row = row
-        self.dir = directory
+        self._root = root
+        self._dir: Path | None = None
         self._fsync = fsync
         self._log: EventLog | None = None
         self.subscribers: set[Subscriber] = set()
@@ -104,6 +105,12 @@ class Session:
     @property
     def id(self) -> str:
         return self.row.id
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = self._root / self.row.id
+        return self._dir
 
     @property
     def log(self) -> EventLog:
@@ -195,20 +202,22 @@ class SessionManager:
                 aside,
             )
         rows = {row.id: row for row in found}
-        for entry in sorted(os.listdir(root)):
-            directory = root / entry
-            if (directory / TOMBSTONE).exists():  # a delete that a crash interrupted: finish it
+        # Plain strings, not Paths, in this loop: it runs once per stored session before the port opens.
+        base = str(root)
+        for entry in sorted(os.listdir(base)):
+            directory = os.path.join(base, entry)
+            if os.path.exists(os.path.join(directory, TOMBSTONE)):  # a delete that a crash interrupted: finish it
                 self.index.delete(entry)
                 rows.pop(entry, None)
-                remove_session_dir(directory)
-            elif entry not in rows and (directory / "events.jsonl").exists():
-                if os.stat(directory / "events.jsonl").st_size == 0:
+                remove_session_dir(Path(directory))
+            elif entry not in rows and os.path.exists(os.path.join(directory, "events.jsonl")):
+                if os.stat(os.path.join(directory, "events.jsonl")).st_size == 0:
                     # A create cut off before its row was written (a crash, a full disk): nothing to keep.
-                    remove_session_dir(directory)
+                    remove_session_dir(Path(directory))
                     continue
-                rows[entry] = self._rehydrate(entry, directory)
+                rows[entry] = self._rehydrate(entry, Path(directory))
         for row in rows.values():
-            session = Session(row, root / row.id, self.settings.fsync)
+            session = Session(row, root, self.settings.fsync)
             self.sessions[row.id] = session
             if row.status in LIVE:
                 self._mark_interrupted(session)
@@ -262,7 +271,7 @@ class SessionManager:
             config_hash=hashlib.sha256(config.encode()).hexdigest()[:16],
             metadata=metadata,
         )
-        session = Session(row, self.settings.sessions_dir / row.id, self.settings.fsync)
+        session = Session(row, self.settings.sessions_dir, self.settings.fsync)
         session.fold = Fold()  # a new session's state is known: it is empty
         first_input = task if task.strip() else None
         try:
