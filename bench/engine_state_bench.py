@@ -51,7 +51,6 @@ TARGETS = {"state_ratio": 1.5, "state_ms": 20.0, "rss_mb": 20.0, "spawn_ratio": 
 def write_padded_session(data_dir: Path, turns: int, per_turn: int, status: str = "completed") -> str:
     """`turns` echo turns of 10 words each, each padded with tool_call events to `per_turn` events."""
     from breadboard_engine.store import SessionIndex, SessionRow, iso_now
-    from breadboard_engine.version import PROTOCOL_VERSION
 
     sid = str(uuid.uuid4())
     directory = data_dir / "sessions" / sid
@@ -63,18 +62,7 @@ def write_padded_session(data_dir: Path, turns: int, per_turn: int, status: str 
         def emit(kind: str, turn: int, payload: dict) -> None:
             nonlocal seq
             seq += 1
-            envelope = {
-                "id": str(uuid.uuid4()),
-                "seq": seq,
-                "type": kind,
-                "session_id": sid,
-                "turn": turn,
-                "timestamp": now_ms + seq,
-                "timestamp_ms": now_ms + seq,
-                "protocol_version": PROTOCOL_VERSION,
-                "payload": payload,
-            }
-            out.write(json.dumps(envelope, separators=(",", ":")).encode() + b"\n")
+            out.write(eb.event_line(sid, seq, kind, turn, payload, now_ms + seq) + b"\n")
 
         for turn in range(1, turns + 1):
             words = [f"word{turn}_{i} " for i in range(10)]
@@ -367,13 +355,7 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    text = table(res)
-    if args.json:
-        eb.log(text)
-        print(json.dumps(res, indent=2))
-    else:
-        print(text)
-    return 0
+    return eb.report(table(res), res, args.json)
 
 
 if __name__ == "__main__":
