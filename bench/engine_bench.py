@@ -413,10 +413,27 @@ def bench_spawn(work: Path, runs: int, with_ray: bool) -> dict:
 
 
 # -- 2. replay --------------------------------------------------------------------------------------------------------
+def event_line(sid: str, seq: int, kind: str, turn: int, payload: dict, ms: int) -> bytes:
+    """One line of events.jsonl as an engine that predates ordering metadata wrote it (random UUIDv4 ids)."""
+    from breadboard_engine.version import PROTOCOL_VERSION
+
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "seq": seq,
+        "type": kind,
+        "session_id": sid,
+        "turn": turn,
+        "timestamp": ms,
+        "timestamp_ms": ms,
+        "protocol_version": PROTOCOL_VERSION,
+        "payload": payload,
+    }
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def write_session(data_dir: Path, n_events: int, deltas_per_turn: int = 995) -> tuple[str, Path]:
     """A finished echo-style session of exactly n_events, in the engine's on-disk format."""
     from breadboard_engine.store import SessionIndex, SessionRow, iso_now  # the engine's own schema
-    from breadboard_engine.version import PROTOCOL_VERSION
 
     sid = str(uuid.uuid4())
     directory = data_dir / "sessions" / sid
@@ -429,18 +446,7 @@ def write_session(data_dir: Path, n_events: int, deltas_per_turn: int = 995) -> 
     def emit(kind: str, payload: dict) -> None:
         nonlocal seq
         seq += 1
-        envelope = {
-            "id": str(uuid.uuid4()),
-            "seq": seq,
-            "type": kind,
-            "session_id": sid,
-            "turn": turn,
-            "timestamp": now_ms + seq,
-            "timestamp_ms": now_ms + seq,
-            "protocol_version": PROTOCOL_VERSION,
-            "payload": payload,
-        }
-        lines.append(json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode())
+        lines.append(event_line(sid, seq, kind, turn, payload, now_ms + seq))
 
     while seq < n_events:
         turn += 1

@@ -27,6 +27,9 @@ def test_version_json_reports_package_metadata_without_heavy_imports():
     assert doc["engine_version"] == version("breadboard-engine")
     assert doc["protocol_version"] == "1.0"
     assert {"sessions.durable", "sessions.command", "serve.fd"} <= set(doc["capabilities"])
+    assert {"sessions.close", "sessions.state", "sessions.snapshots", "events.ordering", "realtime.ws"} <= set(
+        doc["capabilities"]
+    )
     assert result.stderr == "", f"version --json imported {result.stderr}"
 
 

@@ -114,3 +114,45 @@ def test_stop_racing_a_delete_leaves_the_engine_working(engine):
     # The engine still runs turns.
     other = engine.create("still here", metadata={"cli_session_kind": "oneshot"})
     engine.wait_status(other, "completed")
+
+
+def test_close_ends_the_session_and_keeps_its_history(engine):
+    sid = engine.create("")
+    engine.send(sid, "kept words")
+    before = turn_done(engine, sid, 1)
+    r = command(engine, sid, "close")
+    assert r.status_code == 202
+    assert r.json() == {"status": "accepted", "detail": {"status": "ok", "closed": True, "stopped": False}}
+    assert engine.client().get(f"/v1/sessions/{sid}").json()["status"] == "stopped"
+    r = engine.client().post(f"/v1/sessions/{sid}/input", json={"content": "more"})
+    assert r.status_code == 409 and r.json()["error"] == "conflict"
+    assert command(engine, sid, "set_model", {"model": "m"}).status_code == 409
+    assert replay_all(engine, sid) == before  # the history stays, nothing was added
+    assert engine.events(sid) == []  # a stream of a closed session ends
+    assert engine.client().get(f"/v1/sessions/{sid}/state").json()["status"] == "stopped"
+    assert command(engine, sid, "close").json()["detail"] == {"status": "ok", "closed": False, "stopped": False}
+
+
+def test_close_stops_a_running_turn_which_still_ends_with_run_finished(engine):
+    sid = engine.create("", metadata={"echo_delay_ms": 2})
+    long_turn(engine, sid)
+    engine.send(sid, "queued behind the long turn")
+    r = command(engine, sid, "close")
+    assert r.json()["detail"] == {"status": "ok", "closed": True, "stopped": True}
+    events = [e["data"] for e in replay_all(engine, sid)]
+    assert events[-1]["type"] == "run_finished" and events[-1]["payload"]["reason"] == "stopped"
+    assert [e["turn"] for e in events if e["type"] == "user_message"] == [1]  # the queued input never ran
+    assert engine.client().get(f"/v1/sessions/{sid}").json()["status"] == "stopped"
+
+
+def test_closing_an_interrupted_session_after_a_restart(engine_factory, tmp_path):
+    first = engine_factory().start()
+    sid = first.create("one turn")
+    turn_done(first, sid, 1)
+    assert first.shutdown() == 0
+    second = engine_factory(tmp_path / "data").start()
+    assert second.client().get(f"/v1/sessions/{sid}").json()["status"] == "interrupted"
+    assert command(second, sid, "close").json()["detail"]["closed"] is True
+    assert second.shutdown() == 0
+    third = engine_factory(tmp_path / "data").start()
+    assert third.client().get(f"/v1/sessions/{sid}").json()["status"] == "stopped"

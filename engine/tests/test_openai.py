@@ -77,6 +77,29 @@ def test_openai_provider_streams_and_keeps_history(engine_factory, chat_server):
     assert history[0]["content"] == "hello model" and history[2]["content"] == "second"
 
 
+@pytest.mark.parametrize("snapshot", ["kept", "lost"])
+def test_the_history_survives_a_restart_from_the_snapshot_or_the_log(engine_factory, chat_server, tmp_path, snapshot):
+    base_url, requests, _ = chat_server
+    env = {"BREADBOARD_OPENAI_BASE_URL": base_url}
+    first = engine_factory(env=env).start()
+    sid = first.create("first question", provider="openai", metadata={"model": "tiny"})
+    turn_done(first, sid)
+    assert first.shutdown() == 0
+    if snapshot == "lost":
+        (tmp_path / "data" / "sessions" / sid / "snapshot.json").unlink()
+    second = engine_factory(tmp_path / "data", env=env).start()
+    second.send(sid, "second question")
+    turn_done(second, sid, 2)
+    history = [(m["role"], m["content"]) for m in requests[-1]["body"]["messages"]]
+    assert history == [
+        ("user", "first question"),
+        ("assistant", "echo of first question "),
+        ("user", "second question"),
+    ]
+    usage = second.client().get(f"/v1/sessions/{sid}/state").json()["usage"]
+    assert usage == {"prompt_tokens": 6, "completion_tokens": 8}  # summed over both turns
+
+
 def test_openai_error_ends_the_turn_with_an_error_event(engine_factory, chat_server):
     base_url, _, _ = chat_server
     engine = engine_factory(env={"BREADBOARD_OPENAI_BASE_URL": base_url}).start()

@@ -111,7 +111,12 @@ def test_every_event_and_answer_of_a_live_engine_matches_the_schema(engine_facto
     client = engine.client()
     answer(client, "SessionList", "GET", "/v1/sessions", 200)
     answer(client, "SessionSummary", "GET", f"/v1/sessions/{sid}", 200)
+    answer(client, "SessionState", "GET", f"/v1/sessions/{sid}/state", 200)
+    answer(client, "SessionState", "GET", f"/v1/sessions/{cut}/state", 200)
+    answer(client, "CommandResponse", "POST", f"/v1/sessions/{sid}/command", 202, {"command": "close"})
     errors = [
+        ("ErrorBody", "GET", "/v1/sessions/nope/state", 404, None),
+        ("ErrorBody", "POST", f"/v1/sessions/{sid}/input", 409, {"content": "after close"}),
         ("ErrorBody", "GET", "/v1/sessions/nope", 404, None),
         ("ResumeWindowExceededBody", "GET", f"/v1/sessions/{sid}/events?from_id=999999", 409, None),
         ("ErrorBody", "POST", f"/v1/sessions/{sid}/input", 422, {"content": ""}),

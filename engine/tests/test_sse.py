@@ -32,10 +32,13 @@ def test_envelope_fields(engine):
     for frame in events:
         env = frame["data"]
         assert set(env) == {"id", "seq", "type", "session_id", "turn", "timestamp", "timestamp_ms",
-                            "protocol_version", "payload"}  # fmt: skip
+                            "protocol_version", "payload", "turn_id", "step_id"}  # fmt: skip
         assert frame["id"] == str(env["seq"])
         assert env["session_id"] == sid and env["protocol_version"] == "1.0" and env["turn"] == 1
         assert env["timestamp"] == env["timestamp_ms"]
+        assert env["turn_id"] == f"{sid}:turn:1"
+    # The step ids number the turn's events from 0, in order, once each.
+    assert [frame["data"]["step_id"] for frame in events] == list(range(len(events)))
 
 
 def test_stream_on_finished_session_ends_after_replay(engine):

@@ -7,11 +7,21 @@ import json
 import os
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import realtime, streaming
+from .errors import (
+    CommandNotImplemented,
+    InvalidCommand,
+    ResumeWindowExceeded,
+    SessionClosed,
+    SessionNotFound,
+    StorageFailed,
+)
+from .manager import SessionManager
 from .protocol import (
     CommandRequest,
     CommandResponse,
@@ -23,20 +33,12 @@ from .protocol import (
     InputResponse,
     Ready,
     ResumeWindowExceededBody,
+    SessionState,
     ShutdownResponse,
     Status,
 )
 from .providers import ReplayRefused, short_error
 from .ray_runtime import RayRuntime
-from .sessions import (
-    CommandNotImplemented,
-    InvalidCommand,
-    ResumeWindowExceeded,
-    SessionClosed,
-    SessionManager,
-    SessionNotFound,
-    StorageFailed,
-)
 from .settings import Settings
 from .version import PROTOCOL_VERSION, engine_version
 
@@ -49,26 +51,54 @@ STATUS_CODES = {401: "unauthorized", 404: "not_found", 409: "conflict", 413: "to
 
 
 class BearerAuth:
-    """Pure ASGI middleware (BaseHTTPMiddleware would buffer and slow the SSE streams): every route needs the token."""
+    """Pure ASGI middleware (BaseHTTPMiddleware would buffer and slow the SSE streams): every route needs the token,
+    the WebSocket one too: in the Authorization header, or (a browser cannot set headers on a WebSocket) as the
+    subprotocol `bearer.<token>` offered alongside `breadboard.v1`."""
 
     def __init__(self, app, token: str):
         self.app = app
-        self.expected = f"bearer {token}".encode()
+        self.token = token.encode()
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    def _authorized(self, scope) -> bool:
         given = b""
+        protocols = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
-                break
+            elif name == b"sec-websocket-protocol":
+                protocols = value
         # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
-        if len(given) > 7 and given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:], self.expected[7:]):
+        if len(given) > 7 and given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:], self.token):
+            return True
+        if scope["type"] == "websocket":
+            prefix = realtime.BEARER_SUBPROTOCOL_PREFIX.encode()
+            for offered in protocols.split(b","):
+                offered = offered.strip()
+                if offered.startswith(prefix) and hmac.compare_digest(offered[len(prefix) :], self.token):
+                    return True
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self._authorized(scope):
             return await self.app(scope, receive, send)
         response = error(401, "unauthorized", "missing or wrong bearer token", scope.get("path"))
         response.headers["WWW-Authenticate"] = "Bearer"
-        await response(scope, receive, send)
+        if scope["type"] == "http":
+            return await response(scope, receive, send)
+        await deny_websocket(scope, receive, send, response)
+
+
+async def deny_websocket(scope, receive, send, response: JSONResponse) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer (401 and the error envelope) where the server can send one
+    (the ASGI denial-response extension), else by closing it before it opens (the server answers 403)."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send(
+            {"type": "websocket.http.response.start", "status": response.status_code, "headers": response.raw_headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 class BodyLimit:
@@ -193,6 +223,17 @@ def create_app(
         except SessionNotFound:
             return error(404, "not_found", "session not found", request.url.path)
 
+    @app.get("/v1/sessions/{session_id}/state")
+    async def get_state(session_id: str, request: Request):
+        try:
+            return SessionState.emit(await manager.state(session_id))
+        except SessionNotFound:
+            return error(404, "not_found", "session not found", request.url.path)
+
+    @app.websocket("/v1/realtime")
+    async def realtime_bus(websocket: WebSocket):
+        await realtime.serve(websocket, manager)
+
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     async def delete_session(session_id: str, request: Request):
         try:
@@ -218,7 +259,7 @@ def create_app(
     async def post_command(session_id: str, body: CommandRequest, request: Request):
         path = request.url.path
         try:
-            detail = manager.command(session_id, body.command, body.payload or {})
+            detail = await manager.command(session_id, body.command, body.payload or {})
         except SessionNotFound:
             return error(404, "not_found", "session not found", path)
         except SessionClosed as exc:
@@ -254,7 +295,7 @@ def create_app(
                 "last_seq": exc.last_seq,
             }
             return JSONResponse(ResumeWindowExceededBody.emit(body), status_code=409)
-        stream = manager.follow(session, after, replay or resume_from is not None, limit)
+        stream = streaming.follow(manager, session, after, replay or resume_from is not None, limit)
         return StreamingResponse(
             stream,
             media_type="text/event-stream; charset=utf-8",

@@ -158,6 +158,17 @@ class Event(WireModel):
     timestamp_ms: int = Field(description="the same as `timestamp`")
     protocol_version: str
     payload: EventPayload
+    turn_id: str | None = Field(
+        default=None,
+        description="`<session_id>:turn:<turn>`: the turn this event belongs to, as upstream names it (absent on "
+        "events stored before ordering metadata)",
+    )
+    step_id: int | None = Field(
+        default=None,
+        description="the event's index within its turn, from 0 (`user_message` 0, `turn_start` 1, the provider's "
+        "events from 2 in the order the provider produced them, then `error`/`completion`/`run_finished`); with "
+        "`turn` it orders and deduplicates a turn's events whatever order they arrived in",
+    )
 
     @field_validator("payload", mode="plain")
     @classmethod
@@ -262,6 +273,42 @@ class SessionList(RootModel[list[SessionSummary]]):
     """`GET /v1/sessions`."""
 
 
+class ConversationMessage(WireModel):
+    turn: int | None
+    role: str = Field(description="`user` (a `user_message`) or `assistant` (an `assistant_message`)")
+    text: str
+    seq: int = Field(description="the seq of the event it comes from")
+    input_id: str | None = Field(default=None, description="`user`: the input's `input_id`, when it had one")
+    message_id: str | None = Field(default=None, description="`assistant`: the message's id")
+
+
+class TurnInProgress(WireModel):
+    turn: int | None
+    mode: str | None = Field(description="the provider running it")
+    partial_text: str = Field(description="the assistant text streamed so far (empty once its message is whole)")
+    started_seq: int = Field(description="the seq of its `turn_start`")
+
+
+class SessionState(WireModel):
+    """`GET /v1/sessions/{id}/state`, and the snapshot of a `session:<id>` bus topic. Everything from `last_seq` on
+    is a pure function of the session's events up to `last_seq` (the same computed live, after a restart or after a
+    crash); `status`, `provider`, `model` and `mode` are the session's as they are now, as in its summary."""
+
+    session_id: str
+    status: SessionStatus
+    provider: str | None
+    model: str | None
+    mode: str | None
+    last_seq: int = Field(description="the seq of the last event this state includes")
+    turns: int = Field(description="turns begun")
+    conversation: list[ConversationMessage] = Field(description="user and assistant messages, oldest first")
+    turn_in_progress: TurnInProgress | None
+    usage: dict[str, int] | None = Field(
+        description="token counts summed over the turns whose model reported them (null: none did)"
+    )
+    last_turn: SessionCompletionSummary | None = Field(description="how the last finished turn ended")
+
+
 class InputRequest(WireModel):
     """`POST /v1/sessions/{id}/input`."""
 
@@ -288,7 +335,8 @@ class InputResponse(WireModel):
 
 
 class CommandRequest(WireModel):
-    """`POST /v1/sessions/{id}/command`: `set_mode {mode}`, `set_model {model}`, `stop`."""
+    """`POST /v1/sessions/{id}/command`: `set_mode {mode}`, `set_model {model}`, `stop` (ends the running turn),
+    `close` (ends the session for good and keeps its history: status `stopped`, further input is a 409)."""
 
     command: str
     payload: dict[str, Any] | None = None
@@ -298,7 +346,12 @@ class CommandDetail(WireModel):
     status: str = Field(description="`ok`")
     mode: str | None = Field(default=None, description="`set_mode`: the mode now set")
     model: str | None = Field(default=None, description="`set_model`: the model now set")
-    stopped: bool | None = Field(default=None, description="`stop`: whether a turn was running (and is stopped)")
+    stopped: bool | None = Field(
+        default=None, description="`stop`, `close`: whether a turn was running (and is stopped)"
+    )
+    closed: bool | None = Field(
+        default=None, description="`close`: whether this closed the session (false: it was closed already)"
+    )
 
 
 class CommandResponse(WireModel):
@@ -403,6 +456,105 @@ class ResumeWindowExceededBody(ErrorBody):
     last_seq: int
 
 
+# -- the realtime bus (GET /v1/realtime, WebSocket) --------------------------------------------------------------------
+Topics = Annotated[list[str], Field(description="`sessions` and/or `session:<id>`")]
+
+
+class RealtimeSubscribe(WireModel):
+    """Client to server: start topics; each answers with its `snapshot`, then `event`s."""
+
+    type: Literal["subscribe"]
+    topics: Topics
+
+
+class RealtimeUnsubscribe(WireModel):
+    type: Literal["unsubscribe"]
+    topics: Topics
+
+
+class RealtimePing(WireModel):
+    """Answered by `pong` (with the same `id`, when it has one)."""
+
+    type: Literal["ping"]
+    id: str | int | None = None
+
+
+class RealtimeClientMessage(
+    RootModel[Annotated[Union[RealtimeSubscribe, RealtimeUnsubscribe, RealtimePing], Field(discriminator="type")]]  # noqa: UP007
+):
+    """A text frame a client sends on the bus: one JSON object."""
+
+
+class SessionsSnapshot(WireModel):
+    """The `sessions` topic's snapshot: every session's summary, oldest first."""
+
+    type: Literal["snapshot"]
+    topic: Literal["sessions"]
+    payload: list[SessionSummary]
+
+
+class SessionsChange(WireModel):
+    kind: str = Field(
+        description="`created`, `status` (its status changed), `deleted`, `activity` (new events; at most one per "
+        "session per second, carrying the latest seq)"
+    )
+    session_id: str
+    summary: SessionSummary | None = Field(default=None, description="`created`, `status`: the session now")
+    last_seq: int | None = Field(default=None, description="`activity`: the session's last seq")
+    last_activity_at: str | None = Field(default=None, description="`activity`: ISO 8601, UTC")
+
+
+class SessionsEvent(WireModel):
+    """An event of the `sessions` topic."""
+
+    type: Literal["event"]
+    topic: Literal["sessions"]
+    payload: SessionsChange
+
+
+class SessionSnapshot(WireModel):
+    """A `session:<id>` topic's snapshot: its state at `payload.last_seq`; the topic's events follow from the next
+    seq on, with no gap and none twice."""
+
+    type: Literal["snapshot"]
+    topic: str = Field(description="`session:<id>`")
+    payload: SessionState
+
+
+class SessionEvent(WireModel):
+    """An event of a `session:<id>` topic: the event as the SSE stream and the log carry it."""
+
+    type: Literal["event"]
+    topic: str = Field(description="`session:<id>`")
+    payload: Event
+
+
+class RealtimeError(WireModel):
+    """A request the server could not do (the connection stays open), or the last message before the server closes
+    a connection that fell behind (close code 4008)."""
+
+    type: Literal["error"]
+    message: str
+    topic: str | None = Field(default=None, description="the topic it is about")
+    last_seq: dict[str, int] | None = Field(
+        default=None,
+        description="fell behind: the seq of the last event (or snapshot) sent on each `session:<id>` topic",
+    )
+
+
+class RealtimePong(WireModel):
+    type: Literal["pong"]
+    id: str | int | None = None
+
+
+class RealtimeServerMessage(
+    RootModel[
+        Union[SessionsSnapshot, SessionsEvent, SessionSnapshot, SessionEvent, RealtimeError, RealtimePong]  # noqa: UP007
+    ]
+):
+    """A text frame the server sends on the bus: one JSON object, told apart by `type` and `topic`."""
+
+
 class ProtocolVersion(RootModel[Literal[PROTOCOL_VERSION]]):
     """The protocol this engine speaks, reported by /health, `version --json` and every event."""
 
@@ -422,6 +574,9 @@ SCHEMA_MODELS: list[type[BaseModel]] = [
     CommandRequest,
     CommandResponse,
     ShutdownResponse,
+    SessionState,
+    RealtimeClientMessage,
+    RealtimeServerMessage,
     Health,
     Ready,
     Status,

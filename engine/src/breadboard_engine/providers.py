@@ -90,10 +90,8 @@ def replay(request: dict) -> Iterator[dict]:
             time.sleep(float(delay) / 1000.0)
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
             raise RuntimeError(f'{path}:{number}: an event needs a "type"')
-        event = {"type": item["type"], "payload": item.get("payload", item.get("data")) or {}}
-        if "turn" in item:
-            event["turn"] = item["turn"]
-        yield event
+        # A fixture's own "turn" is not passed on: the turn is the engine's to number.
+        yield {"type": item["type"], "payload": item.get("payload", item.get("data")) or {}}
 
 
 def openai(request: dict) -> Iterator[dict]:
@@ -158,9 +156,12 @@ def turn_batches(provider: str, request: dict) -> Iterator[list[dict]]:
     def produce() -> None:
         events = PROVIDERS[provider](request)
         try:
-            for event in events:
+            for step, event in enumerate(events):
                 if abandoned.is_set():
                     return
+                # Numbered where it is produced, so the order survives however the batches travel; the engine
+                # places it in its turn (and the turn is the engine's, whatever a replay fixture says).
+                event["step"] = step
                 if event["type"] == "assistant_message":
                     # Where the turn ran: a Ray worker's pid, or the engine's own when Ray is off.
                     event["payload"].setdefault("worker_pid", worker_pid)

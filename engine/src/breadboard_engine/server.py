@@ -2,7 +2,8 @@
 
 Shutdown paths, all ending in the same place (streams closed, runners stopped, sessions left resumable, Ray we
 started shut down): POST /v1/shutdown (exit 0), SIGTERM or SIGINT (uvicorn's graceful path; a second SIGINT forces).
-Open SSE streams are closed *before* uvicorn waits for connections, so they never hold the exit up.
+Open SSE streams and realtime bus connections are closed *before* uvicorn waits for connections, so they never hold
+the exit up.
 """
 
 from __future__ import annotations
@@ -60,17 +61,15 @@ def serve(args) -> int:
         return 1
 
     from .app import create_app
+    from .manager import SessionManager
     from .ray_runtime import RayRuntime
-    from .sessions import SessionManager
 
     ray = RayRuntime(settings.ray_start, settings.ray_address, settings.data_dir)
     manager = SessionManager(settings, ray)
     server_box: dict = {}
 
     def request_exit() -> None:
-        manager.stopping = True
-        for session in manager.sessions.values():
-            manager._close_streams(session)
+        manager.begin_shutdown()
         server = server_box.get("server")
         if server is not None:
             server.should_exit = True
@@ -115,7 +114,7 @@ def serve(args) -> int:
         fd=settings.fd,
         log_config=_logging_config(settings.log_level),
         log_level=settings.log_level,
-        access_log=os.environ.get("BREADBOARD_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on"),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=5,
         lifespan="on",
         server_header=False,

@@ -48,6 +48,9 @@ class Settings:
     provider: str
     max_body_bytes: int
     replay_dir: Path
+    snapshot_every: int = 1000
+    realtime_queue: int = 1024
+    access_log: bool = False
     tls: Tls | None = None
     # Accepted but worth saying: the server logs these once logging is set up.
     warnings: list[str] = field(default_factory=list)
@@ -161,6 +164,14 @@ def load(args) -> Settings:
     data_path = Path(data_dir).expanduser().absolute()
     replay_dir = Path(_env("BREADBOARD_REPLAY_DIR") or data_path / "replays").expanduser().absolute()
 
+    snapshot_every = _int("BREADBOARD_SNAPSHOT_EVERY", _env("BREADBOARD_SNAPSHOT_EVERY"), 1000)
+    if snapshot_every < 1:
+        raise SettingsError(f"BREADBOARD_SNAPSHOT_EVERY must be at least 1, got {snapshot_every}")
+    realtime_queue = _int("BREADBOARD_REALTIME_QUEUE", _env("BREADBOARD_REALTIME_QUEUE"), 1024)
+    if realtime_queue < 1:
+        raise SettingsError(f"BREADBOARD_REALTIME_QUEUE must be at least 1, got {realtime_queue}")
+    warnings.extend(superseded_upstream_settings(data_path))
+
     return Settings(
         host=host,
         port=port,
@@ -177,9 +188,33 @@ def load(args) -> Settings:
         provider=_env("BREADBOARD_PROVIDER") or "echo",
         max_body_bytes=max_body,
         replay_dir=replay_dir,
+        snapshot_every=snapshot_every,
+        realtime_queue=realtime_queue,
+        access_log=(_env("BREADBOARD_ACCESS_LOG") or "").lower() in TRUTHY,
         tls=tls,
         warnings=warnings,
     )
+
+
+# Upstream's persistence switches. This engine always keeps what they switch on, so none of them changes anything;
+# each one set is named once at start with what does its job here, so that it is never silently ignored.
+UPSTREAM_PERSISTENCE = {
+    "BREADBOARD_EVENTLOG_DIR": "event logs are always kept, in {sessions} (BREADBOARD_DATA_DIR/sessions, one "
+    "<id>/events.jsonl per session as upstream's); set BREADBOARD_DATA_DIR to move them",
+    "BREADBOARD_EVENTLOG_BOOTSTRAP": "every stored session is loaded at start, always",
+    "BREADBOARD_EVENTLOG_REPLAY": "replay=true and resuming read the whole history from disk, always (no "
+    "1000-event window)",
+    "BREADBOARD_SESSION_INDEX": "the session index {index} is always kept (SQLite)",
+}
+
+
+def superseded_upstream_settings(data_dir: Path) -> list[str]:
+    found = []
+    for name, instead in UPSTREAM_PERSISTENCE.items():
+        if _env(name) is not None:
+            text = instead.format(sessions=data_dir / "sessions", index=data_dir / "sessions.sqlite3")
+            found.append(f"{name} is upstream's and is superseded here: {text}")
+    return found
 
 
 def _tls(args, warnings: list[str]) -> Tls | None:

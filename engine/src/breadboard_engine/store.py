@@ -1,4 +1,4 @@
-"""Durable session storage: one append-only JSONL event log per session plus a SQLite index.
+"""Durable session storage: the SQLite index of sessions (each session's events: eventlog.py).
 
 The event log is the source of truth. An event is written to `sessions/<id>/events.jsonl` (with one write(2) on an
 O_APPEND descriptor, before any client sees it), so a process crash loses nothing a client was sent. The SQLite index
@@ -13,124 +13,14 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .version import PROTOCOL_VERSION
 
-READ_CHUNK = 1 << 20
 TOMBSTONE = ".deleted"
-
-
-class EventLog:
-    """The events of one session, with the byte offset where each seq's line ends (seq n ends at ends[n-1])."""
-
-    def __init__(self, path: Path, fsync: str):
-        self.path = path
-        self.fsync_policy = fsync
-        self.ends: list[int] = []
-        self.repaired_bytes = 0
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._load()
-        # Opened at the first append and closed when the session closes: reading a session's history holds no
-        # descriptor, so thousands of stored sessions cost no file handles.
-        self.fd: int | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return len(self.ends)
-
-    @property
-    def size(self) -> int:
-        return self.ends[-1] if self.ends else 0
-
-    def _load(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            self.path.touch(mode=0o600)
-            return
-        good = len(data)
-        # A torn last line (crash mid-write, or power loss with the tail unflushed) is cut off, never fatal.
-        if data and not data.endswith(b"\n"):
-            good = data.rfind(b"\n") + 1
-        while good > 0:
-            start = data.rfind(b"\n", 0, good - 1) + 1
-            try:
-                json.loads(data[start:good])
-                break
-            except ValueError:
-                good = start
-        if good != len(data):
-            self.repaired_bytes = len(data) - good
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
-        pos = data.find(b"\n", 0, good)
-        while pos != -1:
-            self.ends.append(pos + 1)
-            pos = data.find(b"\n", pos + 1, good)
-
-    def append(self, line: bytes) -> None:
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        view = memoryview(line)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.ends.append(self.size + len(line))
-        if self.fsync_policy == "always":
-            os.fsync(self.fd)
-
-    def sync(self) -> None:
-        if self.fsync_policy != "never" and self.fd is not None:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-    def offset_of(self, seq: int) -> int:
-        """Byte offset where the line of `seq` starts."""
-        return 0 if seq <= 1 else self.ends[seq - 2]
-
-    def read(self, first_seq: int, last_seq: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (seq, json line without newline) for first_seq..last_seq, reading in large chunks."""
-        if first_seq > last_seq:
-            return
-        start, end = self.offset_of(first_seq), self.ends[last_seq - 1]
-        seq = first_seq
-        carry = b""
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                chunk = f.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-                lines = (carry + chunk).split(b"\n")
-                carry = lines.pop()
-                for line in lines:
-                    yield seq, line
-                    seq += 1
-
-    def last_event(self) -> dict | None:
-        if not self.ends:
-            return None
-        for _, line in self.read(self.last_seq, self.last_seq):
-            return json.loads(line)
-        return None
-
-    def find_event_id(self, event_id: str) -> int | None:
-        needle = f'"id":"{event_id}"'.encode()
-        for seq, line in self.read(1, self.last_seq):
-            if needle in line:
-                return seq
-        return None
+CLOSED = ("completed", "failed", "stopped")  # a session with one of these statuses never runs again
+LIVE = ("starting", "running")  # a runner owns the session
 
 
 @dataclass
