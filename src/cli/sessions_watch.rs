@@ -1,10 +1,9 @@
 //! `breadboard sessions list --watch`: the live session list over the engine's realtime bus. On a terminal the table
-//! is redrawn in place (at most ten times a second); on a pipe every bus message of the `sessions` topic is one JSON
+//! is redrawn in place (on the bus client's 100 ms tick, only when something changed); on a pipe every bus message of the `sessions` topic is one JSON
 //! line (the snapshot too, so a reader can rebuild the list, and again after each reconnect). Disconnects are said
 //! on stderr and retried; Ctrl-C ends the watch with 0.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -14,8 +13,6 @@ use crate::client::realtime::{watch_sessions, SessionsUpdate};
 use crate::client::wire::Summary;
 use crate::client::Client;
 
-const REDRAW_AT_MOST_EVERY: Duration = Duration::from_millis(100);
-
 pub async fn run(
     ctx: &Ctx<'_>,
     client: &mut Client<'_>,
@@ -23,7 +20,7 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let terminal = std::io::stdout().is_terminal();
     let mut sessions: Vec<Value> = Vec::new();
-    let mut last_draw: Option<Instant> = None;
+    let mut dirty = false;
     let mut note: Option<String> = None;
     let mut disconnected = false;
     let printer = ctx.printer;
@@ -81,14 +78,22 @@ pub async fn run(
                     _ => {}
                 }
             }
-            SessionsUpdate::Disconnected(why) => note = Some(format!("reconnecting: {why}")),
+            SessionsUpdate::Disconnected(why) => {
+                note = Some(format!("reconnecting: {why}"));
+                // No ticks while disconnected: say it now.
+                draw(&sessions, status, note.as_deref());
+                return;
+            }
+            // Changes are drawn on the next tick: a burst of them costs one redraw.
+            SessionsUpdate::Tick => {
+                if dirty {
+                    dirty = false;
+                    draw(&sessions, status, note.as_deref());
+                }
+                return;
+            }
         }
-        // Bursts of activity are drawn once: a redraw costs a screen, an event only a line.
-        if last_draw.is_some_and(|t| t.elapsed() < REDRAW_AT_MOST_EVERY) && note.is_none() {
-            return;
-        }
-        last_draw = Some(Instant::now());
-        draw(&sessions, status, note.as_deref());
+        dirty = true;
     })
     .await?;
     if terminal {
@@ -105,7 +110,7 @@ fn print_line(value: &str) {
 
 /// The table of `sessions list`, from the top of the screen.
 fn draw(sessions: &[Value], status: Option<&str>, note: Option<&str>) {
-    let mut text = String::from("\x1b[H\x1b[2J");
+    let mut text = String::new();
     text.push_str(&format!(
         "{:<36}  {:<11}  {:<20}  {:<20}  {:<20}  {:>8}\n",
         "ID", "STATUS", "PROVIDER/MODEL", "CREATED", "LAST ACTIVITY", "LAST SEQ"
@@ -131,7 +136,15 @@ fn draw(sessions: &[Value], status: Option<&str>, note: Option<&str>) {
         rows.len(),
         note.map(|n| format!(" - {n}")).unwrap_or_default()
     ));
+    // Overwritten in place from the top: each line cleared to its end, then the rest of the screen (a full-screen
+    // clear would push every frame into the terminal's scrollback).
+    let mut frame = String::from("\x1b[H");
+    for line in text.lines() {
+        frame.push_str(line);
+        frame.push_str("\x1b[K\n");
+    }
+    frame.push_str("\x1b[J");
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(frame.as_bytes());
     let _ = out.flush();
 }

@@ -23,6 +23,8 @@ use crate::error::{CliError, ErrorKind};
 const SUBPROTOCOL: &str = "breadboard.v1";
 /// Our own `ping` when the bus has been quiet this long; no answer within the next period is a dead peer.
 const PING_EVERY: Duration = Duration::from_secs(15);
+/// How often the watcher may redraw: a burst of changes is drawn once, and the last one is never left undrawn.
+const TICK: Duration = Duration::from_millis(100);
 /// The close code of a connection that fell a whole queue behind (docs/protocol.md).
 const CLOSE_FELL_BEHIND: u16 = 4008;
 
@@ -37,6 +39,8 @@ pub enum SessionsUpdate {
     Change { raw: String, change: Change },
     /// The connection broke; the watcher reconnects and will get a fresh snapshot.
     Disconnected(String),
+    /// Every 100 ms while connected: the moment to draw what changed since the last one.
+    Tick,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,8 +178,17 @@ async fn watch_once(
         return Dropped::Retry(super::error_chain(&e));
     }
     let mut awaiting_pong = false;
+    let mut quiet_until = tokio::time::Instant::now() + PING_EVERY;
+    let mut tick = tokio::time::interval(TICK);
     loop {
-        let frame = match tokio::time::timeout(PING_EVERY, socket.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(quiet_until, socket.next()) => next,
+            _ = tick.tick() => {
+                on(SessionsUpdate::Tick);
+                continue;
+            }
+        };
+        let frame = match next {
             Err(_) if awaiting_pong => {
                 return Dropped::Retry(format!(
                     "the bus sent nothing for {}s",
@@ -184,6 +197,7 @@ async fn watch_once(
             }
             Err(_) => {
                 awaiting_pong = true;
+                quiet_until = tokio::time::Instant::now() + PING_EVERY;
                 let ping = serde_json::json!({"type": "ping"}).to_string();
                 if let Err(e) = socket.send(Message::text(ping)).await {
                     return Dropped::Retry(super::error_chain(&e));
@@ -195,6 +209,7 @@ async fn watch_once(
             Ok(Some(Ok(frame))) => frame,
         };
         awaiting_pong = false;
+        quiet_until = tokio::time::Instant::now() + PING_EVERY;
         let text = match frame {
             Message::Text(t) => t,
             Message::Close(close) => {

@@ -20,3 +20,4 @@ mod privacy;
 mod snapshots;
 mod supervisor;
 mod watch;
+mod watch_term;
