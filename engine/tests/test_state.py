@@ -263,3 +263,28 @@ def test_upstream_persistence_settings_are_named_once_as_superseded(engine_facto
     assert f"kept, in {engine.data_dir / 'sessions'}" in text
     quiet = engine_factory(engine.data_dir.parent / "other").start()
     assert "superseded" not in quiet.log_text()
+
+
+def test_idle_sessions_let_go_of_their_state_beyond_the_cache_and_read_it_back_the_same(engine_factory):
+    """BREADBOARD_STATE_CACHE bounds how many idle sessions hold their derived state in memory; a state let go is
+    read back from its snapshot and the log, equal to what it was."""
+    engine = engine_factory(env={"BREADBOARD_STATE_CACHE": "2"}).start()
+    ids = [engine.create(f"turn of session {i}", metadata={"cli_session_kind": "oneshot"}) for i in range(5)]
+    for sid in ids:
+        engine.wait_status(sid, "completed")
+    first = {sid: state(engine, sid) for sid in ids}
+
+    def counts():
+        r = engine.client().get("/v1/status")
+        assert r.status_code == 200, r.text
+        return r.json()["sessions"]
+
+    assert counts()["states_in_memory"] <= 2, counts()
+    again = {sid: state(engine, sid) for sid in reversed(ids)}
+    assert again == first
+    assert counts()["states_in_memory"] <= 2, counts()
+    # A live session (a runner waiting for input) keeps its state whatever the cache says.
+    live = [engine.create("") for _ in range(3)]
+    for sid in live:
+        state(engine, sid)
+    assert counts()["states_in_memory"] >= 3, counts()

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from . import providers
@@ -186,6 +187,9 @@ class SessionManager:
         self.stopping = False
         self.bus = Bus(settings.realtime_queue)
         self.runner = TurnRunner(self)
+        # Sessions holding their derived state in memory, least recently used first: at most `state_cache` of the
+        # ones nobody is using keep it (a live session, or one watched on the bus, always does).
+        self._folds: OrderedDict[str, None] = OrderedDict()
 
     # -- start-up and recovery -------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -273,6 +277,7 @@ class SessionManager:
         )
         session = Session(row, self.settings.sessions_dir, self.settings.fsync)
         session.fold = Fold()  # a new session's state is known: it is empty
+        self._keep_fold(session)
         first_input = task if task.strip() else None
         try:
             session.log  # noqa: B018 - creates the directory and the (empty) log before the row exists
@@ -492,6 +497,7 @@ class SessionManager:
         """The session's derived state, current to its last event. Built once (snapshot plus the log's tail, in a
         thread), then kept current by `publish`."""
         if session.fold is not None:
+            self._keep_fold(session)
             return session.fold
         if session.fold_task is None:
             session.fold_task = asyncio.ensure_future(self._build_fold(session))
@@ -508,9 +514,36 @@ class SessionManager:
             session.snapshot_seq = base or 0
             if fold.seq and (base is None or fold.seq - base >= self.settings.snapshot_every):
                 self._snapshot_soon(session)
+            self._keep_fold(session)
             return fold
         finally:
             session.fold_task = None
+
+    def _keep_fold(self, session: Session) -> None:
+        """Marks the session's state as just used, and lets go of the least recently used states beyond the cache
+        that no live session or bus subscriber needs. A state let go is on disk first (its snapshot), so the next
+        read is the snapshot plus the log's tail."""
+        self._folds[session.id] = None
+        self._folds.move_to_end(session.id)
+        over = len(self._folds) - self.settings.state_cache
+        for sid in list(self._folds):
+            if over <= 0:
+                break
+            other = self.sessions.get(sid)
+            if other is None or other.fold is None:
+                del self._folds[sid]
+                over -= 1
+                continue
+            if other is session or other.streaming or other.in_turn or self.bus.has(session_topic(sid)):
+                continue
+            if other.fold.seq > other.snapshot_seq:
+                self._snapshot_soon(other)
+            other.fold = None
+            del self._folds[sid]
+            over -= 1
+
+    def states_in_memory(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.fold is not None)
 
     def _snapshot_soon(self, session: Session) -> None:
         """Write the snapshot in a thread; one write at a time per session (a request meanwhile writes again after)."""
@@ -643,6 +676,7 @@ class SessionManager:
                 "total": len(self.sessions),
                 "running": sum(1 for s in self.sessions.values() if s.in_turn),
                 "live": sum(1 for s in self.sessions.values() if s.streaming),
+                "states_in_memory": self.states_in_memory(),
             },
         }
 

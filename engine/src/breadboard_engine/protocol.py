@@ -410,6 +410,11 @@ class SessionCounts(WireModel):
     total: int
     running: int = Field(description="in a turn now")
     live: int = Field(description="a runner is waiting for input or working")
+    states_in_memory: int = Field(
+        default=0,
+        description="**ours**: sessions whose derived state is held in memory (at most `BREADBOARD_STATE_CACHE` of "
+        "the idle ones)",
+    )
 
 
 def _identified(name: str, doc: str, before: dict, after: dict) -> type[WireModel]:

@@ -50,6 +50,7 @@ class Settings:
     replay_dir: Path
     snapshot_every: int = 1000
     realtime_queue: int = 1024
+    state_cache: int = 64
     access_log: bool = False
     tls: Tls | None = None
     # Accepted but worth saying: the server logs these once logging is set up.
@@ -167,6 +168,9 @@ def load(args) -> Settings:
     snapshot_every = _int("BREADBOARD_SNAPSHOT_EVERY", _env("BREADBOARD_SNAPSHOT_EVERY"), 1000)
     if snapshot_every < 1:
         raise SettingsError(f"BREADBOARD_SNAPSHOT_EVERY must be at least 1, got {snapshot_every}")
+    state_cache = _int("BREADBOARD_STATE_CACHE", _env("BREADBOARD_STATE_CACHE"), 64)
+    if state_cache < 1:
+        raise SettingsError(f"BREADBOARD_STATE_CACHE must be at least 1, got {state_cache}")
     realtime_queue = _int("BREADBOARD_REALTIME_QUEUE", _env("BREADBOARD_REALTIME_QUEUE"), 1024)
     if realtime_queue < 1:
         raise SettingsError(f"BREADBOARD_REALTIME_QUEUE must be at least 1, got {realtime_queue}")
@@ -190,6 +194,7 @@ def load(args) -> Settings:
         replay_dir=replay_dir,
         snapshot_every=snapshot_every,
         realtime_queue=realtime_queue,
+        state_cache=state_cache,
         access_log=(_env("BREADBOARD_ACCESS_LOG") or "").lower() in TRUTHY,
         tls=tls,
         warnings=warnings,
