@@ -1,14 +1,19 @@
-//! The control lock `run/control.lock`: every command that changes engine state holds it, so two installs (or, in
-//! later issues, an install and a start) serialise instead of corrupting each other.
+//! File locks. [`FileLock`] is the one lock type: the control lock `run/control.lock` (every command that changes
+//! engine state holds it, so two installs, or an install and a start, serialise instead of corrupting each other)
+//! and the instance lock `run/engine.lock` (held by the supervisor for the engine's whole life) are both one.
 //!
-//! `flock(2)` through std `File::lock`/`try_lock`: the kernel releases it when the process dies, even on `kill -9`,
-//! so there is no stale-lock cleanup. The lock file itself is never unlinked: unlinking a locked file lets a third
+//! `flock(2)` through std `File::lock`/`try_lock` (stable since Rust 1.89, our minimum): the same call on Linux and
+//! macOS that the fs4 crate makes, so no crate is added for it. The kernel releases it when the process dies, even on
+//! `kill -9`, so there is no stale-lock cleanup. A lock file is never unlinked: unlinking a locked file lets a third
 //! process lock a new inode while the second still waits on the old one. A sidecar `control.lock.holder` names the
-//! holder so a waiter can say whom it waits for.
+//! control lock's holder so a waiter can say whom it waits for.
+//!
+//! The install lock (`self_replace::InstallLock`) is not a [`FileLock`]: it is install.sh's directory lock, which a
+//! POSIX shell can take (macOS has no `flock(1)`), and both must agree on it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,10 +35,105 @@ pub struct Holder {
     pub since: String,
 }
 
-/// Held until dropped.
+/// An exclusive `flock` on a file, held until dropped (or until the process ends).
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+/// Why [`FileLock::acquire_within`] gave up.
+#[derive(Debug)]
+pub enum LockFailure {
+    /// Another process still held it at the deadline.
+    Busy,
+    /// The file could not be opened.
+    Open(std::io::Error),
+    /// The file could not be locked (not merely busy).
+    Lock(std::io::Error),
+}
+
+impl FileLock {
+    /// Opens (creating, 0600) `path` for locking. For writing: NFS emulates flock with fcntl locks, whose exclusive
+    /// kind needs a writable fd.
+    fn open(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    /// One non-blocking attempt: `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
+        Self::try_file(Self::open(path)?)
+    }
+
+    fn try_file(file: File) -> std::io::Result<Option<FileLock>> {
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// Tries until `timeout` has passed, every `poll`; `on_wait` runs once, when the first try finds it held (to say
+    /// whom we wait for). Polling: flock has no timed wait, and a blocking `lock()` could not time out.
+    pub fn acquire_within(
+        path: &Path,
+        timeout: Duration,
+        poll: Duration,
+        mut on_wait: impl FnMut(),
+    ) -> Result<FileLock, LockFailure> {
+        let file = Self::open(path).map_err(LockFailure::Open)?;
+        let deadline = Instant::now() + timeout;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(FileLock { file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(LockFailure::Lock(e)),
+            }
+            if !waited {
+                on_wait();
+                waited = true;
+            }
+            if Instant::now() >= deadline {
+                return Err(LockFailure::Busy);
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// The locked file, for a caller that hands the descriptor on (the supervisor inherits the instance lock).
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
+/// Whether another process holds the lock on `path`, without waiting and without creating it. Opened read-only where
+/// the home is not writable: flock itself needs no write access, and a read-only home must still see its running
+/// engine.
+pub fn is_held(path: &Path) -> bool {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            OpenOptions::new().read(true).open(path)
+        }
+        other => other,
+    };
+    // Not there, or not openable: nobody can hold it. Acquired here: released at once when it drops.
+    file.is_ok_and(|f| matches!(FileLock::try_file(f), Ok(None)))
+}
+
+/// The control lock, held until dropped.
 #[derive(Debug)]
 pub struct ControlLock {
-    _file: File,
+    _lock: FileLock,
     holder_path: PathBuf,
 }
 
@@ -43,34 +143,23 @@ impl ControlLock {
     pub fn acquire(paths: &Paths, command: &str, printer: &Printer) -> anyhow::Result<ControlLock> {
         paths.ensure_run_dir()?;
         let lock_path = paths.control_lock();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("could not open {}", lock_path.display()))?;
         let timeout = lock_timeout()?;
-        let deadline = Instant::now() + timeout;
-        let mut announced = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => {
-                    return Err(e)
-                        .with_context(|| format!("could not lock {}", lock_path.display()));
-                }
+        let announce = || {
+            printer.info(&format!(
+                "waiting for {} to release {}",
+                describe_holder(paths),
+                lock_path.display()
+            ));
+        };
+        let lock = match FileLock::acquire_within(&lock_path, timeout, POLL_INTERVAL, announce) {
+            Ok(lock) => lock,
+            Err(LockFailure::Open(e)) => {
+                return Err(e).with_context(|| format!("could not open {}", lock_path.display()));
             }
-            if !announced {
-                printer.info(&format!(
-                    "waiting for {} to release {}",
-                    describe_holder(paths),
-                    lock_path.display()
-                ));
-                announced = true;
+            Err(LockFailure::Lock(e)) => {
+                return Err(e).with_context(|| format!("could not lock {}", lock_path.display()));
             }
-            if Instant::now() >= deadline {
+            Err(LockFailure::Busy) => {
                 return Err(CliError::new(
                     ErrorKind::Lock,
                     format!(
@@ -86,9 +175,7 @@ impl ControlLock {
                 ))
                 .into());
             }
-            // Polling with a deadline: flock has no timed wait, and a blocking lock() could not time out.
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        };
         let holder = Holder {
             pid: std::process::id(),
             command: command.to_owned(),
@@ -97,7 +184,7 @@ impl ControlLock {
         let holder_path = paths.control_lock_holder();
         fsutil::write_private(&holder_path, serde_json::to_string(&holder)?.as_bytes())?;
         Ok(ControlLock {
-            _file: file,
+            _lock: lock,
             holder_path,
         })
     }
@@ -145,4 +232,51 @@ pub fn describe_holder(paths: &Paths) -> String {
             || "another breadboard process".to_owned(),
             |h| format!("pid {} (`{}`)", h.pid, h.command),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_seen_waited_for_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        assert!(!is_held(&path), "a missing file is not held");
+        assert!(!path.exists(), "probing creates nothing");
+        let held = FileLock::try_acquire(&path).unwrap().unwrap();
+        // flock is per open file description: a second open in this process contends like another process.
+        assert!(is_held(&path));
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        let mut waits = 0;
+        let start = Instant::now();
+        let busy = FileLock::acquire_within(
+            &path,
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            || waits += 1,
+        );
+        assert!(matches!(busy, Err(LockFailure::Busy)), "{busy:?}");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert_eq!(waits, 1, "told once");
+        drop(held);
+        assert!(!is_held(&path));
+        let again = FileLock::acquire_within(&path, Duration::ZERO, Duration::ZERO, || {
+            panic!("free: no wait")
+        });
+        assert!(again.is_ok());
+    }
+
+    #[test]
+    fn a_read_only_lock_file_is_still_probed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.lock");
+        let held = FileLock::try_acquire(&path).unwrap().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        // As root the write open succeeds anyway; either way the holder must be seen.
+        assert!(is_held(&path));
+        drop(held);
+        assert!(!is_held(&path));
+    }
 }

@@ -141,12 +141,8 @@ pub fn peek(paths: &Paths) -> Option<Registration> {
 /// The registration a live supervisor was started with (its spec, in its environment), for when the file was lost
 /// or corrupted: what a restart should keep (port, Ray address). `pid` must be a verified supervisor of this home.
 pub fn from_supervisor(pid: crate::sys::Pid) -> Option<Registration> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{}=", crate::cli::supervise::SPEC_ENV);
-    environ.split(|b| *b == 0).find_map(|entry| {
-        let json = std::str::from_utf8(entry).ok()?.strip_prefix(&prefix)?;
-        serde_json::from_str::<Registration>(json).ok()
-    })
+    let json = crate::procfs::environ_var(pid, crate::cli::supervise::SPEC_ENV)?;
+    serde_json::from_str::<Registration>(&json).ok()
 }
 
 /// Whether a registration file exists at all (valid or not).

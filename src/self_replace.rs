@@ -6,8 +6,17 @@
 //! Until that rename, any failure (bad checksum, cut-off download, full disk, read-only directory) leaves the old
 //! binary byte-identical: it is never opened for writing. After it (the commit point) the new binary is in place, so
 //! what fails then (flushing the directory to disk, keeping the replaced file) comes back as a warning, never as an
-//! error saying nothing changed. Hand-written instead of the self-replace crate: on Unix that crate does the same
-//! temp-file-plus-rename, and we need the staged file anyway to verify it before the swap.
+//! error saying nothing changed.
+//!
+//! The crates do the parts they do well: reqwest downloads, flate2 + tar unpack (one entry, see [`extract_binary`]),
+//! ring checks the sha256. The swap itself stays here, two renames, because neither crate for it fits:
+//! - `self-replace` (`self_replace(new)`) always targets `current_exe()` (not the resolved path upgrade checked, and
+//!   never `<name>.previous` for a rollback), copies the verified file again instead of renaming it (a second write
+//!   after the check, with no fsync of the file or the directory), keeps nothing of the old binary, and leaves
+//!   `.<name>.__temp__*` files that neither our leftover cleanup nor install.sh knows. On Unix it is the same
+//!   temp-file-plus-rename as [`replace`], without the parts above.
+//! - `self_update` brings its own download and archive layers (a second reqwest feature set, progress bars) around
+//!   the same rename; the manifest, size, sha256 and `--version` checks would still be ours.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

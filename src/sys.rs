@@ -1,5 +1,7 @@
-//! The few raw Linux calls the supervisor needs (signals, sessions, prctl, waitpid, fd flags). The only module
-//! allowed `unsafe`: every call is a plain libc syscall wrapper with no pointers kept past the call.
+//! The few raw Unix calls the supervisor needs (signals, sessions, waitpid, fd flags, and on Linux prctl). The only
+//! module allowed `unsafe`: every call is a plain libc syscall wrapper with no pointers kept past the call.
+//! `prctl` (child subreaper, parent-death signal) exists only with `cfg(linux_extras)` (Linux without the
+//! `portable-fallbacks` feature); elsewhere the supervisor finds what an engine left through its session instead.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -45,6 +47,7 @@ fn signal_result(rc: i32) -> io::Result<bool> {
 }
 
 /// Makes this process a child subreaper: orphaned descendants (double-forked Ray daemons) re-parent to it.
+#[cfg(linux_extras)]
 pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
@@ -55,6 +58,16 @@ pub fn set_child_subreaper() -> io::Result<()> {
     }
 }
 
+/// No subreaper here (macOS has none): orphans re-parent to launchd/init, and the supervisor still finds them as
+/// members of the session it leads (`procfs::session_members`). The error says so, once, in the supervisor log.
+#[cfg(not(linux_extras))]
+pub fn set_child_subreaper() -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "not available on this platform; leftovers are found through the supervisor's session instead",
+    ))
+}
+
 pub fn getpid() -> Pid {
     std::process::id() as Pid
 }
@@ -62,6 +75,20 @@ pub fn getpid() -> Pid {
 pub fn getsid() -> Pid {
     // SAFETY: getsid(0) has no arguments to get wrong.
     unsafe { libc::getsid(0) }
+}
+
+/// The session of any process (POSIX: Linux and macOS alike); `None` when it is gone (or, on macOS, not ours).
+pub fn sid_of(pid: Pid) -> Option<Pid> {
+    // SAFETY: getsid takes an integer.
+    let sid = unsafe { libc::getsid(pid) };
+    (pid > 0 && sid > 0).then_some(sid)
+}
+
+/// The process group of any process; `None` when it is gone.
+pub fn pgid_of(pid: Pid) -> Option<Pid> {
+    // SAFETY: getpgid takes an integer.
+    let pgid = unsafe { libc::getpgid(pid) };
+    (pid > 0 && pgid > 0).then_some(pgid)
 }
 
 /// How a child ended.
@@ -125,8 +152,10 @@ pub fn pre_exec_setsid(cmd: &mut std::process::Command) {
     }
 }
 
-/// Between fork and exec: own process group (so the whole engine group can be signalled) and SIGKILL when the parent
-/// (the supervisor's spawning thread, which is its main thread) dies. The umask is the user's: the engine's `serve`
+/// Between fork and exec: own process group (so the whole engine group can be signalled) and, with
+/// `cfg(linux_extras)`, SIGKILL when the parent (the supervisor's spawning thread, which is its main thread) dies.
+/// Without it (macOS) an engine outlives a killed supervisor until the next `engine start`/`stop` ends the dead
+/// supervisor's session. The umask is the user's: the engine's `serve`
 /// sets its own private one, and an `engine.command` override (another engine, an agent writing into the user's
 /// project) must create files as the user's shell would.
 pub fn pre_exec_engine(cmd: &mut std::process::Command, parent: Pid) {
@@ -137,6 +166,7 @@ pub fn pre_exec_engine(cmd: &mut std::process::Command, parent: Pid) {
             if libc::setpgid(0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            #[cfg(linux_extras)]
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -196,17 +226,6 @@ pub fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     name.to_owned()
-}
-
-/// Ticks per second of `/proc/<pid>/stat` start times.
-pub fn clock_ticks() -> u64 {
-    // SAFETY: sysconf takes an integer.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 {
-        v as u64
-    } else {
-        100
-    }
 }
 
 pub fn getuid() -> u32 {

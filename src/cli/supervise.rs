@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::crash::{self, LastExit};
 use crate::fsutil;
+use crate::lock::{FileLock, LockFailure};
 use crate::paths::Paths;
 use crate::procfs;
 use crate::registration::{self, Registration};
@@ -119,7 +120,6 @@ pub fn rotate(path: &std::path::Path) {
 }
 
 pub fn open_log(path: &std::path::Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -409,32 +409,26 @@ pub fn take_instance_lock(paths: &Paths) -> Result<File, String> {
     paths
         .ensure_run_dir()
         .map_err(|e| format!("could not create {}: {e:#}", paths.run_dir().display()))?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("could not open the instance lock {}: {e}", path.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!(
-                    "could not lock the instance lock {}: {e}",
-                    path.display()
-                ))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "the instance lock {} is held by another supervisor",
-                path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let lock = FileLock::acquire_within(
+        &path,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || {},
+    );
+    match lock {
+        Ok(lock) => Ok(lock.into_file()),
+        Err(LockFailure::Open(e)) => Err(format!(
+            "could not open the instance lock {}: {e}",
+            path.display()
+        )),
+        Err(LockFailure::Lock(e)) => Err(format!(
+            "could not lock the instance lock {}: {e}",
+            path.display()
+        )),
+        Err(LockFailure::Busy) => Err(format!(
+            "the instance lock {} is held by another supervisor",
+            path.display()
+        )),
     }
 }
 

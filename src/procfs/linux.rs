@@ -1,22 +1,12 @@
-//! Linux `/proc` readers: process start times (for identity checks that survive pid reuse), session and process
-//! tree enumeration (to end everything an engine spawned), and the owner of a listening port.
+//! The Linux extras (`cfg(linux_extras)`): `/proc` readers for what sysinfo cannot give. Start times stay in clock
+//! ticks from `/proc/<pid>/stat` (sysinfo rounds them to whole seconds, and a pid reused within the same second would
+//! then pass an identity check), and so does the process table they are compared with; the holder of a `flock`
+//! (`/proc/locks`), the boot id, and the owner of a listening port (`/proc/net/tcp*`) have no portable source at all.
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use super::Stat;
 use crate::sys::Pid;
-
-/// The fields of `/proc/<pid>/stat` we use.
-#[derive(Debug, Clone, Copy)]
-pub struct Stat {
-    pub pid: Pid,
-    pub state: char,
-    pub ppid: Pid,
-    pub pgid: Pid,
-    pub sid: Pid,
-    /// Field 22: start time in clock ticks since boot. With the pid, it identifies a process uniquely per boot.
-    pub start_ticks: u64,
-}
 
 pub fn stat(pid: Pid) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -36,20 +26,6 @@ fn parse_stat(pid: Pid, text: &str) -> Option<Stat> {
         sid: f.get(3)?.parse().ok()?,
         start_ticks: f.get(19)?.parse().ok()?,
     })
-}
-
-/// Alive and not a zombie.
-pub fn alive(pid: Pid) -> bool {
-    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
-}
-
-/// The process `pid` exists, is not a zombie, and started at `ticks` (so it is the same process, not a reused pid).
-pub fn same_process(pid: Pid, ticks: u64) -> bool {
-    pid > 0 && stat(pid).is_some_and(|s| s.start_ticks == ticks && s.state != 'Z' && s.state != 'X')
-}
-
-pub fn start_ticks(pid: Pid) -> Option<u64> {
-    stat(pid).map(|s| s.start_ticks)
 }
 
 /// The process holding a `flock` on `path`: candidates from `/proc/locks` by inode number (waiters, shown as `->`,
@@ -89,63 +65,11 @@ fn has_open(pid: Pid, dev: u64, ino: u64) -> bool {
         .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
-pub fn cmdline(pid: Pid) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let parts: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    if parts.is_empty() {
-        return None;
-    }
-    Some(parts.join(" "))
-}
-
-fn uid_of(pid: Pid) -> Option<u32> {
+pub fn uid_of(pid: Pid) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}"))
         .ok()
         .map(|m| m.uid())
-}
-
-/// A process carrying the engine mark.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Marked {
-    pub pid: Pid,
-    /// Read before its environment, so [`same_process`] with it later proves the pid still names the process
-    /// whose mark was read.
-    pub start_ticks: u64,
-    pub instance: String,
-}
-
-/// Live processes of our uid whose environment holds `name=<something> <home>` (the engine mark), with the something
-/// (the instance id). Linux only; elsewhere nothing is found.
-pub fn marked_processes(name: &str, home: &Path) -> Vec<Marked> {
-    let uid = crate::sys::getuid();
-    let me = crate::sys::getpid();
-    let prefix = format!("{name}=");
-    let home = home.to_string_lossy();
-    all()
-        .into_iter()
-        .filter(|s| s.pid != me && uid_of(s.pid) == Some(uid))
-        .filter_map(|s| {
-            let environ = std::fs::read(format!("/proc/{}/environ", s.pid)).ok()?;
-            let value = environ.split(|b| *b == 0).find_map(|entry| {
-                std::str::from_utf8(entry)
-                    .ok()?
-                    .strip_prefix(&prefix)
-                    .map(str::to_owned)
-            })?;
-            let (instance, of) = value.split_once(' ')?;
-            // The stat read by all() came first; a pid reused since then has other start ticks.
-            (of == home && same_process(s.pid, s.start_ticks)).then(|| Marked {
-                pid: s.pid,
-                start_ticks: s.start_ticks,
-                instance: instance.to_owned(),
-            })
-        })
-        .collect()
 }
 
 /// Every live process (zombies excluded).
@@ -161,41 +85,6 @@ pub fn all() -> Vec<Stat> {
         if let Some(s) = stat(pid) {
             if s.state != 'Z' && s.state != 'X' {
                 out.push(s);
-            }
-        }
-    }
-    out
-}
-
-/// Processes of session `sid` owned by our uid, except `exclude`.
-pub fn session_members(sid: Pid, exclude: &[Pid]) -> Vec<Pid> {
-    if sid <= 1 {
-        return Vec::new();
-    }
-    let uid = crate::sys::getuid();
-    all()
-        .into_iter()
-        .filter(|s| s.sid == sid && !exclude.contains(&s.pid) && uid_of(s.pid) == Some(uid))
-        .map(|s| s.pid)
-        .collect()
-}
-
-/// All descendants of `root` (children, grandchildren, ...), from the ppid tree.
-pub fn descendants(root: Pid) -> Vec<Pid> {
-    let procs = all();
-    let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
-    for s in &procs {
-        children.entry(s.ppid).or_default().push(s.pid);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        if let Some(kids) = children.get(&p) {
-            for &k in kids {
-                if k != root && !out.contains(&k) {
-                    out.push(k);
-                    stack.push(k);
-                }
             }
         }
     }
@@ -244,7 +133,7 @@ pub fn port_owner(port: u16) -> Option<(Pid, String)> {
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path()) {
                 if inodes.iter().any(|i| Path::new(i) == target) {
-                    return Some((pid, cmdline(pid).unwrap_or_else(|| "?".to_owned())));
+                    return Some((pid, super::cmdline(pid).unwrap_or_else(|| "?".to_owned())));
                 }
             }
         }
@@ -305,13 +194,5 @@ mod tests {
             (s.state, s.ppid, s.pgid, s.sid, s.start_ticks),
             ('S', 1, 123, 123, 987654)
         );
-    }
-
-    #[test]
-    fn own_process_is_found() {
-        let me = crate::sys::getpid();
-        let ticks = start_ticks(me).unwrap();
-        assert!(same_process(me, ticks));
-        assert!(!same_process(me, ticks + 1));
     }
 }
