@@ -1,5 +1,5 @@
 //! Records the target triple this binary is built for, so `breadboard upgrade` picks exactly that release artifact
-//! (never a "close enough" one: a musl build must not pick the gnu tarball; installers.md §1.8, self_update#136).
+//! (never a "close enough" one: a musl build must not pick the gnu tarball).
 //! Cargo gives `TARGET` only to build scripts.
 //!
 //! Also sets `cfg(linux_extras)`: the Linux-only facilities (child subreaper, parent-death signal, `/proc` readers)

@@ -622,7 +622,7 @@ fn ensure_unchanged(exe: &Path, started_as: Option<(u64, u64)>) -> anyhow::Resul
     .into())
 }
 
-/// After an upgrade, a different `breadboard` earlier on PATH would keep running the old version (Codex PR #24637).
+/// After an upgrade, a different `breadboard` earlier on PATH would keep running the old version.
 fn warn_if_shadowed(printer: &Printer, exe: &Path) {
     let Ok(found) = which::which("breadboard") else {
         return;
