@@ -354,6 +354,15 @@ pub fn check_engine_url(url: &str, origin: &str) -> Result<String, CliError> {
     let host = base
         .strip_prefix("http://")
         .or_else(|| base.strip_prefix("https://"));
+    // Credentials in the URL would be printed in every message that names the engine, and end up in shell history:
+    // refused without repeating them.
+    if host.is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
+        return Err(CliError::new(
+            ErrorKind::Usage,
+            format!("{origin} holds credentials (user:password@host); a token never goes in a URL"),
+        )
+        .hint("give the URL as https://HOST:PORT and the token with --token-file FILE or BREADBOARD_API_TOKEN_FILE"));
+    }
     match host {
         Some(rest)
             if !rest.is_empty()
@@ -440,6 +449,14 @@ mod tests {
         for bad in ["engine:8443", "http://", "http://h:1/?t=x", "ftp://h"] {
             assert!(check_engine_url(bad, "--url").is_err(), "{bad}");
         }
+        // Credentials in a URL are refused without being repeated.
+        let err = check_engine_url("https://me:hunter2@h:1", "--url").unwrap_err();
+        assert!(
+            !err.message.contains("hunter2") && err.message.contains("credentials"),
+            "{}",
+            err.message
+        );
+        assert!(check_engine_url("https://h:1/path@x", "--url").is_ok());
         let bad: Config = toml::from_str("[client]\nurl = \"h:1\"\nuser = 1\n").unwrap();
         let err = client_url(&bad)
             .unwrap_err()

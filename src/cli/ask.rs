@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::time::Duration;
 
 use super::{ConnectArgs, Ctx};
-use crate::client::render::{stream_turn, Render};
+use crate::client::render::{stream_turn, Input, Render};
 use crate::client::{self, state, StartPolicy};
 use crate::error::{CliError, ErrorKind};
 
@@ -110,7 +110,7 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> anyhow::Result<u8> {
             (None, true) => Some(state::recall(&ctx.paths, &c.endpoint)?),
             (None, false) => None,
         };
-        let (id, after) = match existing {
+        let (id, after, input_id) = match existing {
             Some(id) => {
                 let summary = c.summary(&id).await?;
                 if summary.closed() {
@@ -119,9 +119,9 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> anyhow::Result<u8> {
                 if let Some(m) = &args.model {
                     c.set_model(&id, m).await?;
                 }
-                c.input(&id, &prompt).await?;
+                let input_id = c.input(&id, &prompt).await?;
                 state::remember(&ctx.paths, &c.endpoint, &id);
-                (id, summary.last_seq)
+                (id, summary.last_seq, input_id)
             }
             None => {
                 let mut meta = serde_json::json!({ "cli_session_kind": "oneshot" });
@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> anyhow::Result<u8> {
                 let created = c.create(&prompt, args.provider.as_deref(), meta).await?;
                 ctx.printer
                     .debug(&format!("session {}", created.session_id));
-                (created.session_id, 0)
+                (created.session_id, 0, None)
             }
         };
         let mut render = Render::new(args.json, false, *ctx.printer);
@@ -139,7 +139,10 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> anyhow::Result<u8> {
             &mut c,
             &id,
             after,
-            Some(&prompt),
+            Some(Input {
+                text: &prompt,
+                input_id: input_id.as_deref(),
+            }),
             &mut render,
             turn_timeout,
             wait,

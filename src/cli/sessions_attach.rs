@@ -5,7 +5,7 @@
 use rustyline::error::ReadlineError;
 
 use super::{ConnectArgs, Ctx};
-use crate::client::render::{stream_turn, Outcome, Render};
+use crate::client::render::{stream_turn, Input, Outcome, Render};
 use crate::client::{self, state, StartPolicy};
 use crate::error::{CliError, ErrorKind};
 
@@ -76,9 +76,13 @@ pub fn run(ctx: &Ctx, args: &AttachArgs) -> anyhow::Result<u8> {
                     }
                     let _ = editor.add_history_entry(line.as_str());
                     let after = c.summary(&id).await?.last_seq;
-                    c.input(&id, &line).await?;
+                    let input_id = c.input(&id, &line).await?;
                     let mut render = Render::new(false, false, *ctx.printer);
-                    match stream_turn(&mut c, &id, after, Some(&line), &mut render, None, wait)
+                    let input = Input {
+                        text: &line,
+                        input_id: input_id.as_deref(),
+                    };
+                    match stream_turn(&mut c, &id, after, Some(input), &mut render, None, wait)
                         .await?
                     {
                         Outcome::Completed => {}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{ConnectArgs, Ctx};
 use crate::client::render::Render;
 use crate::client::{self, Ended, Flow, FollowOpts, OnInterrupt, Start, StartPolicy};
+use crate::error::{CliError, ErrorKind};
 
 #[derive(Debug, clap::Args)]
 pub struct FollowArgs {
@@ -40,6 +41,30 @@ pub fn run(ctx: &Ctx, args: &FollowArgs) -> anyhow::Result<u8> {
     };
     client::block_on(async {
         let mut c = client::connect(ctx, args.connect.connect(StartPolicy::FailFast, wait)).await?;
+        // Both need the session's end: `--tail 0` means none of the past (the engine reads a limit of 0 as no
+        // limit), and a `--from-seq` past the end would wait for events that may never come.
+        let start = match start {
+            Start::Tail(0) => Start::After(c.summary(&args.id).await?.last_seq),
+            Start::After(n) if n > 0 => {
+                let last = c.summary(&args.id).await?.last_seq;
+                if n > last {
+                    return Err(CliError::new(
+                        ErrorKind::Usage,
+                        format!(
+                            "--from-seq {n} is past the end of session {}: its last seq is {last}",
+                            args.id
+                        ),
+                    )
+                    .hint(format!(
+                        "breadboard sessions follow {} --from-seq {last}",
+                        args.id
+                    ))
+                    .into());
+                }
+                start
+            }
+            other => other,
+        };
         let mut render = Render::new(args.json, true, *ctx.printer);
         let opts = FollowOpts {
             start,

@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> anyhow::Result<u8> {
             }
         }
         c.delete(&args.id).await?;
-        ctx.printer.result(&format!("deleted session {}", args.id));
+        ctx.printer.info(&format!("deleted session {}", args.id));
         Ok(0)
     })?
 }

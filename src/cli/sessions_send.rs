@@ -1,7 +1,7 @@
 //! `breadboard sessions send ID TEXT|- [--wait]`: posts one input; `--wait` streams its turn as `ask` does.
 
 use super::{ConnectArgs, Ctx};
-use crate::client::render::{stream_turn, Render};
+use crate::client::render::{stream_turn, Input, Render};
 use crate::client::{self, state, StartPolicy};
 
 #[derive(Debug, clap::Args)]
@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx, args: &SendArgs) -> anyhow::Result<u8> {
         if summary.closed() {
             return Err(super::ask::closed_error(&summary));
         }
-        c.input(&args.id, &text).await?;
+        let input_id = c.input(&args.id, &text).await?;
         state::remember(&ctx.paths, &c.endpoint, &args.id);
         if !args.wait {
             ctx.printer.info(&format!("sent to session {}", args.id));
@@ -52,7 +52,10 @@ pub fn run(ctx: &Ctx, args: &SendArgs) -> anyhow::Result<u8> {
             &mut c,
             &args.id,
             summary.last_seq,
-            Some(&text),
+            Some(Input {
+                text: &text,
+                input_id: input_id.as_deref(),
+            }),
             &mut render,
             turn_timeout,
             wait,

@@ -101,11 +101,18 @@ fn remote_token(ctx: &Ctx, target: &Connect) -> anyhow::Result<(Option<String>, 
         );
         return from_file(&p, origin, ErrorKind::Config);
     }
-    if let Some(t) = env_vars::get(BREADBOARD_API_TOKEN) {
-        return Ok((
-            Some(t.trim().to_owned()),
-            Some(format!("the variable {BREADBOARD_API_TOKEN}")),
-        ));
+    match env_vars::get(BREADBOARD_API_TOKEN) {
+        // An empty value is a variable left set by mistake: sending an empty bearer token would only earn a 401.
+        Some(t) if t.trim().is_empty() => ctx.printer.warn(&format!(
+            "{BREADBOARD_API_TOKEN} is set but empty; ignoring it"
+        )),
+        Some(t) => {
+            return Ok((
+                Some(t.trim().to_owned()),
+                Some(format!("the variable {BREADBOARD_API_TOKEN}")),
+            ))
+        }
+        None => {}
     }
     if let Some(p) = config::client_token_file(&ctx.config, &ctx.paths.config_file()) {
         let origin = format!(

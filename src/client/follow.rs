@@ -191,7 +191,9 @@ where
                         // down ends every stream after its replay; a proxy may cut them): back off, never spin.
                         if !progressed {
                             if pause(jitter(backoff), &mut sigint, &mut st).await {
-                                if let Some(ended) = interrupted(client, id, &opts, &mut st).await {
+                                if let Some(ended) =
+                                    interrupted(client, id, &opts, &mut st, &mut sigint).await
+                                {
                                     return Ok(Followed {
                                         ended,
                                         last_seq: st.last,
@@ -292,7 +294,16 @@ where
                     }
                     if ctx.printer.interactive() && !asked_restart {
                         asked_restart = true;
-                        if ctx.printer.confirm_default_yes("restart the engine?") {
+                        let answer =
+                            confirm_or_interrupt(ctx.printer, "restart the engine?", &mut sigint);
+                        let Some(yes) = answer.await else {
+                            st.interrupts += 1;
+                            return Ok(Followed {
+                                ended: Ended::Interrupted,
+                                last_seq: st.last,
+                            });
+                        };
+                        if yes {
                             start_local(
                                 ctx,
                                 "restarting the engine",
@@ -387,6 +398,29 @@ fn is_kind(e: &anyhow::Error, kinds: &[ErrorKind]) -> bool {
         .any(|c| kinds.contains(&c.kind))
 }
 
+/// Asks on the terminal; `None` when Ctrl-C comes first. The answer is read on a thread of its own: tokio's SIGINT
+/// handler is installed (with SA_RESTART), so a read on this thread would not see Ctrl-C at all. That thread is
+/// left blocked in its read when Ctrl-C wins; the process ends soon after.
+async fn confirm_or_interrupt(
+    printer: &crate::printer::Printer,
+    question: &'static str,
+    sigint: &mut Signal,
+) -> Option<bool> {
+    let printer = *printer;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(printer.confirm_default_yes(question));
+    });
+    tokio::select! {
+        answer = rx => Some(answer.unwrap_or(false)),
+        _ = sigint.recv() => {
+            // The prompt's line is left open: end it before what comes next.
+            printer.info_always("");
+            None
+        }
+    }
+}
+
 /// Sleeps `d`, or less when Ctrl-C comes (counted in `st`); true when interrupted.
 async fn pause(d: Duration, sigint: &mut Signal, st: &mut State) -> bool {
     tokio::select! {
@@ -477,7 +511,7 @@ where
         r = client.send(req) => r,
         _ = sigint.recv() => {
             st.interrupts += 1;
-            if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
+            if let Some(ended) = interrupted(client, id, opts, st, sigint).await { return Ok(Ok(Attempt::Finished(ended))); }
             return Ok(Ok(Attempt::Lost));
         }
     };
@@ -503,7 +537,7 @@ where
                 item = events.next() => item,
                 _ = sigint.recv() => {
                     st.interrupts += 1;
-                    if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
+                    if let Some(ended) = interrupted(client, id, opts, st, sigint).await { return Ok(Ok(Attempt::Finished(ended))); }
                     continue;
                 }
                 _ = tokio::time::sleep(stop_wait) => return Ok(Ok(Attempt::Finished(Ended::Interrupted))),
@@ -558,6 +592,7 @@ async fn interrupted(
     id: &str,
     opts: &FollowOpts,
     st: &mut State,
+    sigint: &mut Signal,
 ) -> Option<Ended> {
     if opts.on_interrupt == OnInterrupt::Detach || st.interrupts > 1 {
         return Some(Ended::Interrupted);
@@ -567,7 +602,15 @@ async fn interrupted(
         .printer
         .info("stopping the turn (Ctrl-C again to quit at once)");
     // Only a turn the engine says it stopped is waited for; print what arrives until it ends.
-    match client.command(id, "stop", serde_json::json!({})).await {
+    // A second Ctrl-C while the stop request is out quits at once, whatever the engine does with it.
+    let answer = tokio::select! {
+        answer = client.command(id, "stop", serde_json::json!({})) => answer,
+        _ = sigint.recv() => {
+            st.interrupts += 1;
+            return Some(Ended::Interrupted);
+        }
+    };
+    match answer {
         Ok(detail) if detail.stopped == Some(true) => {
             st.stop_deadline = Some(Instant::now() + Duration::from_secs(5));
             None

@@ -26,7 +26,7 @@ use crate::error::{CliError, ErrorKind};
 use wire::{Created, ErrorBody, Health, Summary};
 
 /// Where requests go and with which token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     /// `http(s)://host:port`, no trailing slash.
     pub base: String,
@@ -37,6 +37,19 @@ pub struct Endpoint {
     pub instance_id: Option<String>,
     /// The local supervisor's automatic restarts so far: a higher count after a disconnect means a crash.
     pub restarts: u32,
+}
+
+/// Never the token itself: a debug print of an endpoint (in a log, a panic) must not leak it.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_origin", &self.token_origin)
+            .field("instance_id", &self.instance_id)
+            .field("restarts", &self.restarts)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -306,14 +319,25 @@ impl<'a> Client<'a> {
         .await
     }
 
-    pub async fn input(&self, id: &str, content: &str) -> anyhow::Result<()> {
+    /// Posts an input with an `input_id` of our own; returns it when the engine echoed it (then its turn's
+    /// `user_message` carries it too), `None` for an engine that does not know input ids.
+    pub async fn input(&self, id: &str, content: &str) -> anyhow::Result<Option<String>> {
+        let input_id = crate::fsutil::random_hex(12)?;
         let req = self
             .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/input"))
-            .json(&wire::Input { content });
-        self.send(req)
+            .json(&wire::Input {
+                content,
+                input_id: Some(&input_id),
+            });
+        let answer = self
+            .send(req)
             .await
             .map_err(|e| self.error(e, About::Session(id)))?;
-        Ok(())
+        let answer: wire::InputAnswer = answer.json().await.unwrap_or(wire::InputAnswer {
+            status: String::new(),
+            input_id: None,
+        });
+        Ok(answer.input_id.filter(|echoed| *echoed == input_id))
     }
 
     /// `POST /v1/sessions/{id}/command`; returns the answer's `detail`.
@@ -342,5 +366,27 @@ impl<'a> Client<'a> {
             .await
             .map_err(|e| self.error(e, About::Session(id)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_debug_print_never_shows_the_token() {
+        let e = Endpoint {
+            base: "http://127.0.0.1:1".into(),
+            token: Some("s3cr3t-token-value".into()),
+            token_origin: Some("the token file /t".into()),
+            instance_id: None,
+            restarts: 0,
+        };
+        let text = format!("{e:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("http://127.0.0.1:1"),
+            "{text}"
+        );
     }
 }

@@ -147,14 +147,37 @@ impl Outcome {
     }
 }
 
-/// Streams the turn of the input `prompt` posted after seq `after`: prints its events until its `run_finished`.
-/// Events of an earlier turn still running are skipped until our input's `user_message`. `timeout` stops the turn
-/// and fails with exit 124.
+/// The input whose turn to stream: its text, and the `input_id` the engine echoed for it (if it knows them).
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub text: &'a str,
+    pub input_id: Option<&'a str>,
+}
+
+impl Input<'_> {
+    /// Whether a `user_message` starts this input's turn: by its `input_id` when the engine echoes them (another
+    /// client's identical text is then not ours), else by its text.
+    fn starts(&self, text: &str, raw: &str) -> bool {
+        match self.input_id {
+            Some(mine) => {
+                serde_json::from_str::<serde_json::Value>(raw)
+                    .ok()
+                    .and_then(|v| v["payload"]["input_id"].as_str().map(|t| t == mine))
+                    == Some(true)
+            }
+            None => text == self.text,
+        }
+    }
+}
+
+/// Streams the turn of `input` posted after seq `after`: prints its events until its `run_finished`. Events of an
+/// earlier turn still running are skipped until our input's `user_message`. `timeout` stops the turn and fails
+/// with exit 124.
 pub async fn stream_turn(
     client: &mut Client<'_>,
     id: &str,
     after: u64,
-    prompt: Option<&str>,
+    prompt: Option<Input<'_>>,
     render: &mut Render,
     timeout: Option<Duration>,
     wait: Duration,
@@ -171,7 +194,7 @@ pub async fn stream_turn(
     let run = follow(client, id, opts, |env, raw| {
         if !ours {
             if let (Event::UserMessage { text }, Some(p)) = (env.event(), prompt) {
-                ours = text == p;
+                ours = p.starts(&text, raw);
             }
             if !ours {
                 return Ok(Flow::Continue);

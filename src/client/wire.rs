@@ -46,6 +46,19 @@ pub struct CreateSession<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Input<'a> {
     pub content: &'a str,
+    /// Ours, chosen per input: an engine with `sessions.input_id` echoes it in the answer and in the turn's
+    /// `user_message`, so the client finds its own turn; others ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_id: Option<&'a str>,
+}
+
+/// `POST /v1/sessions/{id}/input` answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InputAnswer {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_id: Option<String>,
 }
 
 /// `POST /v1/sessions/{id}/command` body: `stop`, `set_model {model}`, `set_mode {mode}`.
@@ -68,6 +81,9 @@ pub struct CommandDetail {
     /// `stop`: whether a turn was running (and is stopped now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<bool>,
+    /// `close`: whether this closed the session (false: it was closed already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<bool>,
 }
 
 /// `POST /v1/sessions` answer.

@@ -233,6 +233,20 @@ fn ask_and_sessions_against_the_real_engine() {
         .map(|v| v["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [last_seq - 1, last_seq]);
+    // --tail 0: none of the past (it printed everything before).
+    let o = run(
+        &e,
+        &[
+            "sessions",
+            "follow",
+            &sid,
+            "--tail",
+            "0",
+            "--json",
+            "--until-idle",
+        ],
+    );
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{}", o.stderr);
     let o = run(&e, &["sessions", "follow", &sid, "--until-idle"]);
     assert_eq!(
         o.stdout,
@@ -263,9 +277,21 @@ fn ask_and_sessions_against_the_real_engine() {
         "{}",
         o.stderr
     );
-    let o = run(&e, &["sessions", "follow", &sid, "--from-seq", "99999"]);
-    assert_eq!(o.code, 26, "{}", o.stderr);
-    assert!(o.stderr.contains("--from-seq 0"), "{}", o.stderr);
+    // A resume point past the session's end is a usage error naming the end, with or without --until-idle (the
+    // latter used to exit 0 having printed nothing).
+    for extra in [None, Some("--until-idle")] {
+        let mut args = vec!["sessions", "follow", sid.as_str(), "--from-seq", "99999"];
+        args.extend(extra);
+        let o = run(&e, &args);
+        assert_eq!((o.code, o.stdout.as_str()), (2, ""), "{}", o.stderr);
+        assert!(
+            o.stderr.contains(&format!(
+                "--from-seq 99999 is past the end of session {sid}: its last seq is"
+            )),
+            "{}",
+            o.stderr
+        );
+    }
 
     // --timeout stops the turn (exit 124); stop with no turn running says so.
     let slow = slow_fixture(&e, 100, 100);
@@ -274,12 +300,11 @@ fn ask_and_sessions_against_the_real_engine() {
     assert!(o.stdout.starts_with("w0 "), "{}", o.stdout);
     assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
     let o = run(&e, &["sessions", "stop", &sid]);
+    // What happened is a status line on stderr; stdout carries results only.
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{}", o.stderr);
     assert_eq!(
-        (o.code, o.stdout.trim()),
-        (
-            0,
-            format!("no turn was in progress in session {sid}").as_str()
-        )
+        o.stderr.trim(),
+        format!("no turn was in progress in session {sid}")
     );
 
     // rm: refused without a terminal and without --yes (nothing deleted), then deleted; then not found (22).
@@ -288,7 +313,12 @@ fn ask_and_sessions_against_the_real_engine() {
     assert!(o.stderr.contains("--yes"), "{}", o.stderr);
     assert_eq!(summary(&e, &sid)["status"], "running");
     let o = run(&e, &["sessions", "rm", &sid, "--yes"]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&format!("deleted session {sid}")),
+        "{}",
+        o.stderr
+    );
     for args in [
         vec!["sessions", "show", &sid],
         vec!["sessions", "send", &sid, "x"],
@@ -306,6 +336,29 @@ fn ask_and_sessions_against_the_real_engine() {
     let o = run(&e, &["ask", "--continue", "x"]);
     assert_eq!(o.code, 22, "{}", o.stderr);
     assert!(o.stderr.contains("breadboard sessions new"), "{}", o.stderr);
+
+    // stop --close: the session ends for good (status stopped) and keeps its history; input is refused (25).
+    let closing = run(&e, &["sessions", "new"]).stdout.trim().to_owned();
+    let o = run(
+        &e,
+        &["sessions", "send", &closing, "before the close", "--wait"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(&e, &["sessions", "stop", &closing, "--close"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains(&format!("closed session {closing}: it keeps its history")),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(summary(&e, &closing)["status"], "stopped");
+    let o = run(&e, &["sessions", "send", &closing, "after"]);
+    assert_eq!(o.code, 25, "{}", o.stderr);
+    let o = run(&e, &["sessions", "show", &closing]);
+    assert!(o.stdout.contains("before the close"), "{}", o.stdout);
+    let o = run(&e, &["sessions", "stop", &closing, "--close"]);
+    assert!(o.stderr.contains("was closed already"), "{}", o.stderr);
 
     // A token the engine refuses: exit 23 naming the file, never the token.
     let token_file = e.ctx.home.join("run/engine.token");
@@ -738,5 +791,72 @@ fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
         stderr.contains("killed by SIGKILL"),
         "the crash report: {stderr}\n{}",
         std::fs::read_to_string(e.ctx.home.join("logs/engine.log")).unwrap_or_default()
+    );
+}
+
+/// Two clients send the same text into one session at once, behind a turn still running: each streams its own turn
+/// (found by the input_id the engine echoes), not the first turn with that text. Matching by text alone gave both
+/// the first one.
+#[test]
+fn two_identical_inputs_at_once_each_stream_their_own_turn() {
+    let e = Engine::new();
+    e.start();
+    let url = url_of(&e);
+    let token = e.token();
+    let (code, body) = http(
+        &url,
+        "POST",
+        "/v1/sessions",
+        Some(&token),
+        Some(r#"{"config":{},"task":"","metadata":{"echo_delay_ms":40}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let sid = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A turn that keeps the session busy for a few seconds, so both inputs queue behind it.
+    let blocker: String = (0..60).map(|i| format!("b{i} ")).collect();
+    let o = run(&e, &["sessions", "send", &sid, blocker.trim()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let spawn = || {
+        e.command()
+            .args(["ask", "--session", &sid, "--json", "the same words"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let turns: Vec<u64> = [a, b]
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let events = lines_json(&String::from_utf8_lossy(&out.stdout));
+            let user = events
+                .iter()
+                .find(|v| v["type"] == "user_message")
+                .expect("a user_message");
+            assert_eq!(user["payload"]["text"], "the same words");
+            assert!(user["payload"]["input_id"].is_string(), "{user}");
+            // Every event printed belongs to that one turn.
+            let turn = user["turn"].as_u64().unwrap();
+            assert!(
+                events.iter().all(|v| v["turn"].as_u64() == Some(turn)),
+                "{events:?}"
+            );
+            turn
+        })
+        .collect();
+    assert_ne!(
+        turns[0], turns[1],
+        "both clients streamed turn {}",
+        turns[0]
     );
 }

@@ -131,4 +131,17 @@ fn attach_ask_ctrl_c_and_the_restart_prompt_in_a_real_terminal() {
         "{}",
         t.text()
     );
+    drop(t);
+
+    // Ctrl-C at the prompt answers it: no restart, the follow ends (it was swallowed by a blocking read before).
+    let t = open(&e, "follow2", &format!("sessions follow {id}"));
+    t.wait_for_text("> after the restart");
+    let reg = e.registration().unwrap();
+    breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+    t.wait_for_text("restart the engine? [Y/n]");
+    t.keys(&["C-c"]);
+    t.wait_for_text("EXIT=0");
+    assert!(t.text().contains("detached from session"), "{}", t.text());
+    let (code, _) = e.status();
+    assert_eq!(code, 14, "the engine stays crashed: nothing restarted it");
 }

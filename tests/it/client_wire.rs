@@ -262,7 +262,18 @@ fn every_field_the_client_reads_or_writes_is_in_the_schema_with_its_type() {
     assert_request(
         defs,
         "InputRequest",
-        &breadboard::client::wire::Input { content: "hi" },
+        &breadboard::client::wire::Input {
+            content: "hi",
+            input_id: Some("0123abcd"),
+        },
+    );
+    assert_fits(
+        defs,
+        "InputResponse",
+        &breadboard::client::wire::InputAnswer {
+            status: "accepted".into(),
+            input_id: Some("0123abcd".into()),
+        },
     );
     let stop = breadboard::client::wire::Command {
         command: "stop",
@@ -309,6 +320,7 @@ fn every_field_the_client_reads_or_writes_is_in_the_schema_with_its_type() {
     assert_fits(defs, "SessionSummary", &full_summary);
     let detail = CommandDetail {
         stopped: Some(true),
+        closed: Some(true),
     };
     assert_fits(defs, "CommandResponse", &CommandAnswer { detail });
     let resume = ErrorBody {

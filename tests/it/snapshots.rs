@@ -72,6 +72,11 @@ fn errors_without_an_engine() {
         &ctx,
         &ctx.cmd(&["ask"]).write_stdin("").output().unwrap(),
     );
+    snap(
+        "ask_url_with_credentials",
+        &ctx,
+        &run(&["ask", "--url", "https://me:hunter2@127.0.0.1:1", "hello"]),
+    );
     std::fs::create_dir_all(&ctx.home).unwrap();
     std::fs::write(ctx.home.join("config.toml"), "[engine\nport = 1\n").unwrap();
     snap(
@@ -117,6 +122,18 @@ fn status_crash_report_and_client_errors_of_a_real_engine() {
             "--token-file",
             wrong.to_str().unwrap(),
         ]),
+    );
+
+    // A blank BREADBOARD_API_TOKEN (an empty one counts as unset, as every variable) is left set by mistake:
+    // ignored with a warning, never sent as a token.
+    let mut empty = e.command();
+    empty
+        .env("BREADBOARD_API_TOKEN", "  ")
+        .args(["sessions", "list", "--url", &url]);
+    snap(
+        "sessions_list_blank_token_variable",
+        ctx,
+        &empty.output().unwrap(),
     );
 
     // kill -9 of the engine (no automatic restart): the crash report, once, with the log's tail.
