@@ -1,4 +1,6 @@
-//! `breadboard sessions show ID [--json]`: the summary and the conversation so far (user and assistant text).
+//! `breadboard sessions show ID [--json]`: the summary and the conversation so far (user and assistant text), from
+//! the engine's derived state (`GET /v1/sessions/{id}/state`: one request, whatever the session's length); an
+//! engine without that route gets its events replayed instead.
 
 use serde::Serialize;
 
@@ -10,7 +12,8 @@ use crate::client::{self, Flow, FollowOpts, OnInterrupt, Start, StartPolicy};
 pub struct ShowArgs {
     /// The session
     pub id: String,
-    /// Print {"session": <summary as the engine sent it>, "conversation": [{"turn","role","text"}]}
+    /// Print {"session": <summary as the engine sent it>, "conversation": [{"turn","role","text"}], "state": <the
+    /// engine's state, or null when it has no state route>}
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -35,7 +38,20 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> anyhow::Result<u8> {
         let raw = c.get_raw(&args.id).await?;
         let summary: Summary = serde_json::from_value(raw.clone())?;
         let mut conversation = Vec::new();
-        if summary.last_seq > 0 {
+        let state = state_of(&c, &args.id).await?;
+        if let Some(state) = &state {
+            for m in state["conversation"].as_array().into_iter().flatten() {
+                conversation.push(Message {
+                    turn: m["turn"].as_u64(),
+                    role: if m["role"] == "user" {
+                        "user"
+                    } else {
+                        "assistant"
+                    },
+                    text: m["text"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        } else if summary.last_seq > 0 {
             let opts = FollowOpts {
                 start: Start::After(0),
                 until_idle: false,
@@ -73,8 +89,9 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> anyhow::Result<u8> {
             .await?;
         }
         if args.json {
-            ctx.printer
-                .json(&serde_json::json!({ "session": raw, "conversation": conversation }));
+            ctx.printer.json(
+                &serde_json::json!({ "session": raw, "conversation": conversation, "state": state }),
+            );
             return Ok(0);
         }
         let p = ctx.printer;
@@ -96,11 +113,38 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> anyhow::Result<u8> {
         if summary.oneshot() {
             p.result("  kind:           one-shot");
         }
+        if let Some(usage) = state.as_ref().and_then(|s| s["usage"].as_object()) {
+            let counts: Vec<String> = usage.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            p.result(&format!("  usage:          {}", counts.join(", ")));
+        }
         for m in &conversation {
             p.result("");
             p.result(&format!("{}:", m.role));
             p.result(&m.text);
         }
+        if let Some(turn) = state
+            .as_ref()
+            .map(|s| &s["turn_in_progress"])
+            .filter(|t| t.is_object())
+        {
+            p.result("");
+            p.result(&format!(
+                "assistant (turn {} in progress):",
+                turn["turn"].as_u64().unwrap_or(0)
+            ));
+            p.result(turn["partial_text"].as_str().unwrap_or_default());
+        }
         Ok(0)
     })?
+}
+
+/// The session's derived state; `None` when the engine has no state route (the session itself was found just before,
+/// so a 404 here is the route's).
+async fn state_of(c: &client::Client<'_>, id: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let req = c.request(reqwest::Method::GET, &format!("/v1/sessions/{id}/state"));
+    match c.send(req).await {
+        Ok(resp) => Ok(Some(resp.json().await?)),
+        Err(client::ApiError::Status(404, _)) => Ok(None),
+        Err(e) => Err(c.error(e, client::About::Session(id))),
+    }
 }

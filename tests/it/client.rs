@@ -193,6 +193,13 @@ fn ask_and_sessions_against_the_real_engine() {
     let o = run(&e, &["sessions", "show", &sid, "--json"]);
     let shown: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(shown["session"]["status"], "running");
+    // Read from the engine's state route: one answer with the conversation, current to the session's last seq.
+    assert_eq!(
+        shown["state"]["last_seq"], shown["session"]["last_seq"],
+        "{shown}"
+    );
+    assert_eq!(shown["state"]["turns"], 2, "{shown}");
+    assert!(shown["state"]["turn_in_progress"].is_null(), "{shown}");
     let texts: Vec<(&str, &str)> = shown["conversation"]
         .as_array()
         .unwrap()
