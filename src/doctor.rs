@@ -196,7 +196,7 @@ pub fn all_checks(setup: &Setup) -> Vec<Finding> {
     let mut out = vec![cli_version(setup.paths)];
     out.extend(home_checks(setup.paths));
     out.push(config_check(setup));
-    out.push(uv_check());
+    out.push(uv_check(setup));
     let store = Store::new(setup.paths);
     let venv = venv_checks(setup.paths, &store);
     let usable = venv
@@ -743,22 +743,51 @@ fn config_check(setup: &Setup) -> Finding {
     }
 }
 
-fn uv_check() -> Finding {
-    match installer::find_uv() {
-        Some(uv) => Finding::ok(
+fn uv_check(setup: &Setup) -> Finding {
+    if let Some(uv) = installer::find_uv() {
+        return Finding::ok(
             "Python",
             "tools.uv",
             "uv is available",
             uv.display().to_string(),
-        ),
-        None => Finding::warn(
+        );
+    }
+    let pinned = crate::uv_bootstrap::uv_path(&setup.paths.home);
+    if pinned.is_file() {
+        return Finding::ok(
             "Python",
             "tools.uv",
-            "uv not found: installs use pip and are much slower",
-            "looked in BREADBOARD_UV and PATH",
-        )
-        .fix("pip install --user uv   # or see https://docs.astral.sh/uv/"),
+            "uv is available (the pinned one engine install set up)",
+            pinned.display().to_string(),
+        );
     }
+    // The next install sets up the pinned uv by itself; only a configured pip keeps installs slow.
+    let configured = crate::env_vars::get(crate::env_vars::BREADBOARD_INSTALLER).or_else(|| {
+        setup
+            .config
+            .as_ref()
+            .ok()
+            .and_then(|c| c.engine.installer.clone())
+    });
+    let pip = configured.as_deref() == Some("pip");
+    if pip {
+        return Finding::warn(
+            "Python",
+            "tools.uv",
+            "installs use pip (configured), much slower than uv",
+            "[engine] installer or BREADBOARD_INSTALLER says pip",
+        )
+        .fix("breadboard engine install --installer uv   # sets up a pinned uv if none is found");
+    }
+    Finding::ok(
+        "Python",
+        "tools.uv",
+        format!(
+            "no uv found: the next engine install sets up uv {}",
+            crate::uv_bootstrap::UV_VERSION
+        ),
+        "looked in BREADBOARD_UV, PATH and the home's tools/",
+    )
 }
 
 fn venv_checks(paths: &Paths, store: &Store) -> Vec<Finding> {
@@ -1007,7 +1036,7 @@ fn pip_check(store: &Store, version: &str) -> Finding {
         });
     }
     // uv's check takes milliseconds where pip's takes over a second; uv-built venvs have no pip at all.
-    let cmd = if let Some(uv) = installer::find_uv() {
+    let cmd = if let Some(uv) = installer::installed_uv(&store.paths().home) {
         let mut c = Command::new(uv);
         c.args(["pip", "check", "--python"]).arg(&python);
         c

@@ -69,6 +69,10 @@ pub struct Store<'a> {
 }
 
 impl<'a> Store<'a> {
+    pub fn paths(&self) -> &Paths {
+        self.paths
+    }
+
     pub fn new(paths: &'a Paths) -> Store<'a> {
         Store { paths }
     }

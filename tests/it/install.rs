@@ -242,6 +242,36 @@ fn without_uv_the_pinned_uv_is_set_up_from_the_same_index() {
     ctx.assert_current_complete("0.1.0");
     assert_eq!(ctx.list_json()["versions"][0]["receipt"]["installer"], "uv");
 
+    // doctor sees it (and checks the venv's dependencies with it), and does not claim installs use pip.
+    let doctor = |ctx: &TestContext| {
+        let mut cmd = ctx.cmd(&["engine", "doctor", "--json"]);
+        cmd.env_remove("BREADBOARD_UV").env("PATH", "/usr/bin:/bin");
+        let out = cmd.output().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "tools.uv")
+            .cloned()
+            .unwrap()
+    };
+    let found = doctor(&ctx);
+    assert_eq!(found["status"], "ok", "{found}");
+    assert!(
+        found["title"].as_str().unwrap().contains("the pinned one"),
+        "{found}"
+    );
+    let fresh = TestContext::new();
+    let none = doctor(&fresh);
+    assert_eq!(
+        (none["status"].as_str(), none["title"].as_str()),
+        (
+            Some("ok"),
+            Some("no uv found: the next engine install sets up uv 0.13.9")
+        )
+    );
+
     let second = install("0.1.1");
     assert!(
         !stderr(&second).contains("setting up uv"),
