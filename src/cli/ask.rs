@@ -97,11 +97,7 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> anyhow::Result<u8> {
         .into());
     }
     let prompt = read_input(args.prompt.as_deref(), "prompt")?;
-    let start = if args.no_start {
-        StartPolicy::FailFast
-    } else {
-        StartPolicy::Start
-    };
+    let start = StartPolicy::unless(args.no_start);
     let wait = turn_timeout.unwrap_or(DEFAULT_WAIT);
     client::block_on(async {
         let mut c = client::connect(ctx, args.connect.connect(start, wait)).await?;

@@ -31,11 +31,7 @@ pub struct AttachArgs {
 }
 
 pub fn run(ctx: &Ctx, args: &AttachArgs) -> anyhow::Result<u8> {
-    let start = if args.no_start {
-        StartPolicy::FailFast
-    } else {
-        StartPolicy::Start
-    };
+    let start = StartPolicy::unless(args.no_start);
     let wait = super::ask::DEFAULT_WAIT;
     client::block_on(async {
         let mut c = client::connect(ctx, args.connect.connect(start, wait)).await?;

@@ -22,11 +22,7 @@ pub struct NewArgs {
 }
 
 pub fn run(ctx: &Ctx, args: &NewArgs) -> anyhow::Result<u8> {
-    let start = if args.no_start {
-        StartPolicy::FailFast
-    } else {
-        StartPolicy::Start
-    };
+    let start = StartPolicy::unless(args.no_start);
     client::block_on(async {
         let c = client::connect(ctx, args.connect.connect(start, super::ask::DEFAULT_WAIT)).await?;
         let created = create_idle(&c, args.provider.as_deref(), args.model.as_deref()).await?;

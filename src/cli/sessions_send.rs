@@ -29,11 +29,7 @@ pub struct SendArgs {
 pub fn run(ctx: &Ctx, args: &SendArgs) -> anyhow::Result<u8> {
     let turn_timeout = super::ask::timeout(args.timeout)?;
     let text = super::ask::read_input(args.text.as_deref(), "input")?;
-    let start = if args.no_start {
-        StartPolicy::FailFast
-    } else {
-        StartPolicy::Start
-    };
+    let start = StartPolicy::unless(args.no_start);
     let wait = turn_timeout.unwrap_or(super::ask::DEFAULT_WAIT);
     client::block_on(async {
         let mut c = client::connect(ctx, args.connect.connect(start, wait)).await?;

@@ -26,6 +26,17 @@ pub enum StartPolicy {
     FailFast,
 }
 
+impl StartPolicy {
+    /// The policy of a command that may start the engine, given its `--no-start` flag.
+    pub fn unless(no_start: bool) -> StartPolicy {
+        if no_start {
+            StartPolicy::FailFast
+        } else {
+            StartPolicy::Start
+        }
+    }
+}
+
 /// How a command reaches the engine.
 #[derive(Debug, Clone, Default)]
 pub struct Connect {
