@@ -550,20 +550,27 @@ where
         if ev.data.is_empty() {
             continue;
         }
+        // The SSE id is the seq too: an event the client cannot read still moves the resume point past it, or a
+        // closed session's stream would be resumed before it, forever.
+        let sse_seq = ev.id.parse::<u64>().ok();
         let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) else {
             client.ctx.printer.warn(&format!(
                 "skipped an event that is not a protocol 1.0 envelope: {}",
                 ev.data.chars().take(200).collect::<String>()
             ));
+            if let Some(seq) = sse_seq.filter(|s| st.last.is_none_or(|l| *s > l)) {
+                st.last = Some(seq);
+            }
             continue;
         };
-        if let Some(seq) = env.seq {
+        let seq = env.seq.or(sse_seq);
+        if let Some(seq) = seq {
             if st.last.is_some_and(|l| seq <= l) {
                 continue;
             }
         }
         let flow = on_event(&env, &ev.data)?;
-        if let Some(seq) = env.seq {
+        if let Some(seq) = seq {
             st.last = Some(seq);
         }
         let finished = env.kind == "run_finished";

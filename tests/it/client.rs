@@ -867,3 +867,51 @@ fn two_identical_inputs_at_once_each_stream_their_own_turn() {
         turns[0]
     );
 }
+
+/// An event whose data the client cannot read still moves the resume point (its SSE id is the seq): a closed
+/// session's follow ends after its last seq instead of resuming before the unreadable event forever.
+#[test]
+fn an_unreadable_event_does_not_keep_a_closed_sessions_follow_reconnecting() {
+    let ctx = TestContext::new();
+    let port = free_port();
+    let mut engine = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/fixtures/fake_engine.py"))
+        .env("FAKE_ENGINE_MODE", "garbage_event")
+        .env("BREADBOARD_CLI_PORT", port.to_string())
+        .env_remove("BREADBOARD_API_TOKEN")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the fake engine", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let out = ctx
+        .cmd(&[
+            "sessions",
+            "follow",
+            "s1",
+            "--json",
+            "--url",
+            &url,
+            "--protocol",
+            "soft",
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let _ = engine.kill();
+    let _ = engine.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<Value> = lines_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(
+        stderr
+            .matches("skipped an event that is not a protocol 1.0 envelope")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
