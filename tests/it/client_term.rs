@@ -145,3 +145,26 @@ fn attach_ask_ctrl_c_and_the_restart_prompt_in_a_real_terminal() {
     let (code, _) = e.status();
     assert_eq!(code, 14, "the engine stays crashed: nothing restarted it");
 }
+
+/// The fake engine accepts `stop` but never answers it: one Ctrl-C cannot end `ask` before the client's 60 s read
+/// timeout, so only the second one can, at once. The bound (20 s) leaves a wide margin for a loaded machine while
+/// staying far below the 60 s the old code waited.
+#[test]
+fn a_second_ctrl_c_quits_ask_while_its_stop_is_unanswered() {
+    let e = Engine::fake("sessions");
+    e.start();
+    let t = open(&e, "askhung", "ask 'hello hung'");
+    t.wait_for_text("partial answer");
+    t.keys(&["C-c"]);
+    t.wait_for_text("stopping the turn");
+    let sent = std::time::Instant::now();
+    t.keys(&["C-c"]);
+    t.wait_for_text("EXIT=130");
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "took {:?}:\n{}",
+        sent.elapsed(),
+        t.text()
+    );
+    assert!(t.text().contains("partial answer"), "{}", t.text());
+}

@@ -101,62 +101,26 @@ fn kill_9_of_engine_and_supervisor_with_ray_leaves_no_orphans() {
     );
 }
 
-fn tmux(args: &[&str]) -> std::process::Output {
-    Command::new("tmux").args(args).output().expect("tmux")
-}
-
-/// A shell script that runs `breadboard <args>` with the test's environment, then `tail_cmd`.
-fn script(e: &Engine, name: &str, args: &str, tail_cmd: &str) -> std::path::PathBuf {
-    let cmd = e.command();
-    let mut text = String::from("#!/bin/sh\n");
-    for (k, v) in cmd.get_envs() {
-        let k = k.to_string_lossy();
-        match v {
-            Some(v) => text.push_str(&format!("export {k}='{}'\n", v.to_string_lossy())),
-            None => text.push_str(&format!("unset {k}\n")),
-        }
-    }
-    text.push_str(&format!(
-        "cd '{}'\n'{BIN}' {args}\necho EXIT=$?\n{tail_cmd}\n",
-        e.ctx.dir.path().display()
-    ));
-    let path = e.ctx.dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-struct TmuxSession(String);
-impl Drop for TmuxSession {
-    fn drop(&mut self) {
-        let _ = tmux(&["kill-session", "-t", &self.0]);
-    }
-}
-
-fn pane(name: &str) -> String {
-    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", name, "-S", "-200"]).stdout)
-        .into_owned()
-}
-
 #[test]
 fn engine_survives_sighup_of_the_launching_terminal() {
     let e = Engine::new();
-    let name = format!("bbhup{}", std::process::id());
-    let s = script(&e, "start.sh", "engine start --port auto", "sleep 60");
-    assert!(
-        tmux(&["new-session", "-d", "-s", &name, s.to_str().unwrap()])
-            .status
-            .success()
+    let t = Term::open(
+        &e.command(),
+        e.ctx.dir.path(),
+        "hup",
+        "engine start --port auto",
     );
-    let guard = TmuxSession(name.clone());
-    wait_for("started in tmux", Duration::from_secs(60), || {
-        pane(&name).contains("EXIT=0")
-    });
+    t.wait_for_text("EXIT=0");
     let pid = e.registration().unwrap()["pid"].as_i64().unwrap() as i32;
-    drop(guard); // kill-session: SIGHUP to the pane's processes
-                 // The hangup reached the terminal's processes once the script's shell is gone; the engine got it then or never.
-    let script_path = s.to_string_lossy().into_owned();
+    drop(t); // kill-server: SIGHUP to the pane's processes
+             // The hangup reached the terminal's processes once the script's shell is gone; the engine got it then or never.
+    let script_path = e
+        .ctx
+        .dir
+        .path()
+        .join("hup.sh")
+        .to_string_lossy()
+        .into_owned();
     wait_for(
         "the terminal's shell to die of SIGHUP",
         Duration::from_secs(10),
@@ -179,45 +143,31 @@ fn crash_prompt_in_a_real_terminal_answered_both_ways() {
             last_exit(&e).is_some_and(|x| x["instance_id"] == id.as_str())
                 && !breadboard::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
         });
-        let name = format!("bbprompt{}{}", std::process::id(), answer.len());
-        let s = script(&e, "status.sh", "engine status", "sleep 60");
-        assert!(tmux(&[
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "60",
-            "-s",
-            &name,
-            s.to_str().unwrap()
-        ])
-        .status
-        .success());
-        let _guard = TmuxSession(name.clone());
-        wait_for("prompt", Duration::from_secs(20), || {
-            pane(&name).contains("Restart the engine now? [Y/n]")
-        });
-        let text = pane(&name);
+        let t = Term::open(
+            &e.command(),
+            e.ctx.dir.path(),
+            &format!("prompt{}", answer.len()),
+            "engine status",
+        );
+        t.wait_for_text("Restart the engine now? [Y/n]");
+        let text = t.text();
         assert!(
             text.contains("exited unexpectedly") && text.contains("SIGKILL"),
             "{text}"
         );
         if answer.is_empty() {
-            tmux(&["send-keys", "-t", &name, "Enter"]);
+            t.keys(&["Enter"]);
         } else {
-            tmux(&["send-keys", "-t", &name, answer, "Enter"]);
+            t.keys(&[answer, "Enter"]);
         }
-        wait_for("answer handled", Duration::from_secs(60), || {
-            pane(&name).contains(expect_exit)
-        });
+        t.wait_for_text(expect_exit);
         let (code, st) = e.status();
         if answer.is_empty() {
-            assert_eq!(code, 0, "restarted: {st}\n{}", pane(&name));
+            assert_eq!(code, 0, "restarted: {st}\n{}", t.text());
             assert_ne!(st["instance_id"].as_str(), Some(id.as_str()));
         } else {
             assert_eq!(code, 14, "{st}");
-            assert!(pane(&name).contains("not restarted"));
+            assert!(t.text().contains("not restarted"));
         }
     }
 }
@@ -261,40 +211,17 @@ fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
     std::fs::create_dir_all(data.join("sessions")).unwrap();
     std::fs::write(data.join("sessions/keep.txt"), b"user data").unwrap();
     for (answer, expect_exit) in [("n", "EXIT=2"), ("y", "EXIT=0")] {
-        let name = format!("bbpurge{}{answer}", std::process::id());
-        let s = script(
-            &e,
-            &format!("purge-{answer}.sh"),
+        let t = Term::open(
+            &e.command(),
+            e.ctx.dir.path(),
+            &format!("purge{answer}"),
             "engine uninstall --purge",
-            "sleep 60",
         );
-        assert!(tmux(&[
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-s",
-            &name,
-            s.to_str().unwrap()
-        ])
-        .status
-        .success());
-        let _guard = TmuxSession(name.clone());
-        wait_for("the purge question", Duration::from_secs(30), || {
-            pane(&name).contains("This cannot be undone.")
-        });
-        tmux(&["send-keys", "-t", &name, answer, "Enter"]);
-        wait_for("the answer handled", Duration::from_secs(60), || {
-            pane(&name).contains(expect_exit)
-        });
+        t.wait_for_text("This cannot be undone.");
+        t.keys(&[answer, "Enter"]);
+        t.wait_for_text(expect_exit);
         if answer == "n" {
-            assert!(
-                pane(&name).contains("nothing was removed"),
-                "{}",
-                pane(&name)
-            );
+            assert!(t.text().contains("nothing was removed"), "{}", t.text());
             assert_eq!(
                 std::fs::read(data.join("sessions/keep.txt")).unwrap(),
                 b"user data"
@@ -304,7 +231,7 @@ fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
                 "the venv stays too"
             );
         } else {
-            assert!(!data.exists(), "{}", pane(&name));
+            assert!(!data.exists(), "{}", t.text());
             assert!(!e.ctx.home.join("engine/current").exists());
         }
     }
@@ -343,26 +270,7 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     let url = reg["url"].as_str().unwrap().to_owned();
     let token = e.token();
     let turn = || -> i32 {
-        let (code, body) = http(
-            &url,
-            "POST",
-            "/v1/sessions",
-            Some(&token),
-            Some(r#"{"task": ""}"#),
-        );
-        assert_eq!(code, 200, "{body}");
-        let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let (code, body) = http(
-            &url,
-            "POST",
-            &format!("/v1/sessions/{id}/input"),
-            Some(&token),
-            Some(r#"{"content": "hello"}"#),
-        );
-        assert_eq!(code, 202, "{body}");
+        let id = session_with_input(&url, &token, r#"{"task": ""}"#, "hello");
         let evs = sse_until(
             &url,
             &format!("/v1/sessions/{id}/events?replay=true"),
@@ -381,26 +289,12 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     // reaper's last record. The kill comes while they run.
     let mut sessions = Vec::new();
     for _ in 0..6 {
-        let (code, body) = http(
+        let id = session_with_input(
             &url,
-            "POST",
-            "/v1/sessions",
-            Some(&token),
-            Some(r#"{"task": "", "metadata": {"echo_delay_ms": 500}}"#),
+            &token,
+            r#"{"task": "", "metadata": {"echo_delay_ms": 500}}"#,
+            "a slow turn of many words that runs for a while yet",
         );
-        assert_eq!(code, 200, "{body}");
-        let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let (code, body) = http(
-            &url,
-            "POST",
-            &format!("/v1/sessions/{id}/input"),
-            Some(&token),
-            Some(r#"{"content": "a slow turn of many words that runs for a while yet"}"#),
-        );
-        assert_eq!(code, 202, "{body}");
         sessions.push(id);
     }
     for id in &sessions {

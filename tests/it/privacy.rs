@@ -75,26 +75,7 @@ fn nobody_cannot_read_a_prompt_after_a_real_turn() {
     let token = e.token();
     let secret = "prompt-only-its-owner-may-read-7f3a";
     // In the session's task (the index) and in its prompt (the event log).
-    let (code, body) = http(
-        &url,
-        "POST",
-        "/v1/sessions",
-        Some(&token),
-        Some(&format!(r#"{{"task": "{secret}"}}"#)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = http(
-        &url,
-        "POST",
-        &format!("/v1/sessions/{id}/input"),
-        Some(&token),
-        Some(&format!(r#"{{"content": "{secret}"}}"#)),
-    );
-    assert_eq!(code, 202, "{body}");
+    let id = session_with_input(&url, &token, &format!(r#"{{"task": "{secret}"}}"#), secret);
     sse_until(
         &url,
         &format!("/v1/sessions/{id}/events?replay=true"),

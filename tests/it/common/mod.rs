@@ -211,6 +211,15 @@ impl TestContext {
             .env("UV_CACHE_DIR", target_dir().join("test-cache/uv"))
             .env("PIP_CACHE_DIR", target_dir().join("test-cache/pip"))
             .env("NO_COLOR", "1")
+            // Output that depends on the terminal's width or the locale, or files under the user's XDG dirs, would
+            // differ between machines: pinned for every test.
+            .env("COLUMNS", "100")
+            .env("LC_ALL", "C.UTF-8")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg/config"))
+            .env("XDG_DATA_HOME", self.dir.path().join("xdg/data"))
+            .env("XDG_CACHE_HOME", self.dir.path().join("xdg/cache"))
+            .env("XDG_STATE_HOME", self.dir.path().join("xdg/state"))
+            .env_remove("XDG_RUNTIME_DIR")
             .env("BREADBOARD_LOCK_TIMEOUT", "300")
             .current_dir(self.dir.path());
         cmd
@@ -352,6 +361,27 @@ pub fn http(
         .read_to_end(&mut raw)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     parse_http(&raw).unwrap_or_else(|| panic!("{method} {path}: malformed response {raw:?}"))
+}
+
+/// Creates a session over the raw API (`create` is the POST /v1/sessions body) and posts `content` as its input:
+/// its id. The engine's own requests, without the client under test.
+pub fn session_with_input(base: &str, token: &str, create: &str, content: &str) -> String {
+    let (code, body) = http(base, "POST", "/v1/sessions", Some(token), Some(create));
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let input = serde_json::json!({ "content": content }).to_string();
+    let (code, body) = http(
+        base,
+        "POST",
+        &format!("/v1/sessions/{id}/input"),
+        Some(token),
+        Some(&input),
+    );
+    assert_eq!(code, 202, "{body}");
+    id
 }
 
 /// Reads an SSE stream (`GET path`, replayed from the start) until an event's data contains `until`, or panics at
