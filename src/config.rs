@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub restart: Option<toml::Value>,
     /// The port `engine start` serves on (as `--port`; env `BREADBOARD_CLI_PORT`).
     pub port: Option<u16>,
+    /// `engine start` serves HTTPS with these (as `--ssl-certfile`/`--ssl-keyfile`); relative to config.toml's folder.
+    pub ssl_certfile: Option<PathBuf>,
+    pub ssl_keyfile: Option<PathBuf>,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -407,6 +410,21 @@ pub fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf>
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.clone(),
     })
+}
+
+/// `[engine] ssl_certfile` and `ssl_keyfile`, relative paths taken from the directory of `config_file`.
+pub fn engine_tls_files(config: &Config, config_file: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+    let resolve = |p: &Option<PathBuf>| {
+        let p = p.as_ref().filter(|p| !p.as_os_str().is_empty())?;
+        Some(match config_file.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.clone(),
+        })
+    };
+    (
+        resolve(&config.engine.ssl_certfile),
+        resolve(&config.engine.ssl_keyfile),
+    )
 }
 
 #[cfg(test)]

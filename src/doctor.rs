@@ -582,48 +582,76 @@ fn privacy_check(paths: &Paths) -> Finding {
     .repair(Repair::MakePrivate(open.into_iter().map(|(p, _)| p).collect()))
 }
 
+/// Network filesystems, by the names `/proc/mounts` and `statfs` give them.
+const NETWORK_FILESYSTEMS: [&str; 8] = [
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "9p",
+    "webdav",
+];
+
 /// Locks need a local filesystem: flock over NFS or SMB is unreliable.
 fn filesystem_check(path: &Path) -> Finding {
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let mount = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
-            Some((point.replace("\\040", " "), fstype.to_owned()))
-        })
-        .filter(|(point, _)| canonical.starts_with(point))
-        .max_by_key(|(point, _)| point.len());
-    match mount {
-        Some((point, fstype))
-            if ["nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p"]
-                .contains(&fstype.as_str()) =>
-        {
-            Finding::warn(
-                "Home",
-                "home.local_fs",
-                "BREADBOARD_HOME is on a network filesystem",
-                format!(
-                    "{} is on {fstype} ({point}); locks may not work there",
-                    path.display()
-                ),
-            )
-            .fix("export BREADBOARD_HOME=/a/local/dir   # e.g. under /var/tmp or a local disk")
-        }
-        Some((point, fstype)) => Finding::ok(
-            "Home",
-            "home.local_fs",
-            "on a local filesystem",
-            format!("{fstype} at {point}"),
-        ),
-        None => Finding::ok(
+    let Some((fstype, point)) = filesystem_of(path) else {
+        return Finding::ok(
             "Home",
             "home.local_fs",
             "filesystem not identified",
-            "no /proc/mounts entry matched",
-        ),
+            "neither the mount table nor statfs named it",
+        );
+    };
+    let at = point
+        .as_ref()
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
+    if NETWORK_FILESYSTEMS.contains(&fstype.as_str()) {
+        return Finding::warn(
+            "Home",
+            "home.local_fs",
+            "BREADBOARD_HOME is on a network filesystem",
+            format!(
+                "{} is on {fstype}{at}; locks may not work there",
+                path.display()
+            ),
+        )
+        .fix("export BREADBOARD_HOME=/a/local/dir   # e.g. under /var/tmp or a local disk");
     }
+    Finding::ok(
+        "Home",
+        "home.local_fs",
+        "on a local filesystem",
+        match &point {
+            Some(p) => format!("{fstype} at {p}"),
+            None => fstype,
+        },
+    )
+}
+
+/// The filesystem type holding `path` and, from Linux's mount table, its mount point; elsewhere (macOS, the
+/// portable build) `statfs` gives the type alone.
+fn filesystem_of(path: &Path) -> Option<(String, Option<String>)> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    #[cfg(linux_extras)]
+    {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mount = mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+                Some((point.replace("\\040", " "), fstype.to_owned()))
+            })
+            .filter(|(point, _)| canonical.starts_with(point))
+            .max_by_key(|(point, _)| point.len());
+        if let Some((point, fstype)) = mount {
+            return Some((fstype, Some(point)));
+        }
+    }
+    crate::sys::filesystem_type(&canonical).map(|t| (t, None))
 }
 
 fn disk_check(path: &Path) -> Finding {
@@ -1573,7 +1601,7 @@ fn port_check(port: u16) -> Finding {
             "Engine",
             "engine.port",
             format!("port {port} is in use"),
-            "by a process of another user (its pid is not visible)",
+            format!("by another process ({})", crate::procfs::UNNAMED_HOLDER),
         )
         .fix("breadboard engine start --port auto"),
         None => Finding::ok(

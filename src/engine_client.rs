@@ -1,9 +1,9 @@
-//! The one HTTP client for the engine's control routes (`/health`, `/ready`, `/v1/status`, `POST /v1/shutdown`):
-//! a blocking HTTP/1.1 request over `std::net::TcpStream` with short timeouts and the bearer token. No TLS and no
-//! connection pool: these are loopback calls that must cost a few milliseconds (`engine status` budget: 10 ms).
+//! The engine's control routes (`/health`, `/ready`, `/v1/status`, `POST /v1/shutdown`) for synchronous callers:
+//! the supervisor, `engine start|status|stop`, `doctor`. One request at a time with a short deadline and the bearer
+//! token, through the same HTTP stack as the session client (`crate::http`: reqwest, and the pinned certificate of
+//! a local engine serving TLS).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,14 +52,17 @@ impl std::fmt::Display for ClientError {
 }
 
 pub struct EngineClient {
-    /// Every address the host resolves to, tried in order (`localhost` may give ::1 before 127.0.0.1).
-    addrs: Vec<SocketAddr>,
-    host_header: String,
+    /// `http(s)://host:port`, no trailing slash.
+    base: String,
     token: Option<String>,
     timeout: Duration,
+    /// The certificate file of a local engine serving TLS (trusted by that certificate alone).
+    pin: Option<PathBuf>,
 }
 
 impl EngineClient {
+    /// The client of the engine at `host:port`. A wildcard bind is reached on loopback. `None` for a host that is
+    /// not an address or a name.
     pub fn new(
         host: &str,
         port: u16,
@@ -70,85 +73,64 @@ impl EngineClient {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        // A wildcard bind is reached on loopback.
         let connect_host = match bare {
             "0.0.0.0" => "127.0.0.1",
             "::" => "::1",
             h => h,
         };
-        let addrs: Vec<SocketAddr> = (connect_host, port).to_socket_addrs().ok()?.collect();
-        if addrs.is_empty() {
+        if connect_host.is_empty() || connect_host.contains(['/', '?', '#', '@', ' ']) {
             return None;
         }
-        let host_header = if connect_host.contains(':') {
-            format!("[{connect_host}]:{port}")
+        let base = if connect_host.contains(':') {
+            format!("http://[{connect_host}]:{port}")
         } else {
-            format!("{connect_host}:{port}")
+            format!("http://{connect_host}:{port}")
         };
         Some(EngineClient {
-            addrs,
-            host_header,
+            base,
             token,
             timeout,
+            pin: None,
         })
     }
 
-    pub fn request(&self, method: &str, path: &str) -> Result<(u16, String), ClientError> {
-        let mut stream = self.connect()?;
-        let _ = stream.set_read_timeout(Some(self.timeout));
-        let _ = stream.set_write_timeout(Some(self.timeout));
-        let _ = stream.set_nodelay(true);
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Accept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.host_header
-        );
-        stream
-            .write_all(req.as_bytes())
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if complete(&buf) {
-                        break;
-                    }
-                }
-                // A signal (the supervisor catches SIGTERM) interrupts the read; it is not an answer.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // A read timeout (EAGAIN on a socket with SO_RCVTIMEO) is an engine too busy to answer in time.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Slow(self.timeout))
-                }
-                Err(e) if buf.is_empty() => return Err(ClientError::Unreachable(e.to_string())),
-                Err(_) => break,
-            }
+    /// Over TLS, trusting exactly the certificates in `cert_file`.
+    pub fn with_pinned_tls(mut self, cert_file: PathBuf) -> EngineClient {
+        if let Some(rest) = self.base.strip_prefix("http://") {
+            self.base = format!("https://{rest}");
         }
-        parse_response(&buf)
-            .ok_or_else(|| ClientError::Unreachable("malformed HTTP response".into()))
+        self.pin = Some(cert_file);
+        self
     }
 
-    fn connect(&self) -> Result<TcpStream, ClientError> {
-        let mut last = None;
-        for addr in &self.addrs {
-            match TcpStream::connect_timeout(addr, self.timeout) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(format!("{addr}: {e}")),
-            }
+    pub fn request(&self, method: &str, path: &str) -> Result<(u16, String), ClientError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let http = crate::http::builder(&self.base, self.pin.as_deref())
+            .and_then(|b| {
+                Ok(b.connect_timeout(self.timeout)
+                    .timeout(self.timeout)
+                    .pool_max_idle_per_host(0)
+                    .build()?)
+            })
+            .map_err(|e| ClientError::Unreachable(format!("{e:#}")))?;
+        let mut req = http
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
         }
-        Err(ClientError::Unreachable(last.unwrap_or_default()))
+        let timeout = self.timeout;
+        let call = async move {
+            let resp = req.send().await?;
+            let code = resp.status().as_u16();
+            Ok::<_, reqwest::Error>((code, resp.text().await?))
+        };
+        match crate::http::block_on(call) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(classify(&e, timeout)),
+            Err(e) => Err(ClientError::Unreachable(format!("{e:#}"))),
+        }
     }
 
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -171,61 +153,14 @@ impl EngineClient {
     }
 }
 
-fn header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-fn content_length(head: &str) -> Option<usize> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse().ok())?
-    })
-}
-
-/// A response is complete when its Content-Length is in (else we read to EOF).
-fn complete(buf: &[u8]) -> bool {
-    let Some(end) = header_end(buf) else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    content_length(&head).is_some_and(|len| buf.len() >= end + len)
-}
-
-fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
-    let end = header_end(buf)?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut body = &buf[end..];
-    if let Some(len) = content_length(&head) {
-        body = &body[..len.min(body.len())];
-    }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
+/// A connection that could not be made (refused, no route, a connect that timed out, a TLS handshake refused) is
+/// unreachable; one made that then answered nothing in time is slow.
+fn classify(e: &reqwest::Error, timeout: Duration) -> ClientError {
+    if e.is_timeout() && !e.is_connect() {
+        ClientError::Slow(timeout)
     } else {
-        body.to_vec()
-    };
-    Some((code, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(nl) = body.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&body[..nl]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = nl + 2;
-        let stop = (start + size).min(body.len());
-        out.extend_from_slice(&body[start..stop]);
-        body = body.get(stop + 2..).unwrap_or(&[]);
+        ClientError::Unreachable(crate::http::error_chain(e))
     }
-    out
 }
 
 #[cfg(test)]
@@ -235,32 +170,14 @@ mod tests {
     #[test]
     fn addresses_bracketed_ipv6_and_wildcards() {
         let c = EngineClient::new("[::1]", 9099, None, Duration::from_millis(10)).unwrap();
-        assert_eq!(c.addrs, vec!["[::1]:9099".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.host_header, "[::1]:9099");
+        assert_eq!(c.base, "http://[::1]:9099");
         let c = EngineClient::new("::1", 9099, None, Duration::from_millis(10)).unwrap();
-        assert_eq!(c.host_header, "[::1]:9099");
+        assert_eq!(c.base, "http://[::1]:9099");
         let c = EngineClient::new("0.0.0.0", 9099, None, Duration::from_millis(10)).unwrap();
-        assert_eq!(
-            c.addrs,
-            vec!["127.0.0.1:9099".parse::<SocketAddr>().unwrap()]
-        );
-    }
-
-    #[test]
-    fn tries_every_resolved_address() {
-        // A listener on 127.0.0.1 only is reached even when a dead address comes first.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        let c = EngineClient {
-            addrs: vec![dead_addr, SocketAddr::from(([127, 0, 0, 1], port))],
-            host_header: format!("127.0.0.1:{port}"),
-            token: None,
-            timeout: Duration::from_millis(500),
-        };
-        assert!(c.connect().is_ok());
+        assert_eq!(c.base, "http://127.0.0.1:9099");
+        let c = c.with_pinned_tls("/cert.pem".into());
+        assert_eq!(c.base, "https://127.0.0.1:9099");
+        assert!(EngineClient::new("", 9099, None, Duration::from_millis(10)).is_none());
     }
 
     #[test]
@@ -281,11 +198,36 @@ mod tests {
     }
 
     #[test]
-    fn parses_responses() {
-        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert!(complete(r));
-        assert_eq!(parse_response(r), Some((200, "{}".into())));
-        let c = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
-        assert_eq!(parse_response(c), Some((202, "ok".into())));
+    fn answers_and_refusals_are_told_apart() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n{\"status\":\"ok\",\"protocol_version\":\"1.0\"}",
+                "HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap();
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                assert!(request.contains("authorization: bearer t0ken"), "{request}");
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let c = EngineClient::new(
+            "127.0.0.1",
+            port,
+            Some("t0ken".into()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let h = c.health().unwrap();
+        assert_eq!(
+            (h.status.as_str(), h.protocol_version.as_str()),
+            ("ok", "1.0")
+        );
+        assert!(matches!(c.health(), Err(ClientError::Http(401, _))));
+        server.join().unwrap();
     }
 }

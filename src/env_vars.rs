@@ -52,6 +52,11 @@ pub const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
 /// Set by CI systems; `breadboard upgrade` then never asks for confirmation (as without a terminal).
 pub const CI: &str = "CI";
 
+/// `engine start` serves HTTPS with this certificate and key (as `--ssl-certfile`/`--ssl-keyfile`); the engine reads
+/// the same names.
+pub const BREADBOARD_SSL_CERTFILE: &str = "BREADBOARD_SSL_CERTFILE";
+pub const BREADBOARD_SSL_KEYFILE: &str = "BREADBOARD_SSL_KEYFILE";
+
 /// A remote engine for `ask` and `sessions` (same as `--url`; config `[client] url`).
 pub const BREADBOARD_URL: &str = "BREADBOARD_URL";
 /// A file holding the remote engine's token (same as `--token-file`; config `[client] token_file`).

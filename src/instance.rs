@@ -106,7 +106,11 @@ fn lock_busy(paths: &Paths) -> bool {
 }
 
 pub fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient> {
-    EngineClient::new(&reg.host, reg.port, registration::token(reg), timeout)
+    let client = EngineClient::new(&reg.host, reg.port, registration::token(reg), timeout)?;
+    Some(match &reg.tls {
+        Some(tls) => client.with_pinned_tls(tls.certfile.clone()),
+        None => client,
+    })
 }
 
 /// Probes the instance. `mutate` moves a corrupt registration aside (with a warning); read-only callers peek.
@@ -158,8 +162,17 @@ pub fn health_patiently(
 
 /// Health matches the registration's instance, and its pid is the engine the supervisor spawned or, for a shell
 /// snippet (`engine.command = "cd X && cmd"`), a process of that engine's process group.
+///
+/// An engine that does not echo our instance id (upstream BreadBoard's `/health` has none) is identified by what
+/// it does send: its pid, which must be the process the supervisor spawned (same start time, so not a reused pid)
+/// or one of its group, answering on the port it was told to bind.
 pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
-    h.instance_id == reg.instance_id && (h.pid == i64::from(reg.pid) || in_engine_group(h.pid, reg))
+    let spawned = h.pid == i64::from(reg.pid);
+    if h.instance_id.is_empty() {
+        return (spawned && procfs::same_process(reg.pid, reg.pid_start_ticks))
+            || in_engine_group(h.pid, reg);
+    }
+    h.instance_id == reg.instance_id && (spawned || in_engine_group(h.pid, reg))
 }
 
 #[cfg(target_os = "linux")]
@@ -277,27 +290,43 @@ pub fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static
 /// gone (a live process with that pid is someone else, so that session is not ours).
 pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printer) {
     if let Some(r) = stale {
+        let same_boot = r.boot_id == procfs::boot_id();
+        let mut members: Vec<sys::Pid> = Vec::new();
         if let Some(sid) = r.sid {
-            if r.boot_id == procfs::boot_id() && !procfs::alive(sid) && sid == r.supervisor_pid {
-                let members: Vec<sys::Pid> = procfs::session_members(sid, &[])
+            if same_boot && !procfs::alive(sid) && sid == r.supervisor_pid {
+                members = procfs::session_members(sid, &[])
                     .into_iter()
                     .filter(|p| {
                         procfs::start_ticks(*p).is_some_and(|t| t >= r.supervisor_start_ticks)
                     })
                     .collect();
-                if !members.is_empty() {
-                    printer.info(&format!(
-                        "ending {} leftover process(es) of the dead engine: {members:?}",
-                        members.len()
-                    ));
-                    for p in &members {
-                        let _ = sys::kill(*p, libc::SIGKILL);
-                    }
-                    let deadline = Instant::now() + Duration::from_secs(3);
-                    while Instant::now() < deadline && members.iter().any(|p| procfs::alive(*p)) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+            }
+        }
+        // The engine's own process group, led by the engine: what a foreground engine (whose session is the
+        // terminal's) left, or what escaped the session without a child subreaper to catch it (macOS). Its leader is
+        // the registered engine itself (outliving its supervisor where there is no parent-death signal) or gone: a
+        // group id is not reused while the group has members. Only processes started after the engine count.
+        let leader_ours = !procfs::alive(r.pgid) || procfs::same_process(r.pid, r.pid_start_ticks);
+        if same_boot && r.pgid > 1 && r.pgid == r.pid && leader_ours {
+            for p in procfs::group_members(r.pgid) {
+                if !members.contains(&p)
+                    && procfs::start_ticks(p).is_some_and(|t| t >= r.pid_start_ticks)
+                {
+                    members.push(p);
                 }
+            }
+        }
+        if !members.is_empty() {
+            printer.info(&format!(
+                "ending {} leftover process(es) of the dead engine: {members:?}",
+                members.len()
+            ));
+            for p in &members {
+                let _ = sys::kill(*p, libc::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && members.iter().any(|p| procfs::alive(*p)) {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         if !registration::stop_requested(paths, &r.instance_id)
@@ -437,6 +466,8 @@ pub struct StartOpts {
     pub foreground: bool,
     pub protocol: ProtocolMode,
     pub allow_remote: bool,
+    /// Serve HTTPS with these.
+    pub tls: Option<crate::registration::TlsFiles>,
 }
 
 pub struct Started {
@@ -624,7 +655,7 @@ fn port_in_use_error(host: &str, port: u16) -> anyhow::Error {
         (true, Some((pid, cmd))) => format!("another BreadBoard engine (pid {pid}, `{cmd}`)"),
         (true, None) => "another BreadBoard engine".to_owned(),
         (false, Some((pid, cmd))) => format!("pid {pid} (`{cmd}`)"),
-        (false, None) => "another process (its pid is not visible to this user)".to_owned(),
+        (false, None) => format!("another process ({})", procfs::UNNAMED_HOLDER),
     };
     CliError::new(
         ErrorKind::Failure,
@@ -762,7 +793,11 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
         instance_id: instance_id.clone(),
         host: host.clone(),
         port,
-        url: format!("http://{url_host}:{port}"),
+        url: format!(
+            "{}://{url_host}:{port}",
+            if opts.tls.is_some() { "https" } else { "http" }
+        ),
+        tls: opts.tls.clone(),
         token_file: token_file.clone(),
         engine_version: launch.version.clone(),
         protocol_version: compat::PROTOCOL_VERSION.to_owned(),
@@ -797,6 +832,14 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     if let Some(addr) = &opts.ray_address {
         env.push(("BREADBOARD_RAY_ADDRESS".into(), addr.clone()));
     }
+    if let Some(tls) = &opts.tls {
+        for (name, path) in [
+            (env_vars::BREADBOARD_SSL_CERTFILE, &tls.certfile),
+            (env_vars::BREADBOARD_SSL_KEYFILE, &tls.keyfile),
+        ] {
+            env.push((name.into(), path.display().to_string()));
+        }
+    }
     if let Some(mode) = ray_start_override {
         env.push(("BREADBOARD_RAY_START".into(), mode.into()));
     }
@@ -809,7 +852,10 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
             .env_remove(env_vars::BREADBOARD_ENGINE_MARK)
             .env_remove("BREADBOARD_API_TOKEN")
             .env_remove("BREADBOARD_RAY_ADDRESS")
-            .env_remove("BREADBOARD_ALLOW_INSECURE_REMOTE");
+            .env_remove("BREADBOARD_ALLOW_INSECURE_REMOTE")
+            // The engine serves TLS exactly when this start says so (its registration says https then).
+            .env_remove(env_vars::BREADBOARD_SSL_CERTFILE)
+            .env_remove(env_vars::BREADBOARD_SSL_KEYFILE);
         for (k, v) in &env {
             cmd.env(k, v);
         }
@@ -1055,8 +1101,9 @@ fn wait_ready(
                         if !problems.is_empty() {
                             if opts.protocol == ProtocolMode::Strict {
                                 steps.finish();
-                                let _ = stop_locked(ctx, Duration::from_secs(10), false, true);
-                                return Err(handshake_error(&problems, pinned));
+                                let stopped =
+                                    stop_locked(ctx, Duration::from_secs(10), false, true);
+                                return Err(handshake_error(&problems, pinned, stopped.err()));
                             }
                             for p in &problems {
                                 ctx.printer
@@ -1085,15 +1132,25 @@ fn wait_ready(
                 log.display(),
                 tail.join("\n")
             ));
-            let _ = stop_locked(ctx, Duration::from_secs(5), false, true);
+            let stopped = stop_locked(ctx, Duration::from_secs(5), false, true);
+            let (what, hint) = match &stopped {
+                Ok(_) => (
+                    "it was stopped".to_owned(),
+                    "breadboard engine logs -n 200, or raise --timeout".to_owned(),
+                ),
+                Err(e) => (
+                    format!("stopping it failed too: {e:#}"),
+                    "breadboard engine stop --force".to_owned(),
+                ),
+            };
             return Err(CliError::new(
                 ErrorKind::Failure,
                 format!(
-                    "the engine did not answer its handshake within {}s; it was stopped",
+                    "the engine did not answer its handshake within {}s; {what}",
                     opts.timeout.as_secs_f64()
                 ),
             )
-            .hint("breadboard engine logs -n 200, or raise --timeout")
+            .hint(hint)
             .into());
         }
         std::thread::sleep(delay);
@@ -1118,11 +1175,22 @@ fn wait_child(
 }
 
 /// The error of a failed strict handshake (the engine has been, or is being, stopped).
-fn handshake_error(problems: &[String], pinned: Option<&str>) -> anyhow::Error {
+/// `stop_failed`: why the engine that failed its handshake could not be stopped (else it was).
+fn handshake_error(
+    problems: &[String],
+    pinned: Option<&str>,
+    stop_failed: Option<anyhow::Error>,
+) -> anyhow::Error {
+    let stopped = match &stop_failed {
+        None => "the engine was stopped".to_owned(),
+        Some(e) => {
+            format!("stopping the engine failed too ({e:#}): run `breadboard engine stop --force`")
+        }
+    };
     CliError::new(
         ErrorKind::Failure,
         format!(
-            "handshake failed: {} (strict protocol mode); the engine was stopped",
+            "handshake failed: {} (strict protocol mode); {stopped}",
             problems.join("; ")
         ),
     )
@@ -1211,7 +1279,7 @@ pub fn run_foreground(
                             "handshake failed (strict protocol mode): {}; stopping the engine",
                             problems.join("; ")
                         ));
-                        failure = Some(handshake_error(&problems, pinned.as_deref()));
+                        failure = Some(handshake_error(&problems, pinned.as_deref(), None));
                         stop_engine(r);
                         return true;
                     }
@@ -1342,8 +1410,22 @@ pub fn warn_if_running_another(paths: &Paths, printer: &Printer, current: &str) 
 /// The supervisor holding the instance lock when there is no readable registration (it was deleted or corrupted
 /// under a running engine). Only our supervisor takes that lock; its command line is checked all the same.
 pub fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {
-    procfs::flock_holder(&paths.engine_lock())
-        .filter(|pid| procfs::cmdline(*pid).is_some_and(|c| c.contains("__supervise")))
+    let is_supervisor =
+        |pid: sys::Pid| procfs::cmdline(pid).is_some_and(|c| c.contains("__supervise"));
+    if let Some(holder) = procfs::flock_holder(&paths.engine_lock()) {
+        return Some(holder).filter(|pid| is_supervisor(*pid));
+    }
+    // Where a lock's holder cannot be named (macOS, the portable build), the supervisor is found by what it carries:
+    // its spec in its environment names this home's token file. Only while the lock is held, so a supervisor that
+    // is gone is never matched.
+    if !lock_busy(paths) {
+        return None;
+    }
+    let token_file = paths.token_file();
+    procfs::own_processes()
+        .into_iter()
+        .filter(|pid| *pid != sys::getpid() && is_supervisor(*pid))
+        .find(|pid| registration::from_supervisor(*pid).is_some_and(|r| r.token_file == token_file))
 }
 
 /// A supervisor, then every process of its session (it is the session leader) and below it.
@@ -1513,11 +1595,13 @@ pub fn stop_locked(
     }
     if let Some(Ok(h)) = &health {
         if !identity_ok(h, &reg) {
-            return Err(CliError::new(
-                ErrorKind::Failure,
-                format!("{} answers as pid {} instance {}, not the registered pid {} instance {}; refusing to signal", reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id),
-            )
-            .into());
+            // Not asked to shut down over HTTP: whatever answers there is not known to be ours. The processes
+            // signalled below are, checked by pid and start time: the supervisor above, the engine below.
+            printer.debug(&format!(
+                "{} answers as pid {} instance {:?}, not the registered pid {} instance {}; stopping by signals only",
+                reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id
+            ));
+            health = None;
         }
     }
     let mut engine_ok = procfs::same_process(reg.pid, reg.pid_start_ticks);
@@ -1710,8 +1794,9 @@ fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::Error {
                 }
             }
             None => what.push(format!(
-                "port {} is still listening (its holder is not visible to this user)",
-                reg.port
+                "port {} is still listening (by a process: {})",
+                reg.port,
+                procfs::UNNAMED_HOLDER
             )),
         }
     }

@@ -11,6 +11,7 @@ pub mod engine_client;
 pub mod env_vars;
 pub mod error;
 pub mod fsutil;
+pub(crate) mod http;
 pub mod install_receipt;
 pub mod instance;
 pub mod lock;

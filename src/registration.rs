@@ -29,7 +29,11 @@ pub struct Registration {
     pub uid: u32,
     pub host: String,
     pub port: u16,
+    /// `https://...` when the engine serves TLS (`tls`).
     pub url: String,
+    /// The certificate and key files the engine serves TLS with; its certificate is the one its clients here trust.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     pub token_file: PathBuf,
     /// The version this CLI pinned (the current venv's receipt), `None` for an engine command override.
     pub engine_version: Option<String>,
@@ -55,6 +59,13 @@ pub struct Registration {
     /// Set while the supervisor waits (backoff) to restart a crashed engine.
     #[serde(default)]
     pub restart_pending: Option<RestartPending>,
+}
+
+/// `engine start --ssl-certfile/--ssl-keyfile` (absolute paths).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
 }
 
 /// The supervisor is waiting to restart a crashed engine.

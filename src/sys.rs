@@ -232,3 +232,56 @@ pub fn getuid() -> u32 {
     // SAFETY: no arguments.
     unsafe { libc::getuid() }
 }
+
+/// The type of the filesystem holding `path`, from `statfs(2)`: its name on macOS (`apfs`, `nfs`, `smbfs`, ...);
+/// elsewhere the name of a known network filesystem's magic number (`nfs`, `cifs`, `smb3`, `smbfs`, `9p`, `fuse`),
+/// else the number in hex. `None` when `statfs` fails.
+pub fn filesystem_type(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated and outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some(statfs_type_name(&st))
+}
+
+#[cfg(target_os = "macos")]
+fn statfs_type_name(st: &libc::statfs) -> String {
+    let name: Vec<u8> = st
+        .f_fstypename
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&name).into_owned()
+}
+
+#[cfg(not(target_os = "macos"))]
+fn statfs_type_name(st: &libc::statfs) -> String {
+    // The magic numbers of statfs(2)'s f_type; only the network filesystems matter to the callers.
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64 Linux, i32 or u32 elsewhere
+    let magic = (st.f_type as i64) & 0xFFFF_FFFF;
+    match magic {
+        0x6969 => "nfs".to_owned(),
+        0xFF53_4D42 => "cifs".to_owned(),
+        0xFE53_4D42 => "smb3".to_owned(),
+        0x517B => "smbfs".to_owned(),
+        0x0102_1997 => "9p".to_owned(),
+        0x6573_5546 => "fuse".to_owned(),
+        other => format!("0x{other:x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statfs_names_the_filesystem_of_a_path_and_fails_on_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = super::filesystem_type(dir.path()).expect("statfs of a temp dir");
+        assert!(!t.is_empty());
+        assert!(super::filesystem_type(&dir.path().join("missing")).is_none());
+    }
+}

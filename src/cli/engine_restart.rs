@@ -19,7 +19,7 @@ pub struct RestartArgs {
 
 pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     let mut opts = engine_start::opts(ctx, &args.start)?;
-    // Keep the running engine's port and Ray cluster unless told otherwise (from its supervisor's own spec when the
+    // Keep the running engine's port, Ray cluster and TLS unless told otherwise (from its supervisor's own spec when the
     // registration file was lost).
     let prev = crate::registration::peek(&ctx.paths).or_else(|| {
         instance::unregistered_supervisor(&ctx.paths).and_then(crate::registration::from_supervisor)
@@ -30,6 +30,9 @@ pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
         }
         if opts.ray_address.is_none() {
             opts.ray_address = prev.ray_address;
+        }
+        if opts.tls.is_none() {
+            opts.tls = prev.tls;
         }
     }
     let t = super::engine_stop::timeout(args.stop_timeout)?;

@@ -205,6 +205,14 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                     allow_remote: stale
                         .as_ref()
                         .is_some_and(|r| !instance::is_loopback(&r.host)),
+                    ssl_certfile: stale
+                        .as_ref()
+                        .and_then(|r| r.tls.as_ref())
+                        .map(|t| t.certfile.clone()),
+                    ssl_keyfile: stale
+                        .as_ref()
+                        .and_then(|r| r.tls.as_ref())
+                        .map(|t| t.keyfile.clone()),
                     json: false,
                 };
                 return super::engine_start::run(ctx, &start);

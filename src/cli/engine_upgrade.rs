@@ -158,6 +158,7 @@ fn restart_onto_new(
         foreground: false,
         protocol,
         allow_remote: !instance::is_loopback(&reg.host),
+        tls: reg.tls.clone(),
     };
     let new = store.current().unwrap_or_default();
     ctx.printer

@@ -311,7 +311,7 @@ pub fn supervise(
                 "no stop was requested"
             }
         ));
-        end_everything(&reg, &sink);
+        end_everything(paths, &reg, &sink);
         if let Some(c) = copier {
             // The pipe reaches EOF once every holder of its write end is gone (they all are now).
             let deadline = Instant::now() + Duration::from_secs(1);
@@ -530,7 +530,10 @@ fn wait_engine(
 
 /// Ends every process left over from the engine: our descendants (including re-parented orphans) and, when we lead
 /// a session, every member of it. SIGTERM, up to 3 s, then SIGKILL; reaps as it goes.
-pub fn end_everything(reg: &Registration, sink: &Sink) {
+///
+/// Without a child subreaper (macOS, the portable build) an orphan that left our session re-parents to init, out
+/// of reach of both; it still carries this instance's mark, so the marked processes of this instance are ended too.
+pub fn end_everything(paths: &Paths, reg: &Registration, sink: &Sink) {
     let me = sys::getpid();
     let leftovers = || {
         let mut v = procfs::descendants(me);
@@ -541,6 +544,14 @@ pub fn end_everything(reg: &Registration, sink: &Sink) {
                 }
             }
         }
+        #[cfg(not(linux_extras))]
+        for m in crate::instance::marked_leftovers(paths, None) {
+            if m.instance == reg.instance_id && m.pid != me && !v.contains(&m.pid) {
+                v.push(m.pid);
+            }
+        }
+        #[cfg(linux_extras)]
+        let _ = paths;
         v
     };
     let first = leftovers();

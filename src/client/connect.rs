@@ -58,16 +58,19 @@ pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Cl
     };
     if let Some(base) = base {
         let (token, token_origin) = remote_token(ctx, &target)?;
+        let endpoint = Endpoint {
+            base,
+            token,
+            token_origin,
+            instance_id: None,
+            restarts: 0,
+            tls_pin: None,
+        };
         let client = Client {
             ctx,
-            http: http_client(&base)?,
-            endpoint: Endpoint {
-                base,
-                token,
-                token_origin,
-                instance_id: None,
-                restarts: 0,
-            },
+            http: http_client(&endpoint)?,
+            endpoint,
+            mode,
         };
         let health = client.health().await?;
         check_handshake(ctx, &client.endpoint, &health, None, mode)?;
@@ -76,8 +79,9 @@ pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Cl
     let endpoint = local_endpoint(ctx, &target, mode)?;
     Ok(Client {
         ctx,
-        http: http_client(&endpoint.base)?,
+        http: http_client(&endpoint)?,
         endpoint,
+        mode,
     })
 }
 
@@ -198,6 +202,7 @@ pub(crate) fn endpoint_of(reg: &Registration) -> Endpoint {
         token_origin: Some(format!("the token file {}", reg.token_file.display())),
         instance_id: Some(reg.instance_id.clone()),
         restarts: reg.restarts,
+        tls_pin: reg.tls.as_ref().map(|t| t.certfile.clone()),
     }
 }
 
@@ -211,11 +216,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
         match local_state(ctx)? {
             LocalState::Ready(reg, health) => {
                 let endpoint = endpoint_of(&reg);
-                let pinned = reg
-                    .engine_version
-                    .as_ref()
-                    .and(instance::pinned_version(&ctx.paths));
-                check_handshake(ctx, &endpoint, &health, Some(pinned.as_deref()), mode)?;
+                check_local_handshake(ctx, &endpoint, &reg, &health, mode)?;
                 return Ok(endpoint);
             }
             LocalState::Refused(reg) => return Err(endpoint_of(&reg).token_refused()),
@@ -229,7 +230,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
                 start_local(
                     ctx,
                     "no engine is running: starting it (as `breadboard engine start`)",
-                    stale.as_ref().map(|r| r.port),
+                    stale.as_deref(),
                 )?;
                 started = true;
             }
@@ -286,21 +287,29 @@ pub(crate) fn not_running(ctx: &Ctx, crash: Option<&LastExit>) -> anyhow::Error 
 }
 
 /// Starts the local engine exactly as `breadboard engine start` does (its output goes to the engine log).
-/// `port`: the port of the engine that died, so that a restart serves where its clients look (else the
-/// configured one).
-pub(crate) fn start_local(ctx: &Ctx, why: &str, port: Option<u16>) -> anyhow::Result<Registration> {
+/// `prev`: the engine that died, so that a restart serves where and how its clients look (its port and TLS; else
+/// the configured ones).
+pub(crate) fn start_local(
+    ctx: &Ctx,
+    why: &str,
+    prev: Option<&Registration>,
+) -> anyhow::Result<Registration> {
     if !installed(ctx) {
         return Err(not_installed(ctx));
     }
     ctx.printer.info(why);
     let args = crate::cli::engine_start::StartArgs {
-        port: port.map(instance::PortSpec::Fixed),
+        port: prev.map(|r| instance::PortSpec::Fixed(r.port)),
         host: "127.0.0.1".to_owned(),
         ray_address: None,
         foreground: false,
         timeout: 60.0,
         protocol: None,
         allow_remote: false,
+        ssl_certfile: prev
+            .and_then(|r| r.tls.as_ref())
+            .map(|t| t.certfile.clone()),
+        ssl_keyfile: prev.and_then(|r| r.tls.as_ref()).map(|t| t.keyfile.clone()),
         json: false,
     };
     let opts = crate::cli::engine_start::opts(ctx, &args)?;
@@ -315,6 +324,23 @@ pub(crate) fn start_local(ctx: &Ctx, why: &str, port: Option<u16>) -> anyhow::Re
         ));
     }
     Ok(started.reg)
+}
+
+/// The local engine's handshake: its protocol, and its version against the pinned one (an engine command override
+/// has no pinned version). Checked at connect, and again whenever a stream resumes on a new instance (an `engine
+/// upgrade` or a restart may have put another version there).
+pub(crate) fn check_local_handshake(
+    ctx: &Ctx,
+    endpoint: &Endpoint,
+    reg: &Registration,
+    health: &Health,
+    mode: ProtocolMode,
+) -> anyhow::Result<()> {
+    let pinned = reg
+        .engine_version
+        .as_ref()
+        .and(instance::pinned_version(&ctx.paths));
+    check_handshake(ctx, endpoint, health, Some(pinned.as_deref()), mode)
 }
 
 /// Protocol and version: `pinned` is `Some` for the local engine (its version must be the pinned one, when one is

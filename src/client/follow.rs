@@ -11,7 +11,9 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::connect::{endpoint_of, local_state, not_running, start_local, LocalState};
+use super::connect::{
+    check_local_handshake, endpoint_of, local_state, not_running, start_local, LocalState,
+};
 use super::wire::Envelope;
 use super::{http_client, About, ApiError, Client};
 use crate::error::{CliError, ErrorKind};
@@ -272,11 +274,16 @@ where
                 break;
             }
             match local_state(client.ctx)? {
-                LocalState::Ready(reg, _) => {
+                LocalState::Ready(reg, health) => {
                     let endpoint = endpoint_of(&reg);
+                    if endpoint.instance_id != client.endpoint.instance_id {
+                        check_local_handshake(client.ctx, &endpoint, &reg, &health, client.mode)?;
+                    }
                     report_restart(client, &reg);
-                    if endpoint.base != client.endpoint.base {
-                        client.http = http_client(&endpoint.base)?;
+                    if (&endpoint.base, &endpoint.tls_pin)
+                        != (&client.endpoint.base, &client.endpoint.tls_pin)
+                    {
+                        client.http = http_client(&endpoint)?;
                     }
                     client.endpoint = endpoint;
                     break;
@@ -304,11 +311,7 @@ where
                             });
                         };
                         if yes {
-                            start_local(
-                                ctx,
-                                "restarting the engine",
-                                stale.as_ref().map(|r| r.port),
-                            )?;
+                            start_local(ctx, "restarting the engine", stale.as_deref())?;
                             continue;
                         }
                         let mut e = not_running(ctx, crash.as_deref());
@@ -367,12 +370,22 @@ pub(crate) fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<
         return Ok(false);
     };
     let fresh = endpoint_of(&reg);
-    if fresh.token == client.endpoint.token && fresh.base == client.endpoint.base {
+    if fresh.token == client.endpoint.token
+        && fresh.base == client.endpoint.base
+        && fresh.tls_pin == client.endpoint.tls_pin
+    {
         return Ok(false);
     }
+    if fresh.instance_id != client.endpoint.instance_id {
+        let health = crate::instance::client_for(&reg, Duration::from_millis(500))
+            .and_then(|c| c.health().ok());
+        if let Some(h) = health {
+            check_local_handshake(client.ctx, &fresh, &reg, &h, client.mode)?;
+        }
+    }
     report_restart(client, &reg);
-    if fresh.base != client.endpoint.base {
-        client.http = http_client(&fresh.base)?;
+    if (&fresh.base, &fresh.tls_pin) != (&client.endpoint.base, &client.endpoint.tls_pin) {
+        client.http = http_client(&fresh)?;
     }
     client.endpoint = fresh;
     Ok(true)

@@ -23,6 +23,7 @@ pub use follow::{follow, Ended, Flow, FollowOpts, Followed, OnInterrupt, Start};
 
 use crate::cli::Ctx;
 use crate::error::{CliError, ErrorKind};
+use crate::http::error_chain;
 use wire::{Created, ErrorBody, Health, Summary};
 
 /// Where requests go and with which token.
@@ -37,6 +38,8 @@ pub struct Endpoint {
     pub instance_id: Option<String>,
     /// The local supervisor's automatic restarts so far: a higher count after a disconnect means a crash.
     pub restarts: u32,
+    /// The certificate file of the local engine serving TLS: it alone is trusted (`crate::http`).
+    pub tls_pin: Option<std::path::PathBuf>,
 }
 
 /// Never the token itself: a debug print of an endpoint (in a log, a panic) must not leak it.
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Endpoint {
             .field("token_origin", &self.token_origin)
             .field("instance_id", &self.instance_id)
             .field("restarts", &self.restarts)
+            .field("tls_pin", &self.tls_pin)
             .finish()
     }
 }
@@ -94,6 +98,8 @@ pub struct Client<'a> {
     pub ctx: &'a Ctx<'a>,
     http: reqwest::Client,
     pub endpoint: Endpoint,
+    /// The handshake mode, for the checks made again when a stream moves to a new local instance.
+    mode: crate::instance::ProtocolMode,
 }
 
 /// A refusal or failure of one request, before it is turned into a [`CliError`].
@@ -119,33 +125,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
-pub(crate) fn http_client(base: &str) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        // The engine sends a keepalive comment every 15 s on an idle stream: 60 s of silence is a dead peer.
-        .read_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .user_agent(concat!("breadboard/", env!("CARGO_PKG_VERSION")));
-    if !base.starts_with("https://") {
-        // Loading the system's CA store costs milliseconds that a plain-HTTP loopback call does not need.
-        b = b.tls_built_in_root_certs(false);
-    }
-    Ok(b.build()?)
-}
-
-/// The error's causes on one line (reqwest says "error sending request" and keeps the reason in its sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
+/// The session client's HTTP client for `endpoint` (its TLS trust from [`crate::http`]).
+pub(crate) fn http_client(endpoint: &Endpoint) -> anyhow::Result<reqwest::Client> {
+    Ok(
+        crate::http::builder(&endpoint.base, endpoint.tls_pin.as_deref())?
+            .connect_timeout(Duration::from_secs(5))
+            // The engine sends a keepalive comment every 15 s on an idle stream: 60 s of silence is a dead peer.
+            .read_timeout(Duration::from_secs(60))
+            .build()?,
+    )
 }
 
 impl<'a> Client<'a> {
@@ -381,6 +369,7 @@ mod tests {
             token_origin: Some("the token file /t".into()),
             instance_id: None,
             restarts: 0,
+            tls_pin: None,
         };
         let text = format!("{e:?}");
         assert!(!text.contains("s3cr3t"), "{text}");

@@ -104,7 +104,15 @@ impl Client<'_> {
 
     async fn open_bus(&self) -> Result<Socket, Dropped> {
         let request = self.bus_request().map_err(Dropped::Fatal)?;
-        match tokio_tungstenite::connect_async(request).await {
+        // The local engine serving TLS is trusted by its own certificate, as for every other call (crate::http).
+        let connector = match &self.endpoint.tls_pin {
+            Some(cert) => Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+                crate::http::pinned_tls(cert).map_err(Dropped::Fatal)?,
+            ))),
+            None => None,
+        };
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await
+        {
             Ok((socket, _)) => Ok(socket),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();

@@ -100,6 +100,9 @@ pub fn boot_id() -> String {
 
 /// Who listens on TCP `port` (any address): `(pid, command line)` when `/proc` tells (our own processes, or all
 /// of them as root).
+/// Why [`port_owner`] named nobody: the socket is not ours to see (another user's process).
+pub const UNNAMED_HOLDER: &str = "its pid is not visible to this user";
+
 pub fn port_owner(port: u16) -> Option<(Pid, String)> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {

@@ -23,7 +23,7 @@ mod portable;
 #[cfg(not(linux_extras))]
 use portable as backend;
 
-pub use backend::{all, boot_id, flock_holder, port_listening, port_owner, stat};
+pub use backend::{all, boot_id, flock_holder, port_listening, port_owner, stat, UNNAMED_HOLDER};
 
 /// What we know of a process.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +120,29 @@ pub fn marked_processes(name: &str, home: &Path) -> Vec<Marked> {
                 instance: instance.to_owned(),
             })
         })
+        .collect()
+}
+
+/// Every live process of our uid.
+pub fn own_processes() -> Vec<Pid> {
+    let uid = crate::sys::getuid();
+    all()
+        .into_iter()
+        .filter(|s| backend::uid_of(s.pid) == Some(uid))
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// Processes of process group `pgid` owned by our uid.
+pub fn group_members(pgid: Pid) -> Vec<Pid> {
+    if pgid <= 1 {
+        return Vec::new();
+    }
+    let uid = crate::sys::getuid();
+    all()
+        .into_iter()
+        .filter(|s| s.pgid == pgid && backend::uid_of(s.pid) == Some(uid))
+        .map(|s| s.pid)
         .collect()
 }
 

@@ -76,6 +76,9 @@ pub fn boot_id() -> String {
     format!("boot-{}", System::boot_time())
 }
 
+/// Why [`port_owner`] named nobody.
+pub const UNNAMED_HOLDER: &str = "this platform does not say which process it is";
+
 /// Which process listens has no portable source without root: unknown.
 pub fn port_owner(_port: u16) -> Option<(Pid, String)> {
     None

@@ -915,3 +915,45 @@ fn an_unreadable_event_does_not_keep_a_closed_sessions_follow_reconnecting() {
         "{stderr}"
     );
 }
+
+/// A follow that resumes on a new local instance checks the handshake again: the engine restarted onto one that
+/// speaks another protocol ends the follow with the protocol mismatch (strict mode), instead of reading its events
+/// as protocol 1.0.
+#[test]
+fn a_follow_resumed_on_an_engine_of_another_protocol_stops_with_the_mismatch() {
+    let e = Engine::fake("sessions");
+    e.cmd(&["engine", "start", "--port", "auto"])
+        .assert()
+        .success();
+    let (mut follow, out, err) = spawn_collected(&e, &["sessions", "follow", "live", "--json"]);
+    wait_for("the live session's events", Duration::from_secs(30), || {
+        out.lines.lock().unwrap().len() >= 2
+    });
+    // The restart itself is allowed the other protocol; the follower (strict by default) is not.
+    let mut restart = e.cmd(&["engine", "restart", "--force", "--protocol", "soft"]);
+    restart.env("FAKE_ENGINE_PROTOCOL", "9.9");
+    restart.assert().success();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follow went on after the restart: {:?}",
+            err.lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = err.lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(24), "{err}");
+    assert!(
+        err.contains("speaks protocol \"9.9\"") && err.contains("--protocol soft"),
+        "{err}"
+    );
+    assert_eq!(
+        out.lines.lock().unwrap().len(),
+        2,
+        "no event of the new engine is printed"
+    );
+}

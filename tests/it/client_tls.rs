@@ -91,3 +91,160 @@ fn https_engine_is_verified_with_ssl_cert_file() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls\n");
 }
+
+/// `engine start --ssl-certfile/--ssl-keyfile`: the supervised engine serves HTTPS, and every command here (the
+/// start handshake, status, ask, restart, stop) trusts it by its own certificate, with no CA configured; a remote
+/// client reaches the same engine through its CA (`SSL_CERT_FILE`).
+#[test]
+fn a_supervised_engine_serves_tls_and_the_cli_trusts_its_certificate() {
+    let mut e = crate::supervisor::Engine::new();
+    let dir = e.ctx.dir.path().to_owned();
+    for (name, text) in [
+        ("ca.pem", TEST_CA),
+        ("srv.pem", SERVER_CERT),
+        ("srv.key", SERVER_KEY),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    std::fs::set_permissions(dir.join("srv.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("not.pem"), "not a certificate\n").unwrap();
+    e.env.push((
+        "SSL_CERT_DIR".into(),
+        dir.join("no-such-dir").display().to_string(),
+    ));
+    let run = |e: &crate::supervisor::Engine, args: &[&str]| {
+        let mut cmd = e.cmd(args);
+        cmd.env_remove("SSL_CERT_FILE");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (cert, key, bad) = (
+        dir.join("srv.pem"),
+        dir.join("srv.key"),
+        dir.join("not.pem"),
+    );
+    let (cert, key, bad) = (
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    );
+
+    // Half a pair, or a file that is no certificate: usage errors naming the fix, and nothing started.
+    let (code, _, err) = run(
+        &e,
+        &["engine", "start", "--port", "auto", "--ssl-certfile", cert],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("needs both the certificate and its private key"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &e,
+        &[
+            "engine",
+            "start",
+            "--ssl-certfile",
+            bad,
+            "--ssl-keyfile",
+            key,
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("holds no PEM certificate") && err.contains("not.pem"),
+        "{err}"
+    );
+    assert!(e.registration().is_none());
+
+    let (code, out, err) = run(
+        &e,
+        &[
+            "engine",
+            "start",
+            "--port",
+            "auto",
+            "--json",
+            "--ssl-certfile",
+            cert,
+            "--ssl-keyfile",
+            key,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let url = started["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let (code, out, err) = run(&e, &["engine", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["url"], url.as_str(), "{status}");
+
+    let (code, out, err) = run(&e, &["ask", "--no-start", "over tls, locally"]);
+    assert_eq!((code, out.as_str()), (0, "over tls, locally\n"), "{err}");
+
+    // The realtime bus (a WebSocket over the same TLS) trusts the same certificate.
+    let (mut watch, lines, watch_err) =
+        crate::client::spawn_collected(&e, &["sessions", "list", "--watch"]);
+    wait_for(
+        "the sessions snapshot over wss",
+        Duration::from_secs(30),
+        || {
+            lines.lines.lock().unwrap().iter().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|m| m["type"] == "snapshot")
+            })
+        },
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let watch_err = watch_err.lines.lock().unwrap().join("\n");
+    assert!(!watch_err.contains("certificate"), "{watch_err}");
+
+    // A remote client knows nothing of the local pin: it verifies the engine through the CA.
+    let token_file = e.ctx.home.join("run/engine.token");
+    let remote = |ca: Option<&std::path::Path>| {
+        let mut cmd = e.cmd(&["ask", "--url", &url, "over tls, remotely"]);
+        cmd.env("BREADBOARD_API_TOKEN_FILE", &token_file);
+        match ca {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = remote(Some(&dir.join("ca.pem")));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls, remotely\n");
+    assert_eq!(remote(None).status.code(), Some(21));
+
+    // A restart keeps serving TLS (the flags are not repeated); stop ends it over TLS, leaving nothing behind.
+    let (code, _, err) = run(&e, &["engine", "restart", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let reg = e.registration().unwrap();
+    assert!(
+        reg["url"].as_str().unwrap().starts_with("https://"),
+        "{reg}"
+    );
+    let sid = reg["sid"].as_i64().unwrap();
+    let (code, _, err) = run(&e, &["engine", "stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("SIGTERM") && !err.contains("killing"),
+        "stop could not ask the engine over TLS: {err}"
+    );
+    wait_for(
+        "the engine's processes to end",
+        Duration::from_secs(10),
+        || crate::supervisor::session(sid).is_empty(),
+    );
+}

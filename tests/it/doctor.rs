@@ -622,10 +622,15 @@ fn configured_port_held_by_another_process_names_it() {
             .contains(&port.to_string()),
         "{finding}"
     );
-    let me = std::process::id().to_string();
+    // The portable build cannot name a listener, and says so instead of guessing.
+    let me = if LINUX_EXTRAS {
+        std::process::id().to_string()
+    } else {
+        breadboard::procfs::UNNAMED_HOLDER.to_owned()
+    };
     assert!(
         finding["detail"].as_str().unwrap().contains(&me),
-        "names the holder's pid {me}: {finding}"
+        "names the holder {me}: {finding}"
     );
     assert!(
         finding["fix"].as_str().unwrap().contains("--port auto"),

@@ -19,5 +19,6 @@ mod minors;
 mod privacy;
 mod snapshots;
 mod supervisor;
+mod upstream;
 mod watch;
 mod watch_term;

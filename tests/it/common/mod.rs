@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_breadboard");
 
+/// Whether the binary under test has the Linux extras (child subreaper, parent-death signal, `/proc` readers); off
+/// in the `portable-fallbacks` build, which runs what macOS runs.
+pub const LINUX_EXTRAS: bool = !cfg!(feature = "portable-fallbacks");
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

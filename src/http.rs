@@ -1,0 +1,158 @@
+//! The one HTTP stack for every call to an engine: the session API (`client`), the control routes that the
+//! supervisor, `engine status`, `doctor` and `stop` use (`engine_client`), and the TLS of the realtime bus.
+//! reqwest over rustls.
+//!
+//! Trust: a remote engine's certificate is verified against the system's CA store plus `SSL_CERT_FILE`. The local
+//! engine serving TLS (`engine start --ssl-certfile`) is reached at the address it was bound to, a name its
+//! certificate need not carry, so it is trusted by its certificate itself: the presented certificate must be one
+//! of those in the file it was given, byte for byte. No CA and no hostname is involved, and the token is only ever
+//! sent to a server holding that certificate's key.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+/// A reqwest client builder for `base` (`http(s)://host:port`) with its TLS trust set; the caller adds timeouts.
+/// `pin`: the certificate file of a local engine serving TLS.
+pub(crate) fn builder(base: &str, pin: Option<&Path>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let b = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .user_agent(concat!("breadboard/", env!("CARGO_PKG_VERSION")));
+    Ok(match pin {
+        Some(cert_file) if base.starts_with("https://") => {
+            b.use_preconfigured_tls(pinned_tls(cert_file)?)
+        }
+        // Loading the system's CA store costs milliseconds that a plain-HTTP call does not need.
+        _ if !base.starts_with("https://") => b.tls_built_in_root_certs(false),
+        _ => b,
+    })
+}
+
+/// A rustls configuration that accepts exactly the certificates in `cert_file` (PEM).
+pub(crate) fn pinned_tls(cert_file: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    let certs = read_certs(cert_file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Pinned {
+        certs,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The certificates of a PEM file: at least one, else an error naming the file.
+pub(crate) fn read_certs(cert_file: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| {
+            format!(
+                "could not read the certificate file {}",
+                cert_file.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        cert_file.display()
+    );
+    Ok(certs)
+}
+
+#[derive(Debug)]
+struct Pinned {
+    certs: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    // The handshake signatures are still checked: they prove the server holds the certificate's key.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Runs `f` to completion on a current-thread runtime of its own. Synchronous code (the supervisor, `engine
+/// status`, the stop ladder) calls the async client through this; when the caller is itself inside a runtime (a
+/// client command that starts the engine), the future runs on a scoped thread, since a runtime cannot block inside
+/// another.
+pub(crate) fn block_on<F>(f: F) -> anyhow::Result<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let run = move || -> anyhow::Result<F::Output> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(f))
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|s| {
+        s.spawn(run)
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the HTTP call panicked")))
+    })
+}
+
+/// The error's causes on one line (reqwest says "error sending request" and keeps the reason in its sources).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
