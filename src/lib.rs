@@ -7,13 +7,13 @@ pub mod compat;
 pub mod config;
 pub mod crash;
 pub mod doctor;
+pub mod engine;
 pub mod engine_client;
 pub mod env_vars;
 pub mod error;
 pub mod fsutil;
 pub(crate) mod http;
 pub mod install_receipt;
-pub mod instance;
 pub mod lock;
 pub mod paths;
 pub mod printer;
@@ -25,7 +25,8 @@ pub mod session_index;
 pub mod sys;
 pub mod venv;
 
-// The venv modules' former paths, kept while the layout moves (docs/architecture.md).
+// Former paths, kept while the layout moves (docs/architecture.md).
+pub use engine as instance;
 pub use venv::{
     index as package_index, installer, python, store as venv_store, uv as uv_bootstrap, wheel_url,
 };

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use super::wire::Health;
 use super::{http_client, Client, Endpoint};
 use crate::cli::Ctx;
-use crate::compat;
 use crate::config;
 use crate::crash::LastExit;
 use crate::engine_client::ClientError;
@@ -352,29 +351,9 @@ fn check_handshake(
     pinned: Option<Option<&str>>,
     mode: ProtocolMode,
 ) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    if !compat::protocol_compatible(&h.protocol_version) {
-        problems.push(format!(
-            "it speaks protocol {:?}, this CLI speaks {}",
-            h.protocol_version,
-            compat::PROTOCOL_VERSION
-        ));
-    }
-    match pinned {
-        Some(Some(pin)) if h.engine_version != pin => problems.push(format!(
-            "it is engine {}, but the pinned (current) version is {pin}",
-            h.engine_version
-        )),
-        None if !compat::parse_engine_version(&h.engine_version)
-            .is_some_and(|v| compat::in_range(&v)) =>
-        {
-            problems.push(format!(
-                "it is engine {:?}, outside the versions this CLI supports ({})",
-                h.engine_version,
-                compat::SUPPORTED_ENGINE
-            ))
-        }
-        _ => {}
+    let mut problems = instance::handshake_problems(h, pinned.flatten());
+    if pinned.is_none() {
+        problems.extend(instance::unsupported_version(h));
     }
     if problems.is_empty() {
         return Ok(());

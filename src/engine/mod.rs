@@ -1,0 +1,28 @@
+//! The engine instance as the CLI sees it: probing its state (instance lock, registration, health), the handshake,
+//! and the start and stop sequences shared by `engine start|stop|restart|status` and `engine upgrade`.
+//!
+//! One file a part: [`probe`] (what runs), [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what
+//! runs as the engine), [`start`], [`ready`] (the wait for its handshake), [`foreground`], [`stop`], [`leftovers`] (what a dead instance left).
+
+mod foreground;
+mod handshake;
+mod launch;
+mod leftovers;
+mod options;
+mod probe;
+mod ready;
+mod start;
+mod stop;
+
+pub use foreground::*;
+pub use handshake::*;
+pub use launch::*;
+pub use leftovers::*;
+pub use options::*;
+pub use probe::*;
+use ready::*;
+pub use start::*;
+pub use stop::*;
+
+#[cfg(test)]
+mod tests;

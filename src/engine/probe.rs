@@ -1,0 +1,183 @@
+//! Probing the instance: the instance lock (busy = alive), the registration and `/health`, and whether what
+//! answers is this instance.
+
+use std::fs::OpenOptions;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::crash::{self, LastExit};
+use crate::engine_client::{ClientError, EngineClient, Health};
+use crate::fsutil;
+use crate::paths::Paths;
+use crate::printer::Printer;
+use crate::procfs;
+use crate::registration::{self, Registration};
+use crate::sys;
+
+/// `engine status` states and their exit codes (docs/cli.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Stopped,
+    Starting,
+    Unhealthy,
+    Incompatible,
+    Crashed,
+    /// `restart = "on-failure"` gave up: the engine crashed 3 times within 60 s.
+    Errored,
+}
+
+impl State {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            State::Running => 0,
+            State::Stopped => 10,
+            State::Starting => 11,
+            State::Unhealthy => 12,
+            State::Incompatible => 13,
+            State::Crashed => 14,
+            State::Errored => 15,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Unhealthy => "unhealthy",
+            State::Incompatible => "incompatible",
+            State::Crashed => "crashed",
+            State::Errored => "errored",
+        }
+    }
+}
+
+/// What a probe found.
+pub enum Probe {
+    /// The instance lock is free: no supervisor lives. `stale` is a registration left behind; without a stop
+    /// request it means the engine died unasked (`crash` then says how).
+    Down {
+        stale: Option<Registration>,
+        crash: Option<LastExit>,
+    },
+    /// A supervisor holds the instance lock.
+    Live {
+        reg: Option<Registration>,
+        health: Option<Result<Health, ClientError>>,
+    },
+}
+
+pub(super) fn lock_busy(paths: &Paths) -> bool {
+    // For writing where possible (NFS emulates flock with fcntl locks, whose exclusive kind needs a writable fd);
+    // read-only where the home is not writable: flock itself needs no write access, and a read-only home must still
+    // see its running engine (the write open failing was read as "no supervisor", a healthy engine as crashed).
+    let path = paths.engine_lock();
+    let file = match OpenOptions::new().write(true).open(&path) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            OpenOptions::new().read(true).open(&path)
+        }
+        other => other,
+    };
+    let Ok(file) = file else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => false, // released when `file` drops
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(_) => false,
+    }
+}
+
+pub fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient> {
+    let client = EngineClient::new(&reg.host, reg.port, registration::token(reg), timeout)?;
+    Some(match &reg.tls {
+        Some(tls) => client.with_pinned_tls(tls.certfile.clone()),
+        None => client,
+    })
+}
+
+/// Probes the instance. `mutate` moves a corrupt registration aside (with a warning); read-only callers peek.
+pub fn probe(paths: &Paths, printer: Option<&Printer>, mutate: bool) -> anyhow::Result<Probe> {
+    let busy = lock_busy(paths);
+    let reg = if mutate {
+        registration::read(paths, printer)?
+    } else {
+        registration::peek(paths)
+    };
+    if !busy {
+        let crash = match &reg {
+            Some(r) if !registration::stop_requested(paths, &r.instance_id) => Some(
+                crash::read(paths)
+                    .filter(|e| e.instance_id == r.instance_id)
+                    .unwrap_or_else(|| LastExit {
+                        instance_id: r.instance_id.clone(),
+                        pid: r.pid,
+                        uptime_s: (fsutil::unix_now() - r.started_at_unix).max(0.0),
+                        ended_at: "unknown (the supervisor is gone)".into(),
+                        supervisor_lost: true,
+                        ..Default::default()
+                    }),
+            )
+            .filter(|e| !e.stop_requested),
+            _ => None,
+        };
+        return Ok(Probe::Down { stale: reg, crash });
+    }
+    let health = reg
+        .as_ref()
+        .and_then(|r| client_for(r, Duration::from_millis(500)))
+        .map(|c| c.health());
+    Ok(Probe::Live { reg, health })
+}
+
+/// Asks `/health` again, with a longer read timeout, of an engine that connected but did not answer in time (busy,
+/// e.g. while a local Ray connects). Other answers are returned as they are.
+pub fn health_patiently(
+    reg: &Registration,
+    first: Option<Result<Health, ClientError>>,
+    patience: Duration,
+) -> Option<Result<Health, ClientError>> {
+    match first {
+        Some(Err(ClientError::Slow(_))) => client_for(reg, patience).map(|c| c.health()),
+        other => other,
+    }
+}
+
+/// Health matches the registration's instance, and its pid is the engine the supervisor spawned or, for a shell
+/// snippet (`engine.command = "cd X && cmd"`), a process of that engine's process group.
+///
+/// An engine that does not echo our instance id (upstream BreadBoard's `/health` has none) is identified by what
+/// it does send: its pid, which must be the process the supervisor spawned (same start time, so not a reused pid)
+/// or one of its group, answering on the port it was told to bind.
+pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
+    let spawned = h.pid == i64::from(reg.pid);
+    if h.instance_id.is_empty() {
+        return (spawned && procfs::same_process(reg.pid, reg.pid_start_ticks))
+            || in_engine_group(h.pid, reg);
+    }
+    h.instance_id == reg.instance_id && (spawned || in_engine_group(h.pid, reg))
+}
+
+#[cfg(target_os = "linux")]
+pub(super) fn in_engine_group(pid: i64, reg: &Registration) -> bool {
+    let Ok(pid) = sys::Pid::try_from(pid) else {
+        return false;
+    };
+    reg.pgid > 1
+        && pid > 0
+        && procfs::stat(pid).is_some_and(|s| s.pgid == reg.pgid && s.state != 'Z')
+        && procfs::descendants(reg.pid).contains(&pid)
+}
+
+/// Without /proc the group cannot be checked: only the spawned process itself is the engine.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn in_engine_group(_pid: i64, _reg: &Registration) -> bool {
+    false
+}

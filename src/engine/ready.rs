@@ -1,0 +1,266 @@
+//! Waiting for a started engine: ready when its `/health` names this instance and its handshake passes; an
+//! engine already running is reported or waited for, never reused when it is not compatible.
+
+use std::time::{Duration, Instant};
+
+use crate::cli::supervise;
+use crate::cli::Ctx;
+use crate::crash::{self, LastExit};
+use crate::engine_client::{ClientError, Health};
+use crate::error::{CliError, ErrorKind};
+use crate::fsutil;
+use crate::paths::Paths;
+use crate::printer::Printer;
+use crate::registration::{self, Registration};
+
+use super::*;
+
+pub(super) fn already_live(
+    paths: &Paths,
+    printer: &Printer,
+    reg: Option<Registration>,
+    health: Option<Result<Health, ClientError>>,
+    timeout: Duration,
+) -> anyhow::Result<Started> {
+    let Some(reg) = reg else {
+        return Err(CliError::new(
+            ErrorKind::Failure,
+            format!("{} is held but there is no registration (an engine is starting, or its supervisor is wedged)", paths.engine_lock().display()),
+        )
+        .hint("breadboard engine status; breadboard engine restart")
+        .into());
+    };
+    // A running engine that is busy (connected, no answer yet) is waited for, up to --timeout, rather than called
+    // unreachable: it answers once the work that holds it up is done.
+    let health = if let Some(Err(e @ ClientError::Slow(_))) = &health {
+        printer.info(&format!(
+            "the engine (pid {}) is running but busy: {e}; waiting up to {}s for it to answer",
+            reg.pid,
+            timeout.as_secs_f64()
+        ));
+        health_patiently(&reg, health, timeout)
+    } else {
+        health
+    };
+    match health {
+        Some(Ok(h)) if identity_ok(&h, &reg) => {
+            let pinned = reg.engine_version.as_ref().and(pinned_version(paths));
+            let problems = handshake_problems(&h, pinned.as_deref());
+            if problems.is_empty() {
+                Ok(Started { version: Some(h.engine_version.clone()), reg, already_running: true, foreground: None })
+            } else {
+                Err(CliError::new(
+                    ErrorKind::Failure,
+                    format!("an incompatible engine is running at {} (pid {}): {}", reg.url, reg.pid, problems.join("; ")),
+                )
+                .hint("breadboard engine restart  (replaces it with the pinned version)")
+                .into())
+            }
+        }
+        Some(Ok(_)) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("the engine at {} answers with another identity than its registration (pid {}, instance {})", reg.url, reg.pid, reg.instance_id),
+        )
+        .hint("breadboard engine restart")
+        .into()),
+        Some(Err(e @ ClientError::Slow(_))) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("an engine is running (pid {}, supervisor {}) but busy at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
+        )
+        .hint("wait and retry (breadboard engine status), or breadboard engine restart  (see: breadboard engine logs -n 100)")
+        .into()),
+        Some(Err(e)) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("an engine is running (pid {}, supervisor {}) but not answering at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
+        )
+        .hint("breadboard engine restart  (or: breadboard engine logs -n 100)")
+        .into()),
+        None => Err(CliError::new(ErrorKind::Failure, "the engine's address in its registration is invalid")
+            .hint("breadboard engine restart")
+            .into()),
+    }
+}
+
+/// Polls until the new instance answers its handshake (or dies, or the timeout passes).
+pub(super) fn wait_ready(
+    ctx: &Ctx,
+    instance_id: &str,
+    pinned: Option<&str>,
+    opts: &StartOpts,
+    child: &mut std::process::Child,
+    spawn_at: Instant,
+    steps: &mut crate::printer::Steps,
+) -> anyhow::Result<Registration> {
+    let paths = &ctx.paths;
+    let deadline = spawn_at + opts.timeout;
+    let mut delay = Duration::from_millis(10);
+    let mut announced = false;
+    loop {
+        let reg = registration::peek(paths).filter(|r| r.instance_id == instance_id);
+        let exited = crash::read(paths).filter(|e| e.instance_id == instance_id);
+        let sup_done = child.try_wait().ok().flatten();
+        if exited.is_some() || sup_done.is_some() {
+            // Died before ready: wait for the supervisor to finish its cleanup, then report. A failed start is not
+            // retried by restart = "on-failure": the stop intent makes the supervisor exit instead of restarting.
+            if sup_done.is_none() {
+                let _ = registration::request_stop(paths, instance_id);
+            }
+            let sup_status = sup_done.or_else(|| wait_child(child, Duration::from_secs(6)));
+            if sup_status.is_none() {
+                // Still alive (e.g. restart = "on-failure" retrying): a failed start leaves nothing running.
+                let _ = stop_locked(ctx, Duration::from_secs(5), true, true);
+            }
+            steps.finish();
+            // Only this instance's files: another instance's registration is never removed here.
+            let ours = |r: &Registration| r.instance_id == instance_id;
+            let recorded = crash::read(paths).filter(|e| e.instance_id == instance_id);
+            if let (None, Some(code)) = (&recorded, sup_status.and_then(|s| s.code())) {
+                // The supervisor ended by itself without ever recording an engine exit: it did not start one.
+                registration::clear_stop_request(paths, instance_id);
+                if registration::peek(paths).is_some_and(|r| ours(&r)) {
+                    let _ = registration::remove(paths);
+                }
+                let log = paths.engine_log();
+                let tail = crash::log_tail(&log, 5, None);
+                if !tail.is_empty() {
+                    ctx.printer.info_always(&format!(
+                        "--- last lines of {} ---\n{}",
+                        log.display(),
+                        tail.join("\n")
+                    ));
+                }
+                let lock = paths.engine_lock();
+                return Err(if code == i32::from(supervise::EXIT_LOCK_BUSY) {
+                    CliError::new(
+                        ErrorKind::Failure,
+                        format!(
+                            "the supervisor could not take the instance lock {} (exit {code}), so no engine was started",
+                            lock.display()
+                        ),
+                    )
+                    .hint(format!(
+                        "breadboard engine status; if no engine runs, find the holder with: fuser -v {}",
+                        lock.display()
+                    ))
+                } else {
+                    CliError::new(
+                        ErrorKind::Failure,
+                        format!("the supervisor exited with code {code} before starting the engine"),
+                    )
+                    .hint(format!(
+                        "breadboard engine logs -n 200  (log: {})",
+                        log.display()
+                    ))
+                }
+                .into());
+            }
+            let exit = recorded.unwrap_or_else(|| LastExit {
+                instance_id: instance_id.to_owned(),
+                supervisor_lost: true,
+                ended_at: fsutil::now_rfc3339(),
+                ..Default::default()
+            });
+            let stub = reg.clone().unwrap_or_else(|| Registration {
+                log_path: paths.engine_log(),
+                ..Default::default()
+            });
+            crash::report(ctx.printer, paths, Some(&stub), &exit);
+            crash::acknowledge(paths, instance_id);
+            if registration::peek(paths).is_some_and(|r| ours(&r)) {
+                let _ = registration::remove(paths);
+            }
+            registration::clear_stop_request(paths, instance_id);
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!("the engine exited before it was ready ({})", exit.how()),
+            )
+            .hint(format!(
+                "breadboard engine logs -n 200  (log: {})",
+                paths.engine_log().display()
+            ))
+            .into());
+        }
+        if let Some(reg) = reg {
+            if !announced {
+                steps.step(&format!("waiting for {}/health (pid {})", reg.url, reg.pid));
+                announced = true;
+            }
+            if let Some(client) = client_for(&reg, Duration::from_millis(500)) {
+                if let Ok(h) = client.health() {
+                    if identity_ok(&h, &reg) {
+                        let problems = handshake_problems(&h, pinned);
+                        if !problems.is_empty() {
+                            if opts.protocol == ProtocolMode::Strict {
+                                steps.finish();
+                                let stopped =
+                                    stop_locked(ctx, Duration::from_secs(10), false, true);
+                                return Err(handshake_error(&problems, pinned, stopped.err()));
+                            }
+                            for p in &problems {
+                                ctx.printer
+                                    .warn(&format!("{p} (continuing: protocol mode soft)"));
+                            }
+                        }
+                        let mut reg = reg;
+                        reg.ready_at = Some(fsutil::now_rfc3339());
+                        // The supervisor writes the registration once; ready_at is the CLI's only update.
+                        if registration::peek(paths)
+                            .is_some_and(|r| r.instance_id == reg.instance_id && r.pid == reg.pid)
+                        {
+                            registration::write(paths, &reg)?;
+                        }
+                        return Ok(reg);
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            steps.finish();
+            let log = paths.engine_log();
+            let tail = crash::log_tail(&log, 20, None);
+            ctx.printer.info_always(&format!(
+                "--- last lines of {} ---\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+            let stopped = stop_locked(ctx, Duration::from_secs(5), false, true);
+            let (what, hint) = match &stopped {
+                Ok(_) => (
+                    "it was stopped".to_owned(),
+                    "breadboard engine logs -n 200, or raise --timeout".to_owned(),
+                ),
+                Err(e) => (
+                    format!("stopping it failed too: {e:#}"),
+                    "breadboard engine stop --force".to_owned(),
+                ),
+            };
+            return Err(CliError::new(
+                ErrorKind::Failure,
+                format!(
+                    "the engine did not answer its handshake within {}s; {what}",
+                    opts.timeout.as_secs_f64()
+                ),
+            )
+            .hint(hint)
+            .into());
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+pub(super) fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
