@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod compat;
 pub mod config;
+pub mod context;
 pub mod crash;
 pub mod doctor;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod registration;
 pub mod release;
 pub mod self_replace;
 pub mod session_index;
+pub mod supervisor;
 pub mod sys;
 pub mod venv;
 

@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(f.poll(), (vec!["one".to_owned()], false));
         // Written just before the rotation, between two polls: must still be shown, before the new file's lines.
         append(&log, ")\nlast before rotation\nno newline");
-        crate::cli::supervise::rotate(&log);
+        crate::supervisor::rotate(&log);
         append(&log, "first after rotation\n");
         let (lines, rotated) = f.poll();
         assert!(rotated);

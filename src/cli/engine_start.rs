@@ -7,12 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::config;
-use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::instance::{self, PortSpec, ProtocolMode, StartOpts, Started};
 use crate::lock::ControlLock;
-use crate::registration::{Registration, TlsFiles};
+use crate::registration::Registration;
 
 #[derive(Debug, clap::Args, Clone)]
 pub struct StartArgs {
@@ -86,62 +84,8 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
         foreground: args.foreground,
         protocol: instance::protocol_mode(args.protocol, &ctx.config)?,
         allow_remote: args.allow_remote,
-        tls: tls_files(ctx, args)?,
+        tls: instance::tls_files(ctx, args.ssl_certfile.clone(), args.ssl_keyfile.clone())?,
     })
-}
-
-/// The TLS files: flags > env > config, each pair from one place; both or neither, made absolute (the supervisor
-/// runs elsewhere), the certificate readable as PEM. The engine checks the key itself (its mode, that it matches).
-fn tls_files(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<Option<TlsFiles>> {
-    let (cert, key, from) = if args.ssl_certfile.is_some() || args.ssl_keyfile.is_some() {
-        (
-            args.ssl_certfile.clone(),
-            args.ssl_keyfile.clone(),
-            "--ssl-certfile and --ssl-keyfile",
-        )
-    } else if env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).is_some()
-        || env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).is_some()
-    {
-        (
-            env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).map(PathBuf::from),
-            env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).map(PathBuf::from),
-            "BREADBOARD_SSL_CERTFILE and BREADBOARD_SSL_KEYFILE",
-        )
-    } else {
-        let (cert, key) = config::engine_tls_files(&ctx.config, &ctx.paths.config_file());
-        (
-            cert,
-            key,
-            "engine.ssl_certfile and engine.ssl_keyfile in config.toml",
-        )
-    };
-    let (certfile, keyfile) = match (cert, key) {
-        (None, None) => return Ok(None),
-        (Some(c), Some(k)) => (c, k),
-        _ => {
-            return Err(CliError::new(
-                ErrorKind::Usage,
-                format!("serving TLS needs both the certificate and its private key: {from}"),
-            )
-            .into())
-        }
-    };
-    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-    let (certfile, keyfile) = (absolute(certfile), absolute(keyfile));
-    if let Err(e) = crate::http::read_certs(&certfile) {
-        return Err(CliError::new(ErrorKind::Usage, format!("{e:#}"))
-            .hint(format!("give a PEM certificate (chain) file ({from})"))
-            .into());
-    }
-    if !keyfile.is_file() {
-        return Err(CliError::new(
-            ErrorKind::Usage,
-            format!("the TLS private key {} does not exist", keyfile.display()),
-        )
-        .hint(format!("give the certificate's PEM private key ({from})"))
-        .into());
-    }
-    Ok(Some(TlsFiles { certfile, keyfile }))
 }
 
 fn print_json(ctx: &Ctx, r: &Registration, action: &str, version: Option<&str>) {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::wire::Health;
 use super::{http_client, Client, Endpoint};
-use crate::cli::Ctx;
 use crate::config;
+use crate::context::Ctx;
 use crate::crash::LastExit;
 use crate::engine_client::ClientError;
 use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
@@ -297,21 +297,23 @@ pub(crate) fn start_local(
         return Err(not_installed(ctx));
     }
     ctx.printer.info(why);
-    let args = crate::cli::engine_start::StartArgs {
-        port: prev.map(|r| instance::PortSpec::Fixed(r.port)),
+    // As `breadboard engine start` with no flags would, but where and how the engine that died served.
+    let opts = instance::StartOpts {
+        port: match prev {
+            Some(r) => instance::PortSpec::Fixed(r.port),
+            None => instance::PortSpec::Fixed(instance::configured_port(&ctx.config)?),
+        },
         host: "127.0.0.1".to_owned(),
-        ray_address: None,
+        ray_address: ctx.config.ray.address.clone().filter(|a| !a.is_empty()),
+        timeout: Duration::from_secs(60),
         foreground: false,
-        timeout: 60.0,
-        protocol: None,
+        protocol: instance::protocol_mode(None, &ctx.config)?,
         allow_remote: false,
-        ssl_certfile: prev
-            .and_then(|r| r.tls.as_ref())
-            .map(|t| t.certfile.clone()),
-        ssl_keyfile: prev.and_then(|r| r.tls.as_ref()).map(|t| t.keyfile.clone()),
-        json: false,
+        tls: match prev.and_then(|r| r.tls.clone()) {
+            Some(tls) => Some(tls),
+            None => instance::tls_files(ctx, None, None)?,
+        },
     };
-    let opts = crate::cli::engine_start::opts(ctx, &args)?;
     let lock = crate::lock::ControlLock::acquire(&ctx.paths, "breadboard (client)", ctx.printer)?;
     let started = instance::start_locked(ctx, &opts)?;
     drop(lock);

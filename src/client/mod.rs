@@ -21,7 +21,7 @@ use serde_json::Value;
 pub use connect::{connect, Connect, StartPolicy};
 pub use follow::{follow, Ended, Flow, FollowOpts, Followed, OnInterrupt, Start};
 
-use crate::cli::Ctx;
+use crate::context::Ctx;
 use crate::error::{CliError, ErrorKind};
 use crate::http::error_chain;
 use wire::{Created, ErrorBody, Health, Summary};

@@ -2,12 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cli::supervise;
-use crate::cli::Ctx;
+use crate::context::Ctx;
 use crate::crash::{self};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::registration::{self, Registration};
+use crate::supervisor;
 use crate::sys;
 
 use super::*;
@@ -41,7 +41,7 @@ pub fn run_foreground(
     let opts = &opts;
     let instance_lock = match instance_lock {
         Some(lock) => lock,
-        None => supervise::take_instance_lock(&ctx.paths)
+        None => supervisor::take_instance_lock(&ctx.paths)
             .map_err(|why| CliError::new(ErrorKind::Failure, why))?,
     };
     // The engine inherits our environment: set it here (this process is single-threaded at this point).
@@ -129,14 +129,14 @@ pub fn run_foreground(
             }
         }
     };
-    let code = supervise::supervise(
+    let code = supervisor::supervise(
         &ctx.paths,
         reg.clone(),
         &argv,
         listen_fd,
         restart,
-        supervise::Sink::Stderr,
-        Some(supervise::Attached {
+        supervisor::Sink::Stderr,
+        Some(supervisor::Attached {
             ready_hook: &mut hook,
             instance_lock,
         }),
@@ -147,7 +147,7 @@ pub fn run_foreground(
         // The supervisor recorded a requested stop: nothing to report as a crash.
         return Err(e);
     }
-    if code == supervise::EXIT_LOCK_BUSY {
+    if code == supervisor::EXIT_LOCK_BUSY {
         return Err(CliError::new(
             ErrorKind::Failure,
             format!(

@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::Ctx;
+use crate::context::Ctx;
 use crate::engine_client::EngineClient;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};

@@ -1,7 +1,12 @@
-//! What `engine start` is told: the port, the host (loopback unless allowed), the restart policy.
+//! What `engine start` is told: the port, the host (loopback unless allowed), the restart policy, the TLS files.
 
+use std::path::PathBuf;
+
+use crate::config;
+use crate::context::Ctx;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
+use crate::registration::TlsFiles;
 
 /// `[engine] restart` of config.toml: the supervisor's restart policy (doctor checks it with the same code).
 pub fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
@@ -104,4 +109,58 @@ pub fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The TLS files: flags > env > config, each pair from one place; both or neither, made absolute (the supervisor
+/// runs elsewhere), the certificate readable as PEM. The engine checks the key itself (its mode, that it matches).
+pub fn tls_files(
+    ctx: &Ctx,
+    cert_flag: Option<PathBuf>,
+    key_flag: Option<PathBuf>,
+) -> anyhow::Result<Option<TlsFiles>> {
+    let (cert, key, from) = if cert_flag.is_some() || key_flag.is_some() {
+        (cert_flag, key_flag, "--ssl-certfile and --ssl-keyfile")
+    } else if env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).is_some()
+        || env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).is_some()
+    {
+        (
+            env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).map(PathBuf::from),
+            env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).map(PathBuf::from),
+            "BREADBOARD_SSL_CERTFILE and BREADBOARD_SSL_KEYFILE",
+        )
+    } else {
+        let (cert, key) = config::engine_tls_files(&ctx.config, &ctx.paths.config_file());
+        (
+            cert,
+            key,
+            "engine.ssl_certfile and engine.ssl_keyfile in config.toml",
+        )
+    };
+    let (certfile, keyfile) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            return Err(CliError::new(
+                ErrorKind::Usage,
+                format!("serving TLS needs both the certificate and its private key: {from}"),
+            )
+            .into())
+        }
+    };
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let (certfile, keyfile) = (absolute(certfile), absolute(keyfile));
+    if let Err(e) = crate::http::read_certs(&certfile) {
+        return Err(CliError::new(ErrorKind::Usage, format!("{e:#}"))
+            .hint(format!("give a PEM certificate (chain) file ({from})"))
+            .into());
+    }
+    if !keyfile.is_file() {
+        return Err(CliError::new(
+            ErrorKind::Usage,
+            format!("the TLS private key {} does not exist", keyfile.display()),
+        )
+        .hint(format!("give the certificate's PEM private key ({from})"))
+        .into());
+    }
+    Ok(Some(TlsFiles { certfile, keyfile }))
 }

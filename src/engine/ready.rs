@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cli::supervise;
-use crate::cli::Ctx;
+use crate::context::Ctx;
 use crate::crash::{self, LastExit};
 use crate::engine_client::{ClientError, Health};
 use crate::error::{CliError, ErrorKind};
@@ -12,6 +11,7 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::registration::{self, Registration};
+use crate::supervisor;
 
 use super::*;
 
@@ -130,7 +130,7 @@ pub(super) fn wait_ready(
                     ));
                 }
                 let lock = paths.engine_lock();
-                return Err(if code == i32::from(supervise::EXIT_LOCK_BUSY) {
+                return Err(if code == i32::from(supervisor::EXIT_LOCK_BUSY) {
                     CliError::new(
                         ErrorKind::Failure,
                         format!(

@@ -6,15 +6,15 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cli::supervise;
-use crate::cli::Ctx;
 use crate::compat;
+use crate::context::Ctx;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::registration::{self, Registration};
+use crate::supervisor;
 use crate::sys;
 
 use super::*;
@@ -73,7 +73,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     // `--foreground`: this process becomes the supervisor. It takes the instance lock now, under the control lock,
     // so no other start can slip in between the caller releasing the control lock and the supervisor loop starting.
     let instance_lock = if opts.foreground {
-        Some(supervise::take_instance_lock(paths).map_err(|why| {
+        Some(supervisor::take_instance_lock(paths).map_err(|why| {
             CliError::new(ErrorKind::Failure, why).hint(format!(
                 "breadboard engine status; find the holder with: fuser -v {}",
                 paths.engine_lock().display()
@@ -100,7 +100,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     };
     let log_path = paths.engine_log();
     paths.ensure_logs_dir()?;
-    supervise::rotate(&log_path);
+    supervisor::rotate(&log_path);
 
     let mut argv = launch.argv.clone();
     let listen_fd = if launch.port_by_env {
@@ -159,7 +159,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
         });
     }
 
-    let log = supervise::open_log(&log_path)?;
+    let log = supervisor::open_log(&log_path)?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("__supervise").arg("--restart").arg(restart_policy);
@@ -168,7 +168,7 @@ pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     }
     cmd.arg("--").args(&argv);
     apply_engine_env(&mut cmd, &env);
-    cmd.env(supervise::SPEC_ENV, serde_json::to_string(&reg)?)
+    cmd.env(supervisor::SPEC_ENV, serde_json::to_string(&reg)?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cli::Ctx;
+use crate::context::Ctx;
 use crate::crash::{self, LastExit};
 use crate::engine_client::{ClientError, Health};
 use crate::error::{CliError, ErrorKind};
