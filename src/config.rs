@@ -235,17 +235,17 @@ pub fn write_keys(
 #[derive(Debug, Clone)]
 pub struct Sourced<T> {
     pub value: T,
-    pub origin: crate::python::Origin,
+    pub origin: crate::venv::python::Origin,
 }
 
 /// The engine source: flags as a set, else env vars as a set, else config, else PyPI. A source is resolved as a unit
 /// (not key by key) so `--find-links DIR` alone means offline even when config remembers an index.
 pub fn resolve_source(
-    flags: &crate::package_index::EngineSource,
+    flags: &crate::venv::index::EngineSource,
     config: &Config,
-) -> (crate::package_index::EngineSource, &'static str) {
+) -> (crate::venv::index::EngineSource, &'static str) {
     use crate::env_vars as ev;
-    use crate::package_index::EngineSource;
+    use crate::venv::index::EngineSource;
     if !flags.is_empty() {
         return (flags.clone(), "flags");
     }
@@ -275,7 +275,7 @@ pub fn resolve_source(
 /// Remembers `source` in `[engine]` so a later `engine upgrade` uses the same one.
 pub fn remember_source(
     path: &Path,
-    source: &crate::package_index::EngineSource,
+    source: &crate::venv::index::EngineSource,
 ) -> anyhow::Result<()> {
     let s = |v: &Option<String>| v.as_ref().map(|v| toml_edit::Value::from(v.as_str()));
     let extra = (!source.extra_index_urls.is_empty()).then(|| {
@@ -301,7 +301,7 @@ pub fn remember_source(
 
 /// The requested interpreter: flag > BREADBOARD_PYTHON > `[python] path`; `None` means discover.
 pub fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
-    use crate::python::Origin;
+    use crate::venv::python::Origin;
     if let Some(p) = flag {
         return Some(Sourced {
             value: p.to_owned(),
@@ -322,10 +322,10 @@ pub fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<Pa
 
 /// The forced installer: flag > BREADBOARD_INSTALLER > `[engine] installer`; `None` means uv when found, else pip.
 pub fn resolve_installer(
-    flag: Option<crate::venv_store::InstallerKind>,
+    flag: Option<crate::venv::store::InstallerKind>,
     config: &Config,
-) -> anyhow::Result<Option<crate::venv_store::InstallerKind>> {
-    use crate::venv_store::InstallerKind;
+) -> anyhow::Result<Option<crate::venv::store::InstallerKind>> {
+    use crate::venv::store::InstallerKind;
     if flag.is_some() {
         return Ok(flag);
     }

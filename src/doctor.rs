@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use crate::compat;
 use crate::config::Config;
-use crate::installer;
 use crate::paths::Paths;
-use crate::python;
-use crate::venv_store::Store;
+use crate::venv::installer;
+use crate::venv::python;
+use crate::venv::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -699,9 +699,9 @@ fn disk_check(path: &Path) -> Finding {
 fn invalid_values(config: &Config) -> Vec<(String, Option<String>)> {
     let errors = [
         crate::config::resolve_installer(None, config).err(),
-        crate::instance::configured_port(config).err(),
-        crate::instance::protocol_mode(None, config).err(),
-        crate::instance::restart_policy(config).err(),
+        crate::engine::configured_port(config).err(),
+        crate::engine::protocol_mode(None, config).err(),
+        crate::engine::restart_policy(config).err(),
     ];
     errors
         .into_iter()
@@ -780,7 +780,7 @@ fn uv_check(setup: &Setup) -> Finding {
             uv.display().to_string(),
         );
     }
-    let pinned = crate::uv_bootstrap::uv_path(&setup.paths.home);
+    let pinned = crate::venv::uv::uv_path(&setup.paths.home);
     if pinned.is_file() {
         return Finding::ok(
             "Python",
@@ -812,7 +812,7 @@ fn uv_check(setup: &Setup) -> Finding {
         "tools.uv",
         format!(
             "no uv found: the next engine install sets up uv {}",
-            crate::uv_bootstrap::UV_VERSION
+            crate::venv::uv::UV_VERSION
         ),
         "looked in BREADBOARD_UV, PATH and the home's tools/",
     )
@@ -1227,7 +1227,7 @@ fn cluster_check(address: &str) -> Finding {
 /// The checks of the running (or dead) instance: registration, the engine's answer, leftovers, crashes, the port.
 /// Read-only: nothing is moved aside or killed here (`engine stop` and `--fix` do that).
 pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
-    use crate::instance::{self, Probe};
+    use crate::engine::{self, Probe};
     use crate::procfs;
 
     let paths = setup.paths;
@@ -1262,7 +1262,7 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             });
         }
     }
-    let probe = match instance::probe(paths, None, false) {
+    let probe = match engine::probe(paths, None, false) {
         Ok(probe) => probe,
         Err(e) => {
             out.push(
@@ -1308,10 +1308,10 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                 ));
             }
             out.extend(crash.map(|c| crash_finding(paths, &c)));
-            out.push(match setup.config.as_ref().map(instance::configured_port) {
+            out.push(match setup.config.as_ref().map(engine::configured_port) {
                 Ok(Ok(port)) => port_check(port),
                 // A config that does not parse is its own finding; check the default port meanwhile.
-                Err(_) => port_check(instance::DEFAULT_PORT),
+                Err(_) => port_check(engine::DEFAULT_PORT),
                 Ok(Err(e)) => Finding::error(
                     "Engine",
                     "engine.port",
@@ -1385,7 +1385,7 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             health,
         } => {
             // A busy engine (connected, no answer within the quick probe) gets a longer look before it is judged.
-            let health = instance::health_patiently(&reg, health, DOCTOR_HEALTH_PATIENCE);
+            let health = engine::health_patiently(&reg, health, DOCTOR_HEALTH_PATIENCE);
             out.push(Finding::ok(
                 "Engine",
                 "engine.registration",
@@ -1395,11 +1395,11 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                     reg.supervisor_pid, reg.pid
                 ),
             ));
-            if matches!(&health, Some(Ok(h)) if instance::identity_ok(h, &reg)) {
+            if matches!(&health, Some(Ok(h)) if engine::identity_ok(h, &reg)) {
                 out.push(engine_ray(&reg));
             }
             out.push(match health {
-                Some(Ok(h)) if !instance::identity_ok(&h, &reg) => Finding::error(
+                Some(Ok(h)) if !engine::identity_ok(&h, &reg) => Finding::error(
                     "Engine",
                     "engine.health",
                     "another process answers on the engine's port",
@@ -1407,8 +1407,8 @@ pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                 )
                 .fix("breadboard engine restart"),
                 Some(Ok(h)) => {
-                    let pinned = if reg.engine_version.is_some() { instance::pinned_version(paths) } else { None };
-                    let problems = instance::handshake_problems(&h, pinned.as_deref());
+                    let pinned = if reg.engine_version.is_some() { engine::pinned_version(paths) } else { None };
+                    let problems = engine::handshake_problems(&h, pinned.as_deref());
                     if problems.is_empty() {
                         Finding::ok(
                             "Engine",
@@ -1468,7 +1468,7 @@ fn orphans_check(paths: &Paths, live: Option<&str>, unknown_live: bool) -> Optio
     if unknown_live {
         return None;
     }
-    let left = crate::instance::marked_leftovers(paths, live);
+    let left = crate::engine::marked_leftovers(paths, live);
     if left.is_empty() {
         return None;
     }
@@ -1504,7 +1504,7 @@ fn orphans_check(paths: &Paths, live: Option<&str>, unknown_live: bool) -> Optio
 
 /// The running engine's own view of Ray (`/v1/status`): connected, still starting, or failed and why.
 fn engine_ray(reg: &crate::registration::Registration) -> Finding {
-    let status = crate::instance::client_for(reg, Duration::from_secs(2))
+    let status = crate::engine::client_for(reg, Duration::from_secs(2))
         .ok_or_else(|| "no token".to_owned())
         .and_then(|c| {
             c.get_json::<serde_json::Value>("/v1/status")

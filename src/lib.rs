@@ -26,9 +26,3 @@ pub mod session_index;
 pub mod supervisor;
 pub mod sys;
 pub mod venv;
-
-// Former paths, kept while the layout moves (docs/architecture.md).
-pub use engine as instance;
-pub use venv::{
-    index as package_index, installer, python, store as venv_store, uv as uv_bootstrap, wheel_url,
-};

@@ -307,7 +307,7 @@ fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
         ErrorKind::Source,
         format!(
             "could not reach {url}: {}",
-            crate::package_index::error_chain(e)
+            crate::venv::index::error_chain(e)
         ),
     )
     .hint("check your network or proxy (https_proxy), or point BREADBOARD_RELEASES_URL at a mirror")
@@ -354,7 +354,7 @@ pub fn download_verified(
                     format!(
                         "the download of {url} broke off after {received} of {} bytes: {}",
                         artifact.size,
-                        crate::package_index::error_chain(&e)
+                        crate::venv::index::error_chain(&e)
                     ),
                 )
                 .hint("nothing was changed; run breadboard upgrade again")

@@ -497,9 +497,9 @@ fn wait_engine(
         }
         if !self_ready_done && Instant::now() >= next_health {
             next_health = Instant::now() + Duration::from_millis(100);
-            let answered = crate::instance::client_for(reg, Duration::from_millis(300))
+            let answered = crate::engine::client_for(reg, Duration::from_millis(300))
                 .and_then(|c| c.health().ok())
-                .is_some_and(|h| crate::instance::identity_ok(&h, reg));
+                .is_some_and(|h| crate::engine::identity_ok(&h, reg));
             if answered {
                 self_ready_done = true;
                 reg.ready_at = Some(fsutil::now_rfc3339());
@@ -531,7 +531,7 @@ pub fn end_everything(paths: &Paths, reg: &Registration, sink: &Sink) {
             }
         }
         #[cfg(not(linux_extras))]
-        for m in crate::instance::marked_leftovers(paths, None) {
+        for m in crate::engine::marked_leftovers(paths, None) {
             if m.instance == reg.instance_id && m.pid != me && !v.contains(&m.pid) {
                 v.push(m.pid);
             }

@@ -7,11 +7,11 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::doctor::{self, Finding, Repair, Setup, Status};
-use crate::instance;
+use crate::engine;
 use crate::lock::ControlLock;
 use crate::paths::Paths;
 use crate::printer::{Printer, Style};
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -185,11 +185,11 @@ fn file_repair(
         Repair::RemoveStale { instance_id } => {
             // The findings were made before the lock was ours (slow checks ran in between): an `engine start` may
             // have registered a live engine since. Look again, and clean only the same dead instance.
-            match instance::probe(paths, Some(printer), true)? {
-                instance::Probe::Down { stale, .. }
+            match engine::probe(paths, Some(printer), true)? {
+                engine::Probe::Down { stale, .. }
                     if stale.as_ref().map(|r| &r.instance_id) == instance_id.as_ref() =>
                 {
-                    instance::clean_stale(paths, stale.as_ref(), printer);
+                    engine::clean_stale(paths, stale.as_ref(), printer);
                     match instance_id {
                         Some(id) => {
                             format!("removed the stale registration of engine instance {id}")
@@ -208,13 +208,13 @@ fn file_repair(
         Repair::RebuildVenv { .. } => return Ok(None),
         Repair::EndLeftovers => {
             // Looked at again under the lock: the running instance (if any) may have changed since.
-            let live = match instance::probe(paths, None, false)? {
-                instance::Probe::Live { reg: Some(r), .. } => Some(r.instance_id),
-                instance::Probe::Live { reg: None, .. } => return Ok(None),
-                instance::Probe::Down { .. } => None,
+            let live = match engine::probe(paths, None, false)? {
+                engine::Probe::Live { reg: Some(r), .. } => Some(r.instance_id),
+                engine::Probe::Live { reg: None, .. } => return Ok(None),
+                engine::Probe::Down { .. } => None,
             };
-            let left = instance::marked_leftovers(paths, live.as_deref());
-            instance::end_marked_leftovers(paths, printer, live.as_deref());
+            let left = engine::marked_leftovers(paths, live.as_deref());
+            engine::end_marked_leftovers(paths, printer, live.as_deref());
             format!(
                 "ended {} leftover process(es) of an earlier engine",
                 left.len()

@@ -11,13 +11,13 @@ use crate::compat::{self, ENGINE_DIST, SUPPORTED_ENGINE};
 use crate::config::{self, Sourced};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
-use crate::installer::{self, Installer};
 use crate::lock::ControlLock;
-use crate::package_index::{self, EngineSource};
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::python::{self, Interpreter, Origin};
-use crate::venv_store::{InstallerKind, Receipt, Store, RECEIPT_SCHEMA};
+use crate::venv::index::{self as package_index, EngineSource};
+use crate::venv::installer::{self, Installer};
+use crate::venv::python::{self, Interpreter, Origin};
+use crate::venv::store::{InstallerKind, Receipt, Store, RECEIPT_SCHEMA};
 
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, args: &InstallArgs) -> anyhow::Result<u8> {
     };
     let outcome = install_locked(ctx, &store, plan)?;
     report(ctx.printer, &outcome, args.json);
-    crate::instance::warn_if_running_another(&ctx.paths, ctx.printer, &outcome.version);
+    crate::engine::warn_if_running_another(&ctx.paths, ctx.printer, &outcome.version);
     Ok(0)
 }
 
@@ -123,7 +123,7 @@ pub(crate) fn source_from_flags(args: &SourceArgs) -> anyhow::Result<EngineSourc
             .source
             .as_deref()
             .map(|p| {
-                if crate::wheel_url::is_url(p) {
+                if crate::venv::wheel_url::is_url(p) {
                     Ok(p.to_owned())
                 } else {
                     crate::paths::absolute(p)
@@ -314,13 +314,13 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
     installer.bootstrap_uv(&ctx.paths.home, &plan.source, printer)?;
     // A wheel URL is downloaded and verified before the old venv is torn down.
     let requirement = match &plan.source.path {
-        Some(url) if crate::wheel_url::is_url(url) => {
+        Some(url) if crate::venv::wheel_url::is_url(url) => {
             let url = url.to_string_lossy();
             steps.step(&format!(
                 "downloading {}",
-                crate::wheel_url::file_name(&url)
+                crate::venv::wheel_url::file_name(&url)
             ));
-            crate::wheel_url::fetch(&url, &ctx.paths.engine_dir().join("downloads"))?
+            crate::venv::wheel_url::fetch(&url, &ctx.paths.engine_dir().join("downloads"))?
                 .display()
                 .to_string()
         }

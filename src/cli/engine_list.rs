@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::paths::Paths;
 use crate::printer::{Printer, Style};
-use crate::venv_store::{Installed, Store};
+use crate::venv::store::{Installed, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {

@@ -2,7 +2,7 @@
 
 use super::engine_start::{self, StartArgs};
 use super::Ctx;
-use crate::instance;
+use crate::engine;
 use crate::lock::ControlLock;
 
 #[derive(Debug, clap::Args)]
@@ -22,11 +22,11 @@ pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     // Keep the running engine's port, Ray cluster and TLS unless told otherwise (from its supervisor's own spec when the
     // registration file was lost).
     let prev = crate::registration::peek(&ctx.paths).or_else(|| {
-        instance::unregistered_supervisor(&ctx.paths).and_then(crate::registration::from_supervisor)
+        engine::unregistered_supervisor(&ctx.paths).and_then(crate::registration::from_supervisor)
     });
     if let Some(prev) = prev {
         if args.start.port.is_none() {
-            opts.port = instance::PortSpec::Fixed(prev.port);
+            opts.port = engine::PortSpec::Fixed(prev.port);
         }
         if opts.ray_address.is_none() {
             opts.ray_address = prev.ray_address;
@@ -37,11 +37,10 @@ pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     }
     let t = super::engine_stop::timeout(args.stop_timeout)?;
     let lock = ControlLock::acquire(&ctx.paths, "breadboard engine restart", ctx.printer)?;
-    if let instance::Stopped::Stopped { pid, .. } = instance::stop_locked(ctx, t, args.force, true)?
-    {
+    if let engine::Stopped::Stopped { pid, .. } = engine::stop_locked(ctx, t, args.force, true)? {
         ctx.printer.info(&format!("stopped engine pid {pid}"));
     }
-    let started = instance::start_locked(ctx, &opts)?;
+    let started = engine::start_locked(ctx, &opts)?;
     drop(lock);
     engine_start::finish(ctx, started, args.start.json, "restarted")
 }

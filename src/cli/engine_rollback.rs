@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::error::{CliError, ErrorKind};
 use crate::lock::ControlLock;
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, args: &RollbackArgs) -> anyhow::Result<u8> {
     }
     let from = store.current().filter(|c| store.is_complete(c));
     store.swap(&target, from.as_deref())?;
-    crate::instance::warn_if_running_another(&ctx.paths, ctx.printer, &target);
+    crate::engine::warn_if_running_another(&ctx.paths, ctx.printer, &target);
     if args.json {
         ctx.printer.json(&RollbackJson {
             current: target,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::engine::{self, PortSpec, ProtocolMode, StartOpts, Started};
 use crate::error::{CliError, ErrorKind};
-use crate::instance::{self, PortSpec, ProtocolMode, StartOpts, Started};
 use crate::lock::ControlLock;
 use crate::registration::Registration;
 
@@ -68,11 +68,11 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
         )
         .into());
     }
-    instance::check_host(&args.host, args.allow_remote)?;
+    engine::check_host(&args.host, args.allow_remote)?;
     Ok(StartOpts {
         port: match &args.port {
             Some(port) => port.clone(),
-            None => PortSpec::Fixed(instance::configured_port(&ctx.config)?),
+            None => PortSpec::Fixed(engine::configured_port(&ctx.config)?),
         },
         host: args.host.clone(),
         ray_address: args
@@ -82,9 +82,9 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
             .filter(|a| !a.is_empty()),
         timeout: Duration::from_secs_f64(args.timeout),
         foreground: args.foreground,
-        protocol: instance::protocol_mode(args.protocol, &ctx.config)?,
+        protocol: engine::protocol_mode(args.protocol, &ctx.config)?,
         allow_remote: args.allow_remote,
-        tls: instance::tls_files(ctx, args.ssl_certfile.clone(), args.ssl_keyfile.clone())?,
+        tls: engine::tls_files(ctx, args.ssl_certfile.clone(), args.ssl_keyfile.clone())?,
     })
 }
 
@@ -136,7 +136,7 @@ pub fn finish(ctx: &Ctx, started: Started, json: bool, verb: &str) -> anyhow::Re
                 print_json(ctx, r, verb, version.as_deref());
             }
         };
-        return instance::run_foreground(ctx, started, &mut on_ready);
+        return engine::run_foreground(ctx, started, &mut on_ready);
     }
     report(ctx, &started, json, verb);
     Ok(0)
@@ -145,7 +145,7 @@ pub fn finish(ctx: &Ctx, started: Started, json: bool, verb: &str) -> anyhow::Re
 pub fn run(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
     let opts = opts(ctx, args)?;
     let lock = ControlLock::acquire(&ctx.paths, "breadboard engine start", ctx.printer)?;
-    let started = instance::start_locked(ctx, &opts)?;
+    let started = engine::start_locked(ctx, &opts)?;
     // The control lock covers the start only; the instance lock covers the engine's life (a foreground start took
     // it under the control lock).
     drop(lock);

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::crash::{self, LastExit};
+use crate::engine::{self, Probe, State};
 use crate::fsutil;
-use crate::instance::{self, Probe, State};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -57,11 +57,11 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     let paths = &ctx.paths;
     let mut out = StatusJson {
         log_path: paths.engine_log().display().to_string(),
-        pinned_version: instance::pinned_version(paths),
+        pinned_version: engine::pinned_version(paths),
         ..Default::default()
     };
     let mut crash_info = None;
-    let state = match instance::probe(paths, Some(ctx.printer), false)? {
+    let state = match engine::probe(paths, Some(ctx.printer), false)? {
         Probe::Down { stale, crash } => match crash {
             Some(exit) => {
                 let state = match &exit.crash_loop {
@@ -91,7 +91,7 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
         Probe::Live { reg: None, .. } => {
             // Normally for an instant while a supervisor starts; if it lasts, the registration was lost or
             // corrupted under a running engine, and `stop` ends that supervisor by signal.
-            let who = instance::unregistered_supervisor(paths).map_or_else(
+            let who = engine::unregistered_supervisor(paths).map_or_else(
                 || "the supervisor".to_owned(),
                 |p| format!("supervisor pid {p}"),
             );
@@ -112,14 +112,14 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                 out.last_exit = crash::read(paths).filter(|e| e.instance_id == reg.instance_id);
             }
             // Busy (connected, no answer in 500 ms): give it a little longer before judging.
-            let health = instance::health_patiently(&reg, health, Duration::from_secs(2));
+            let health = engine::health_patiently(&reg, health, Duration::from_secs(2));
             match health {
-                Some(Ok(h)) if instance::identity_ok(&h, &reg) => {
+                Some(Ok(h)) if engine::identity_ok(&h, &reg) => {
                     out.engine_version = Some(h.engine_version.clone());
                     out.protocol_version = Some(h.protocol_version.clone());
                     fill_ray_state(&mut out, &reg);
                     let pinned = reg.engine_version.as_ref().and(out.pinned_version.clone());
-                    let problems = instance::handshake_problems(&h, pinned.as_deref());
+                    let problems = engine::handshake_problems(&h, pinned.as_deref());
                     if problems.is_empty() {
                         if reg.restarts > 0 {
                             out.detail = Some(restarted_detail(&reg, out.last_exit.as_ref()));
@@ -188,13 +188,13 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
         print_human(ctx, &out, state);
     }
     if let Some((stale, exit)) = crash_info {
-        if instance::report_crash_once(paths, ctx.printer, stale.as_ref(), &exit)
+        if engine::report_crash_once(paths, ctx.printer, stale.as_ref(), &exit)
             && ctx.printer.interactive()
             && !args.json
         {
             if ctx.printer.confirm_default_yes("Restart the engine now?") {
                 let start = super::engine_start::StartArgs {
-                    port: stale.as_ref().map(|r| instance::PortSpec::Fixed(r.port)),
+                    port: stale.as_ref().map(|r| engine::PortSpec::Fixed(r.port)),
                     host: stale
                         .as_ref()
                         .map_or_else(|| "127.0.0.1".to_owned(), |r| r.host.clone()),
@@ -204,7 +204,7 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                     protocol: None,
                     allow_remote: stale
                         .as_ref()
-                        .is_some_and(|r| !instance::is_loopback(&r.host)),
+                        .is_some_and(|r| !engine::is_loopback(&r.host)),
                     ssl_certfile: stale
                         .as_ref()
                         .and_then(|r| r.tls.as_ref())
@@ -254,7 +254,7 @@ fn fill(out: &mut StatusJson, r: &crate::registration::Registration) {
 /// Ray as the engine reports it (`GET /ready`: mode, address, state, nodes). One more loopback request, made only
 /// when the engine answered `/health`; an engine without `/ready` (a command override) keeps the registration's view.
 fn fill_ray_state(out: &mut StatusJson, reg: &crate::registration::Registration) {
-    let Some(client) = instance::client_for(reg, std::time::Duration::from_millis(300)) else {
+    let Some(client) = engine::client_for(reg, std::time::Duration::from_millis(300)) else {
         return;
     };
     let Ok(doc) = client.get_json::<serde_json::Value>("/ready") else {

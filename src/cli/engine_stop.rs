@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::Ctx;
+use crate::engine::{self, Stopped};
 use crate::error::{CliError, ErrorKind};
-use crate::instance::{self, Stopped};
 use crate::lock::ControlLock;
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +32,7 @@ pub fn timeout(secs: f64) -> anyhow::Result<Duration> {
 pub fn run(ctx: &Ctx, args: &StopArgs) -> anyhow::Result<u8> {
     let t = timeout(args.timeout)?;
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine stop", ctx.printer)?;
-    match instance::stop_locked(ctx, t, args.force, false)? {
+    match engine::stop_locked(ctx, t, args.force, false)? {
         Stopped::NotRunning => ctx.printer.result("engine is not running"),
         Stopped::Stopped { pid, forced } => ctx.printer.result(&format!(
             "engine stopped (pid {pid}{})",

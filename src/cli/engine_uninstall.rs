@@ -4,11 +4,11 @@
 use serde::Serialize;
 
 use super::Ctx;
+use crate::engine::{self, Probe};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
-use crate::instance::{self, Probe};
 use crate::lock::ControlLock;
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct UninstallArgs {
@@ -32,7 +32,7 @@ struct UninstallJson {
 /// Refuses while an engine runs: its venv (and, with `--purge`, its data) would be deleted under it. Like rustup
 /// and uv, the user stops it first; nothing is stopped implicitly, not even with `--yes`.
 fn refuse_if_running(ctx: &Ctx) -> anyhow::Result<()> {
-    let Probe::Live { reg, .. } = instance::probe(&ctx.paths, None, false)? else {
+    let Probe::Live { reg, .. } = engine::probe(&ctx.paths, None, false)? else {
         return Ok(());
     };
     let what = match &reg {

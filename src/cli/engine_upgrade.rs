@@ -12,11 +12,11 @@ use super::engine_install::{self, Plan};
 use super::{Ctx, SourceArgs};
 use crate::compat::{self, SUPPORTED_ENGINE};
 use crate::config;
+use crate::engine::{self, PortSpec, ProtocolMode, StartOpts};
 use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
-use crate::instance::{self, PortSpec, ProtocolMode, StartOpts};
 use crate::lock::ControlLock;
-use crate::package_index;
-use crate::venv_store::{InstallerKind, Store};
+use crate::venv::index as package_index;
+use crate::venv::store::{InstallerKind, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {
@@ -113,12 +113,12 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     // A running engine is restarted onto the new version (and rolled back if that fails its handshake), with the
     // protocol mode `engine start` would use (resolved now: a bad setting fails before anything is installed). A
     // foreground engine belongs to its terminal: it is not replaced by a detached one, the user restarts it.
-    let running = match instance::probe(&ctx.paths, Some(ctx.printer), false)? {
-        instance::Probe::Live { reg: Some(reg), .. } => Some(reg),
+    let running = match engine::probe(&ctx.paths, Some(ctx.printer), false)? {
+        engine::Probe::Live { reg: Some(reg), .. } => Some(reg),
         _ => None,
     };
     let protocol = match &running {
-        Some(reg) if !reg.foreground => Some(instance::protocol_mode(None, &ctx.config)?),
+        Some(reg) if !reg.foreground => Some(engine::protocol_mode(None, &ctx.config)?),
         _ => None,
     };
     let outcome = engine_install::install_locked(ctx, &store, plan)?;
@@ -157,15 +157,15 @@ fn restart_onto_new(
         // Only a detached engine is restarted (see `run`).
         foreground: false,
         protocol,
-        allow_remote: !instance::is_loopback(&reg.host),
+        allow_remote: !engine::is_loopback(&reg.host),
         tls: reg.tls.clone(),
     };
     let new = store.current().unwrap_or_default();
     ctx.printer
         .info(&format!("restarting the running engine onto {new}"));
-    instance::stop_locked(ctx, std::time::Duration::from_secs(20), false, true)?;
+    engine::stop_locked(ctx, std::time::Duration::from_secs(20), false, true)?;
     let log = ctx.paths.engine_log();
-    match instance::start_locked(ctx, &opts) {
+    match engine::start_locked(ctx, &opts) {
         Ok(started) => {
             let line = format!(
                 "engine restarted at {} (pid {}, engine {new})",
@@ -184,7 +184,7 @@ fn restart_onto_new(
             // The failed start's log is rotated away by the next start: name where it went.
             store.swap(old, Some(&new))?;
             let failed_log = std::path::PathBuf::from(format!("{}.1", log.display()));
-            let started = instance::start_locked(ctx, &opts)?;
+            let started = engine::start_locked(ctx, &opts)?;
             Err(CliError::new(
                 ErrorKind::Failure,
                 format!(

@@ -156,7 +156,7 @@ pub struct ConnectArgs {
     pub token_file: Option<PathBuf>,
     /// Handshake mode: strict fails on a protocol or version mismatch, soft warns (config protocol.mode)
     #[arg(long, value_enum)]
-    pub protocol: Option<crate::instance::ProtocolMode>,
+    pub protocol: Option<crate::engine::ProtocolMode>,
 }
 
 impl ConnectArgs {

@@ -24,7 +24,7 @@ use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::release::{self, ReleaseSource};
 use crate::self_replace::{self, InstallLock, TempFile};
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {

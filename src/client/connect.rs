@@ -10,10 +10,10 @@ use super::{http_client, Client, Endpoint};
 use crate::config;
 use crate::context::Ctx;
 use crate::crash::LastExit;
+use crate::engine::{self, Probe, ProtocolMode};
 use crate::engine_client::ClientError;
 use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
 use crate::error::{CliError, ErrorKind};
-use crate::instance::{self, Probe, ProtocolMode};
 use crate::registration::{self, Registration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,7 +48,7 @@ pub struct Connect {
 }
 
 pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Client<'a>> {
-    let mode = instance::protocol_mode(target.protocol, &ctx.config)?;
+    let mode = engine::protocol_mode(target.protocol, &ctx.config)?;
     // flag > environment > config, as for every setting.
     let base = match (&target.url, env_vars::get(BREADBOARD_URL)) {
         (Some(u), _) => Some(config::check_engine_url(u, "--url")?),
@@ -154,7 +154,7 @@ pub(crate) enum LocalState {
 }
 
 pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
-    Ok(match instance::probe(&ctx.paths, None, false)? {
+    Ok(match engine::probe(&ctx.paths, None, false)? {
         Probe::Down { stale, crash } => LocalState::Down {
             stale: stale.map(Box::new),
             crash: crash.map(Box::new),
@@ -166,7 +166,7 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
             reg: Some(reg),
             health,
         } => match health {
-            Some(Ok(h)) if instance::identity_ok(&h, &reg) => LocalState::Ready(Box::new(reg), h),
+            Some(Ok(h)) if engine::identity_ok(&h, &reg) => LocalState::Ready(Box::new(reg), h),
             Some(Ok(_)) => LocalState::Waiting(
                 format!(
                     "{} answers with another identity than its registration",
@@ -221,7 +221,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
             LocalState::Refused(reg) => return Err(endpoint_of(&reg).token_refused()),
             LocalState::Down { stale, crash } => {
                 if let Some(exit) = &crash {
-                    instance::report_crash_once(&ctx.paths, ctx.printer, stale.as_deref(), exit);
+                    engine::report_crash_once(&ctx.paths, ctx.printer, stale.as_deref(), exit);
                 }
                 if target.start == StartPolicy::FailFast || started {
                     return Err(not_running(ctx, crash.as_deref()));
@@ -235,7 +235,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
             }
             LocalState::Waiting(why, crashed) => {
                 if let Some(c) = crashed.as_deref() {
-                    instance::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
+                    engine::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
                 }
                 if Instant::now() >= deadline {
                     return Err(CliError::new(
@@ -257,7 +257,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
 
 /// Whether an engine can be started here: an installed venv, or an engine command override.
 fn installed(ctx: &Ctx) -> bool {
-    let store = crate::venv_store::Store::new(&ctx.paths);
+    let store = crate::venv::store::Store::new(&ctx.paths);
     env_vars::get(env_vars::BREADBOARD_ENGINE_CMD).is_some()
         || ctx.config.engine.command.is_some()
         || store.current().is_some_and(|c| store.is_complete(&c))
@@ -298,24 +298,24 @@ pub(crate) fn start_local(
     }
     ctx.printer.info(why);
     // As `breadboard engine start` with no flags would, but where and how the engine that died served.
-    let opts = instance::StartOpts {
+    let opts = engine::StartOpts {
         port: match prev {
-            Some(r) => instance::PortSpec::Fixed(r.port),
-            None => instance::PortSpec::Fixed(instance::configured_port(&ctx.config)?),
+            Some(r) => engine::PortSpec::Fixed(r.port),
+            None => engine::PortSpec::Fixed(engine::configured_port(&ctx.config)?),
         },
         host: "127.0.0.1".to_owned(),
         ray_address: ctx.config.ray.address.clone().filter(|a| !a.is_empty()),
         timeout: Duration::from_secs(60),
         foreground: false,
-        protocol: instance::protocol_mode(None, &ctx.config)?,
+        protocol: engine::protocol_mode(None, &ctx.config)?,
         allow_remote: false,
         tls: match prev.and_then(|r| r.tls.clone()) {
             Some(tls) => Some(tls),
-            None => instance::tls_files(ctx, None, None)?,
+            None => engine::tls_files(ctx, None, None)?,
         },
     };
     let lock = crate::lock::ControlLock::acquire(&ctx.paths, "breadboard (client)", ctx.printer)?;
-    let started = instance::start_locked(ctx, &opts)?;
+    let started = engine::start_locked(ctx, &opts)?;
     drop(lock);
     if !started.already_running {
         ctx.printer.info(&format!(
@@ -340,7 +340,7 @@ pub(crate) fn check_local_handshake(
     let pinned = reg
         .engine_version
         .as_ref()
-        .and(instance::pinned_version(&ctx.paths));
+        .and(engine::pinned_version(&ctx.paths));
     check_handshake(ctx, endpoint, health, Some(pinned.as_deref()), mode)
 }
 
@@ -353,9 +353,9 @@ fn check_handshake(
     pinned: Option<Option<&str>>,
     mode: ProtocolMode,
 ) -> anyhow::Result<()> {
-    let mut problems = instance::handshake_problems(h, pinned.flatten());
+    let mut problems = engine::handshake_problems(h, pinned.flatten());
     if pinned.is_none() {
-        problems.extend(instance::unsupported_version(h));
+        problems.extend(engine::unsupported_version(h));
     }
     if problems.is_empty() {
         return Ok(());

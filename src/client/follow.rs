@@ -292,7 +292,7 @@ where
                 LocalState::Down { stale, crash } => {
                     let ctx = client.ctx;
                     if let Some(exit) = &crash {
-                        crate::instance::report_crash_once(
+                        crate::engine::report_crash_once(
                             &ctx.paths,
                             ctx.printer,
                             stale.as_deref(),
@@ -332,12 +332,7 @@ where
                 LocalState::Waiting(why, crashed) => {
                     if let Some(c) = crashed.as_deref() {
                         let ctx = client.ctx;
-                        crate::instance::report_crash_once(
-                            &ctx.paths,
-                            ctx.printer,
-                            Some(&c.0),
-                            &c.1,
-                        );
+                        crate::engine::report_crash_once(&ctx.paths, ctx.printer, Some(&c.0), &c.1);
                     }
                     if said.as_deref() != Some(why.as_str()) {
                         client
@@ -377,7 +372,7 @@ pub(crate) fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<
         return Ok(false);
     }
     if fresh.instance_id != client.endpoint.instance_id {
-        let health = crate::instance::client_for(&reg, Duration::from_millis(500))
+        let health = crate::engine::client_for(&reg, Duration::from_millis(500))
             .and_then(|c| c.health().ok());
         if let Some(h) = health {
             check_local_handshake(client.ctx, &fresh, &reg, &h, client.mode)?;
@@ -401,7 +396,7 @@ fn report_restart(client: &Client<'_>, reg: &crate::registration::Registration) 
     let ctx = client.ctx;
     if let Some(exit) = crate::crash::read(&ctx.paths).filter(|x| x.instance_id == reg.instance_id)
     {
-        crate::instance::report_crash_once(&ctx.paths, ctx.printer, Some(reg), &exit);
+        crate::engine::report_crash_once(&ctx.paths, ctx.printer, Some(reg), &exit);
     }
 }
 

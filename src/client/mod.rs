@@ -99,7 +99,7 @@ pub struct Client<'a> {
     http: reqwest::Client,
     pub endpoint: Endpoint,
     /// The handshake mode, for the checks made again when a stream moves to a new local instance.
-    mode: crate::instance::ProtocolMode,
+    mode: crate::engine::ProtocolMode,
 }
 
 /// A refusal or failure of one request, before it is turned into a [`CliError`].

@@ -5,7 +5,7 @@ use crate::engine_client::Health;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::paths::Paths;
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 /// Handshake problems (empty when compatible): protocol must be one the CLI speaks; the engine version must be the
 /// pinned one (no pin for a command override).

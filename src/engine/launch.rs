@@ -9,7 +9,7 @@ use crate::engine_client::EngineClient;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::procfs;
-use crate::venv_store::Store;
+use crate::venv::store::Store;
 
 use super::*;
 
