@@ -200,7 +200,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Sets (or, with `None`, removes) `[section] key` in the config file, preserving everything else.
-pub fn write_keys(
+pub(crate) fn write_keys(
     path: &Path,
     section: &str,
     values: &[(&str, Option<toml_edit::Value>)],
@@ -233,14 +233,14 @@ pub fn write_keys(
 
 /// A setting together with where it came from, for messages (and later `engine doctor`).
 #[derive(Debug, Clone)]
-pub struct Sourced<T> {
+pub(crate) struct Sourced<T> {
     pub value: T,
     pub origin: crate::venv::python::Origin,
 }
 
 /// The engine source: flags as a set, else env vars as a set, else config, else PyPI. A source is resolved as a unit
 /// (not key by key) so `--find-links DIR` alone means offline even when config remembers an index.
-pub fn resolve_source(
+pub(crate) fn resolve_source(
     flags: &crate::venv::index::EngineSource,
     config: &Config,
 ) -> (crate::venv::index::EngineSource, &'static str) {
@@ -273,7 +273,7 @@ pub fn resolve_source(
 }
 
 /// Remembers `source` in `[engine]` so a later `engine upgrade` uses the same one.
-pub fn remember_source(
+pub(crate) fn remember_source(
     path: &Path,
     source: &crate::venv::index::EngineSource,
 ) -> anyhow::Result<()> {
@@ -300,7 +300,7 @@ pub fn remember_source(
 }
 
 /// The requested interpreter: flag > BREADBOARD_PYTHON > `[python] path`; `None` means discover.
-pub fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
+pub(crate) fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
     use crate::venv::python::Origin;
     if let Some(p) = flag {
         return Some(Sourced {
@@ -321,7 +321,7 @@ pub fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<Pa
 }
 
 /// The forced installer: flag > BREADBOARD_INSTALLER > `[engine] installer`; `None` means uv when found, else pip.
-pub fn resolve_installer(
+pub(crate) fn resolve_installer(
     flag: Option<crate::venv::store::InstallerKind>,
     config: &Config,
 ) -> anyhow::Result<Option<crate::venv::store::InstallerKind>> {
@@ -352,7 +352,7 @@ pub fn resolve_installer(
 
 /// A remote engine's base URL: `http://HOST:PORT` or `https://HOST:PORT` (a path prefix allowed, no query), without
 /// the trailing `/`. `origin` names where the value came from (`--url`, `BREADBOARD_URL`, `[client] url ...`).
-pub fn check_engine_url(url: &str, origin: &str) -> Result<String, CliError> {
+pub(crate) fn check_engine_url(url: &str, origin: &str) -> Result<String, CliError> {
     let base = url.trim_end_matches('/');
     let host = base
         .strip_prefix("http://")
@@ -383,7 +383,7 @@ pub fn check_engine_url(url: &str, origin: &str) -> Result<String, CliError> {
 
 /// The remote engine of `[client] url`, checked; `None` when unset or empty. An invalid one is a config error (the
 /// same check `--url` gets, exit 3 here since the file is at fault).
-pub fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
+pub(crate) fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
     match config.client.url.as_deref() {
         None | Some("") => Ok(None),
         Some(url) => check_engine_url(url, CLIENT_URL_ORIGIN)
@@ -397,10 +397,10 @@ pub fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
 }
 
 /// How `[client] url` is named in messages.
-pub const CLIENT_URL_ORIGIN: &str = "[client] url in config.toml";
+pub(crate) const CLIENT_URL_ORIGIN: &str = "[client] url in config.toml";
 
 /// `[client] token_file`, a relative path taken from the directory of `config_file`; `None` when unset or empty.
-pub fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf> {
+pub(crate) fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf> {
     let path = config
         .client
         .token_file
@@ -413,7 +413,10 @@ pub fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf>
 }
 
 /// `[engine] ssl_certfile` and `ssl_keyfile`, relative paths taken from the directory of `config_file`.
-pub fn engine_tls_files(config: &Config, config_file: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+pub(crate) fn engine_tls_files(
+    config: &Config,
+    config_file: &Path,
+) -> (Option<PathBuf>, Option<PathBuf>) {
     let resolve = |p: &Option<PathBuf>| {
         let p = p.as_ref().filter(|p| !p.as_os_str().is_empty())?;
         Some(match config_file.parent() {

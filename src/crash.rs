@@ -11,7 +11,7 @@ use crate::printer::{Printer, Style};
 use crate::registration::Registration;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct LastExit {
+pub(crate) struct LastExit {
     pub instance_id: String,
     pub pid: i32,
     pub exit_code: Option<i32>,
@@ -34,7 +34,7 @@ pub struct LastExit {
 
 /// A crash loop: `crashes` exits without a stop request within `window_s` seconds; the supervisor gave up.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct CrashLoop {
+pub(crate) struct CrashLoop {
     pub crashes: u32,
     pub window_s: u64,
     pub gave_up_at: String,
@@ -44,7 +44,7 @@ pub struct CrashLoop {
 
 impl CrashLoop {
     /// One line: "3 crashes within 60 s; restart = \"on-failure\" gave up after 2 restarts".
-    pub fn summary(&self, restarts: u32) -> String {
+    pub(crate) fn summary(&self, restarts: u32) -> String {
         format!(
             "crash loop: {} crashes within {} s; restart = \"on-failure\" gave up after {restarts} restart{}",
             self.crashes,
@@ -54,11 +54,11 @@ impl CrashLoop {
     }
 }
 
-pub fn read(paths: &Paths) -> Option<LastExit> {
+pub(crate) fn read(paths: &Paths) -> Option<LastExit> {
     serde_json::from_str(&std::fs::read_to_string(paths.last_exit()).ok()?).ok()
 }
 
-pub fn write(paths: &Paths, exit: &LastExit) -> anyhow::Result<()> {
+pub(crate) fn write(paths: &Paths, exit: &LastExit) -> anyhow::Result<()> {
     fsutil::write_private(
         &paths.last_exit(),
         serde_json::to_string_pretty(exit)?.as_bytes(),
@@ -66,17 +66,17 @@ pub fn write(paths: &Paths, exit: &LastExit) -> anyhow::Result<()> {
 }
 
 /// Whether the crash of `instance_id` was already shown.
-pub fn acknowledged(paths: &Paths, instance_id: &str) -> bool {
+pub(crate) fn acknowledged(paths: &Paths, instance_id: &str) -> bool {
     std::fs::read_to_string(paths.crash_ack()).is_ok_and(|s| s.trim() == instance_id)
 }
 
-pub fn acknowledge(paths: &Paths, instance_id: &str) {
+pub(crate) fn acknowledge(paths: &Paths, instance_id: &str) {
     let _ = fsutil::write_private(&paths.crash_ack(), instance_id.as_bytes());
 }
 
 impl LastExit {
     /// "exit code 1", "killed by SIGKILL (signal 9)", ...
-    pub fn how(&self) -> String {
+    pub(crate) fn how(&self) -> String {
         if self.supervisor_lost {
             return "the supervisor was killed (no exit status recorded)".to_owned();
         }
@@ -97,7 +97,7 @@ impl LastExit {
 }
 
 /// The last `n` lines of the log, with the token (and any bearer header) redacted.
-pub fn log_tail(path: &Path, n: usize, token: Option<&str>) -> Vec<String> {
+pub(crate) fn log_tail(path: &Path, n: usize, token: Option<&str>) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     // Only the end of the file is read, into a bounded buffer: a log whose last line is hundreds of MB costs no more
     // than one of short lines.
@@ -154,13 +154,13 @@ fn cap_line_end(line: &str) -> String {
 }
 
 /// How far back from a log's end its tail is looked for: enough for any sensible `-n`, bounded for a huge log.
-pub const TAIL_WINDOW: u64 = 256 * 1024;
+pub(crate) const TAIL_WINDOW: u64 = 256 * 1024;
 
 /// Lines longer than this are shown cut, saying how much was left out.
-pub const MAX_LINE: usize = 8 * 1024;
+pub(crate) const MAX_LINE: usize = 8 * 1024;
 
 /// `line`, cut to [`MAX_LINE`] bytes (on a character boundary) with a note of what was left out.
-pub fn cap_line(line: &str) -> String {
+pub(crate) fn cap_line(line: &str) -> String {
     if line.len() <= MAX_LINE {
         return line.to_owned();
     }
@@ -175,7 +175,7 @@ pub fn cap_line(line: &str) -> String {
     )
 }
 
-pub fn redact(line: &str, token: Option<&str>) -> String {
+pub(crate) fn redact(line: &str, token: Option<&str>) -> String {
     let mut out = line.to_owned();
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         out = out.replace(t, "[REDACTED]");
@@ -193,7 +193,7 @@ pub fn redact(line: &str, token: Option<&str>) -> String {
 }
 
 /// A likely cause recognisable from the exit and the log tail.
-pub fn likely_cause(exit: &LastExit, tail: &[String]) -> Option<String> {
+pub(crate) fn likely_cause(exit: &LastExit, tail: &[String]) -> Option<String> {
     let text = tail.join("\n");
     if text.contains("ModuleNotFoundError") || text.contains("ImportError") {
         return Some("the engine venv is broken (an import failed): reinstall it with `breadboard engine install --force`".into());
@@ -222,7 +222,12 @@ pub fn likely_cause(exit: &LastExit, tail: &[String]) -> Option<String> {
 }
 
 /// The crash report, on stderr.
-pub fn report(printer: &Printer, paths: &Paths, reg: Option<&Registration>, exit: &LastExit) {
+pub(crate) fn report(
+    printer: &Printer,
+    paths: &Paths,
+    reg: Option<&Registration>,
+    exit: &LastExit,
+) {
     let token = reg.and_then(crate::registration::token);
     let log = reg.map_or_else(|| paths.engine_log(), |r| r.log_path.clone());
     let tail = log_tail(&log, 30, token.as_deref());
@@ -288,7 +293,7 @@ pub fn report(printer: &Printer, paths: &Paths, reg: Option<&Registration>, exit
     printer.info_always(&out.join("\n"));
 }
 
-pub fn human_duration(secs: f64) -> String {
+pub(crate) fn human_duration(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     match s {
         0..=59 => format!("{:.1}s", secs.max(0.0)),

@@ -21,7 +21,7 @@ use crate::venv::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     Warn,
     Error,
@@ -29,7 +29,7 @@ pub enum Status {
 
 /// A safe repair `--fix` may perform for a finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Repair {
+pub(crate) enum Repair {
     /// chmod 700 a directory, 600 a file.
     ChmodPrivate(PathBuf),
     /// chmod go-rwx each path (owner bits kept: Ray's executables stay executable).
@@ -48,7 +48,7 @@ pub enum Repair {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub id: &'static str,
     pub status: Status,
     pub title: String,
@@ -61,7 +61,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn ok(
+    pub(crate) fn ok(
         section: &'static str,
         id: &'static str,
         title: impl Into<String>,
@@ -78,7 +78,7 @@ impl Finding {
         }
     }
 
-    pub fn warn(
+    pub(crate) fn warn(
         section: &'static str,
         id: &'static str,
         title: impl Into<String>,
@@ -90,7 +90,7 @@ impl Finding {
         }
     }
 
-    pub fn error(
+    pub(crate) fn error(
         section: &'static str,
         id: &'static str,
         title: impl Into<String>,
@@ -102,23 +102,23 @@ impl Finding {
         }
     }
 
-    pub fn fix(mut self, command: impl Into<String>) -> Self {
+    pub(crate) fn fix(mut self, command: impl Into<String>) -> Self {
         self.fix = Some(command.into());
         self
     }
 
-    pub fn repair(mut self, repair: Repair) -> Self {
+    pub(crate) fn repair(mut self, repair: Repair) -> Self {
         self.repair = Some(repair);
         self
     }
 }
 
 /// Deadlines for the probes that run processes.
-pub const QUICK: Duration = Duration::from_secs(5);
-pub const SLOW: Duration = Duration::from_secs(30);
+pub(crate) const QUICK: Duration = Duration::from_secs(5);
+pub(crate) const SLOW: Duration = Duration::from_secs(30);
 
 /// Runs `cmd` with stdin closed and output captured, killing it at the deadline.
-pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Output, String> {
+pub(crate) fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Output, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -169,7 +169,7 @@ fn first_line(bytes: &[u8]) -> String {
 }
 
 /// Everything the checks look at, gathered once.
-pub struct Setup<'a> {
+pub(crate) struct Setup<'a> {
     pub paths: &'a Paths,
     /// `Err` carries the parse error (with file, line and column).
     pub config: Result<Config, String>,
@@ -188,7 +188,7 @@ const SECTIONS: [&str; 7] = [
 /// Every check, grouped by section. The instance is probed first (milliseconds): when the engine runs and reports
 /// its Ray, that answer replaces importing Ray in a second process. The slow probes (each a Python process with a
 /// deadline) run in parallel, so a healthy setup is checked in well under a second.
-pub fn all_checks(setup: &Setup) -> Vec<Finding> {
+pub(crate) fn all_checks(setup: &Setup) -> Vec<Finding> {
     let runtime = runtime_checks(setup);
     let engine_has_ray = runtime
         .iter()
@@ -454,7 +454,7 @@ const PRIVACY_SCAN_LIMIT: usize = 20_000;
 /// The home itself counts only when others can write to it (they could swap `data/` or `run/`): an open but
 /// read-only home shows names, nothing private. Symlinks are not followed. Returns the too-open paths with their
 /// modes, and how many entries were looked at.
-pub fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
+pub(crate) fn too_open(paths: &Paths) -> (Vec<(PathBuf, u32)>, usize) {
     use std::os::unix::fs::PermissionsExt;
     let mut open = Vec::new();
     let mut seen = 0usize;
@@ -1226,7 +1226,7 @@ fn cluster_check(address: &str) -> Finding {
 
 /// The checks of the running (or dead) instance: registration, the engine's answer, leftovers, crashes, the port.
 /// Read-only: nothing is moved aside or killed here (`engine stop` and `--fix` do that).
-pub fn runtime_checks(setup: &Setup) -> Vec<Finding> {
+pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
     use crate::engine::{self, Probe};
     use crate::procfs;
 

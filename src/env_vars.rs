@@ -2,71 +2,71 @@
 //! Precedence everywhere: command-line flag > environment variable > `config.toml` > built-in default.
 
 /// Root of everything breadboard owns (config, engine venvs, locks, logs, engine data). Default `~/.breadboard`.
-pub const BREADBOARD_HOME: &str = "BREADBOARD_HOME";
+pub(crate) const BREADBOARD_HOME: &str = "BREADBOARD_HOME";
 /// Python interpreter used to create engine venvs (same as `--python`).
-pub const BREADBOARD_PYTHON: &str = "BREADBOARD_PYTHON";
+pub(crate) const BREADBOARD_PYTHON: &str = "BREADBOARD_PYTHON";
 /// Path to the `uv` binary to use; otherwise `uv` is looked up on `PATH`.
-pub const BREADBOARD_UV: &str = "BREADBOARD_UV";
+pub(crate) const BREADBOARD_UV: &str = "BREADBOARD_UV";
 /// Force the installer back end: `uv` or `pip` (same as `--installer`).
-pub const BREADBOARD_INSTALLER: &str = "BREADBOARD_INSTALLER";
+pub(crate) const BREADBOARD_INSTALLER: &str = "BREADBOARD_INSTALLER";
 /// Package index for the engine (same as `--index-url`).
-pub const BREADBOARD_INDEX_URL: &str = "BREADBOARD_INDEX_URL";
+pub(crate) const BREADBOARD_INDEX_URL: &str = "BREADBOARD_INDEX_URL";
 /// Extra package indexes, separated by whitespace (same as repeated `--extra-index-url`).
-pub const BREADBOARD_EXTRA_INDEX_URL: &str = "BREADBOARD_EXTRA_INDEX_URL";
+pub(crate) const BREADBOARD_EXTRA_INDEX_URL: &str = "BREADBOARD_EXTRA_INDEX_URL";
 /// A directory (or URL) of wheels for offline installs (same as `--find-links`).
-pub const BREADBOARD_FIND_LINKS: &str = "BREADBOARD_FIND_LINKS";
+pub(crate) const BREADBOARD_FIND_LINKS: &str = "BREADBOARD_FIND_LINKS";
 /// A local engine project directory or wheel (same as `--source`).
-pub const BREADBOARD_ENGINE_SOURCE: &str = "BREADBOARD_ENGINE_SOURCE";
+pub(crate) const BREADBOARD_ENGINE_SOURCE: &str = "BREADBOARD_ENGINE_SOURCE";
 /// Seconds to wait for the control lock before giving up (default 600).
-pub const BREADBOARD_LOCK_TIMEOUT: &str = "BREADBOARD_LOCK_TIMEOUT";
+pub(crate) const BREADBOARD_LOCK_TIMEOUT: &str = "BREADBOARD_LOCK_TIMEOUT";
 /// Any non-empty value disables colour (<https://no-color.org>).
-pub const NO_COLOR: &str = "NO_COLOR";
+pub(crate) const NO_COLOR: &str = "NO_COLOR";
 /// Used to find the default `BREADBOARD_HOME`.
-pub const HOME: &str = "HOME";
+pub(crate) const HOME: &str = "HOME";
 
 /// The value of an env var, treating an empty value as unset (so `FOO= breadboard ...` clears an override).
 /// The engine's port (upstream BreadBoard's variable): `engine start` serves there, doctor checks it.
-pub const BREADBOARD_CLI_PORT: &str = "BREADBOARD_CLI_PORT";
+pub(crate) const BREADBOARD_CLI_PORT: &str = "BREADBOARD_CLI_PORT";
 
-pub fn get(name: &str) -> Option<String> {
+pub(crate) fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// `0` or `1`: soft or strict engine handshake (same as `--protocol soft|strict`; config `protocol.mode`).
-pub const BREADBOARD_PROTOCOL_STRICT: &str = "BREADBOARD_PROTOCOL_STRICT";
+pub(crate) const BREADBOARD_PROTOCOL_STRICT: &str = "BREADBOARD_PROTOCOL_STRICT";
 /// Run this command instead of the installed engine (a development checkout or the upstream `cli_bridge` server);
 /// it gets its address and token by env (`BREADBOARD_CLI_HOST`, `BREADBOARD_CLI_PORT`, `BREADBOARD_API_TOKEN`).
-pub const BREADBOARD_ENGINE_CMD: &str = "BREADBOARD_ENGINE_CMD";
+pub(crate) const BREADBOARD_ENGINE_CMD: &str = "BREADBOARD_ENGINE_CMD";
 
 /// The first delay before an automatic restart (`engine.restart = "on-failure"`), in milliseconds (default 1000).
 /// Each crash doubles it, up to 30 s; it resets after 30 s of stable uptime. Meant for tests and impatient
 /// development loops.
-pub const BREADBOARD_RESTART_BACKOFF_MS: &str = "BREADBOARD_RESTART_BACKOFF_MS";
+pub(crate) const BREADBOARD_RESTART_BACKOFF_MS: &str = "BREADBOARD_RESTART_BACKOFF_MS";
 /// Set by the npm launcher (`npm`, `pnpm`, `yarn` or `bun`): this copy belongs to that package manager, so
 /// `breadboard upgrade` prints its command instead of replacing the binary.
-pub const BREADBOARD_MANAGED_BY: &str = "BREADBOARD_MANAGED_BY";
+pub(crate) const BREADBOARD_MANAGED_BY: &str = "BREADBOARD_MANAGED_BY";
 /// Base of a release tree (`<base>/latest/manifest.json`, `<base>/<version>/...`), as for install.sh.
-pub const BREADBOARD_RELEASES_URL: &str = "BREADBOARD_RELEASES_URL";
+pub(crate) const BREADBOARD_RELEASES_URL: &str = "BREADBOARD_RELEASES_URL";
 /// One release version's directory (`<dir>/manifest.json`); wins over `BREADBOARD_RELEASES_URL`, as for install.sh.
-pub const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
+pub(crate) const BREADBOARD_DOWNLOAD_URL: &str = "BREADBOARD_DOWNLOAD_URL";
 /// Set by CI systems; `breadboard upgrade` then never asks for confirmation (as without a terminal).
-pub const CI: &str = "CI";
+pub(crate) const CI: &str = "CI";
 
 /// `engine start` serves HTTPS with this certificate and key (as `--ssl-certfile`/`--ssl-keyfile`); the engine reads
 /// the same names.
-pub const BREADBOARD_SSL_CERTFILE: &str = "BREADBOARD_SSL_CERTFILE";
-pub const BREADBOARD_SSL_KEYFILE: &str = "BREADBOARD_SSL_KEYFILE";
+pub(crate) const BREADBOARD_SSL_CERTFILE: &str = "BREADBOARD_SSL_CERTFILE";
+pub(crate) const BREADBOARD_SSL_KEYFILE: &str = "BREADBOARD_SSL_KEYFILE";
 
 /// A remote engine for `ask` and `sessions` (same as `--url`; config `[client] url`).
-pub const BREADBOARD_URL: &str = "BREADBOARD_URL";
+pub(crate) const BREADBOARD_URL: &str = "BREADBOARD_URL";
 /// A file holding the remote engine's token (same as `--token-file`; config `[client] token_file`).
-pub const BREADBOARD_API_TOKEN_FILE: &str = "BREADBOARD_API_TOKEN_FILE";
+pub(crate) const BREADBOARD_API_TOKEN_FILE: &str = "BREADBOARD_API_TOKEN_FILE";
 /// The remote engine's token itself. Prefer the file: a variable is inherited by every child process. (The
 /// supervisor also hands the local engine its token under this name.)
-pub const BREADBOARD_API_TOKEN: &str = "BREADBOARD_API_TOKEN";
+pub(crate) const BREADBOARD_API_TOKEN: &str = "BREADBOARD_API_TOKEN";
 
 /// Set by the supervisor on the engine it spawns (never on the CLI or the supervisor): `<instance id> <home>`.
 /// Inherited by everything the engine starts, Ray's daemons and workers included, so whatever an instance left
 /// behind is found by it (`/proc/<pid>/environ`), whoever its parent is now: the engine's reaper ends this
 /// instance's at its end, and `engine start|stop|doctor` find any of this home's once no engine runs.
-pub const BREADBOARD_ENGINE_MARK: &str = "BREADBOARD_ENGINE_MARK";
+pub(crate) const BREADBOARD_ENGINE_MARK: &str = "BREADBOARD_ENGINE_MARK";

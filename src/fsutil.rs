@@ -7,13 +7,13 @@ use anyhow::Context;
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content, never a torn file:
 /// temp file in the same dir, fsync, rename, fsync the dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_atomic_mode(path, bytes, 0o644)
 }
 
 /// [`write_atomic`] for secrets and runtime state: the file is created 0600 (never readable by others, not even
 /// between create and rename).
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_atomic_mode(path, bytes, 0o600)
 }
 
@@ -45,13 +45,13 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()>
 }
 
 /// Makes a rename or new entry in `dir` durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
 /// Points `link` at `target` atomically: a symlink under a temp name, then rename over `link`
 /// (rename(2) replaces atomically).
-pub fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
+pub(crate) fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
     let dir = link.parent().context("link has no parent")?;
     let name = link
         .file_name()
@@ -69,7 +69,7 @@ pub fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
 }
 
 /// Removes a file or symlink; absent is fine.
-pub fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -78,7 +78,7 @@ pub fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Removes a directory tree; absent is fine.
-pub fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -86,14 +86,14 @@ pub fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `n` random bytes from the kernel, hex-encoded.
-pub fn random_hex(n: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     use std::io::Read;
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
@@ -103,7 +103,7 @@ pub fn random_hex(n: usize) -> anyhow::Result<String> {
 }
 
 /// A random (v4) UUID.
-pub fn uuid4() -> anyhow::Result<String> {
+pub(crate) fn uuid4() -> anyhow::Result<String> {
     let h = random_hex(16)?;
     let mut b: Vec<char> = h.chars().collect();
     b[12] = '4';
@@ -121,12 +121,12 @@ pub fn uuid4() -> anyhow::Result<String> {
 
 /// RFC 3339 UTC timestamp of now, e.g. `2026-11-23T12:00:00Z` (civil-from-days, H. Hinnant's algorithm), to avoid
 /// a date crate for one field.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(unix_now() as i64)
 }
 
 /// RFC 3339 UTC timestamp of a unix time.
-pub fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -147,7 +147,7 @@ pub fn rfc3339(secs: i64) -> String {
 
 /// Copies `from` into `out` and returns how many bytes went through and their sha256 (lowercase hex): downloads are
 /// checked as they are written, never read twice.
-pub fn copy_hashing(
+pub(crate) fn copy_hashing(
     from: &mut impl std::io::Read,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<(u64, String)> {

@@ -16,19 +16,19 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::release::GITHUB_RELEASES;
 
-pub const RECEIPT_FILE: &str = "install-receipt.json";
+pub(crate) const RECEIPT_FILE: &str = "install-receipt.json";
 
 /// The npm package that owns npm-managed copies (npm-wrapper/breadboard-cli).
-pub const NPM_PACKAGE: &str = "breadboard-cli";
+pub(crate) const NPM_PACKAGE: &str = "breadboard-cli";
 
-pub fn path(paths: &Paths) -> PathBuf {
+pub(crate) fn path(paths: &Paths) -> PathBuf {
     paths.home.join(RECEIPT_FILE)
 }
 
 /// The fields `breadboard upgrade` reads. The whole document is kept in `raw`, so a rewrite keeps fields a newer
 /// install.sh may add.
 #[derive(Debug, Clone)]
-pub struct InstallReceipt {
+pub(crate) struct InstallReceipt {
     pub path: PathBuf,
     pub method: String,
     pub version: String,
@@ -49,7 +49,7 @@ struct ReceiptFields {
 
 impl InstallReceipt {
     /// `Ok(None)` when there is no receipt; an error names the file when it exists but cannot be used.
-    pub fn read(path: &Path) -> anyhow::Result<Option<InstallReceipt>> {
+    pub(crate) fn read(path: &Path) -> anyhow::Result<Option<InstallReceipt>> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -77,7 +77,7 @@ impl InstallReceipt {
     }
 
     /// Records the version now installed at `binary_path` (after an upgrade or a rollback), atomically.
-    pub fn record_version(&mut self, version: &str, target: &str) -> anyhow::Result<()> {
+    pub(crate) fn record_version(&mut self, version: &str, target: &str) -> anyhow::Result<()> {
         use serde_json::Value;
         self.version = version.to_owned();
         self.raw
@@ -98,7 +98,7 @@ impl InstallReceipt {
 
 /// How this copy of breadboard was installed, as far as `breadboard upgrade` is concerned.
 #[derive(Debug)]
-pub enum InstallMethod {
+pub(crate) enum InstallMethod {
     /// A package manager's launcher runs this binary (`BREADBOARD_MANAGED_BY`).
     PackageManager { manager: String, exe: PathBuf },
     /// install.sh put this very file here: it may replace itself.
@@ -111,7 +111,7 @@ pub enum InstallMethod {
 }
 
 #[derive(Debug)]
-pub enum Foreign {
+pub(crate) enum Foreign {
     /// The receipt belongs to another file (two installs, or a moved binary).
     OtherCopy {
         receipt_path: PathBuf,
@@ -124,7 +124,7 @@ pub enum Foreign {
 }
 
 /// Works out the install method from the environment and the filesystem only (no network).
-pub fn detect(paths: &Paths, exe: &Path) -> InstallMethod {
+pub(crate) fn detect(paths: &Paths, exe: &Path) -> InstallMethod {
     let manager = crate::env_vars::get(crate::env_vars::BREADBOARD_MANAGED_BY);
     let receipt_path = path(paths);
     let receipt = InstallReceipt::read(&receipt_path).map_err(|e| format!("{e:#}"));
@@ -132,7 +132,7 @@ pub fn detect(paths: &Paths, exe: &Path) -> InstallMethod {
 }
 
 /// The decision itself, separate from the environment so it can be tested as a table.
-pub fn classify(
+pub(crate) fn classify(
     manager: Option<&str>,
     exe: &Path,
     receipt_path: PathBuf,
@@ -172,7 +172,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// The command a package manager upgrades its global `breadboard-cli` with (`version` None: the latest).
-pub fn package_manager_command(manager: &str, version: Option<&str>) -> String {
+pub(crate) fn package_manager_command(manager: &str, version: Option<&str>) -> String {
     let spec = format!("{NPM_PACKAGE}@{}", version.unwrap_or("latest"));
     match manager {
         "pnpm" => format!("pnpm add -g {spec}"),
@@ -185,7 +185,7 @@ pub fn package_manager_command(manager: &str, version: Option<&str>) -> String {
 impl InstallMethod {
     /// The error `breadboard upgrade` exits with (code 8) when it may not replace this copy; `None` for a
     /// self-managed copy.
-    pub fn refusal(&self, version: Option<&str>) -> Option<CliError> {
+    pub(crate) fn refusal(&self, version: Option<&str>) -> Option<CliError> {
         let (message, hint) = match self {
             InstallMethod::SelfManaged { .. } => return None,
             InstallMethod::PackageManager { manager, exe } => (

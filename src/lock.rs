@@ -29,7 +29,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub pid: u32,
     pub command: String,
     pub since: String,
@@ -37,13 +37,13 @@ pub struct Holder {
 
 /// An exclusive `flock` on a file, held until dropped (or until the process ends).
 #[derive(Debug)]
-pub struct FileLock {
+pub(crate) struct FileLock {
     file: File,
 }
 
 /// Why [`FileLock::acquire_within`] gave up.
 #[derive(Debug)]
-pub enum LockFailure {
+pub(crate) enum LockFailure {
     /// Another process still held it at the deadline.
     Busy,
     /// The file could not be opened.
@@ -65,7 +65,8 @@ impl FileLock {
     }
 
     /// One non-blocking attempt: `Ok(None)` when another process holds it.
-    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
+    #[cfg(test)]
+    pub(crate) fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
         Self::try_file(Self::open(path)?)
     }
 
@@ -79,7 +80,7 @@ impl FileLock {
 
     /// Tries until `timeout` has passed, every `poll`; `on_wait` runs once, when the first try finds it held (to say
     /// whom we wait for). Polling: flock has no timed wait, and a blocking `lock()` could not time out.
-    pub fn acquire_within(
+    pub(crate) fn acquire_within(
         path: &Path,
         timeout: Duration,
         poll: Duration,
@@ -106,7 +107,7 @@ impl FileLock {
     }
 
     /// The locked file, for a caller that hands the descriptor on (the supervisor inherits the instance lock).
-    pub fn into_file(self) -> File {
+    pub(crate) fn into_file(self) -> File {
         self.file
     }
 }
@@ -114,7 +115,7 @@ impl FileLock {
 /// Whether another process holds the lock on `path`, without waiting and without creating it. Opened read-only where
 /// the home is not writable: flock itself needs no write access, and a read-only home must still see its running
 /// engine.
-pub fn is_held(path: &Path) -> bool {
+pub(crate) fn is_held(path: &Path) -> bool {
     let file = match OpenOptions::new().write(true).open(path) {
         Err(e)
             if matches!(
@@ -132,7 +133,7 @@ pub fn is_held(path: &Path) -> bool {
 
 /// The control lock, held until dropped.
 #[derive(Debug)]
-pub struct ControlLock {
+pub(crate) struct ControlLock {
     _lock: FileLock,
     holder_path: PathBuf,
 }
@@ -140,7 +141,11 @@ pub struct ControlLock {
 impl ControlLock {
     /// Acquires the lock for `command` (e.g. `breadboard engine install`), waiting up to `BREADBOARD_LOCK_TIMEOUT`
     /// seconds and telling the user whom it is waiting for.
-    pub fn acquire(paths: &Paths, command: &str, printer: &Printer) -> anyhow::Result<ControlLock> {
+    pub(crate) fn acquire(
+        paths: &Paths,
+        command: &str,
+        printer: &Printer,
+    ) -> anyhow::Result<ControlLock> {
         paths.ensure_run_dir()?;
         let lock_path = paths.control_lock();
         let timeout = lock_timeout()?;
@@ -224,7 +229,7 @@ pub(crate) fn lock_timeout() -> anyhow::Result<Duration> {
 }
 
 /// "pid 123 (`breadboard engine install`)", or a neutral phrase when the sidecar is missing or being rewritten.
-pub fn describe_holder(paths: &Paths) -> String {
+pub(crate) fn describe_holder(paths: &Paths) -> String {
     std::fs::read_to_string(paths.control_lock_holder())
         .ok()
         .and_then(|text| serde_json::from_str::<Holder>(&text).ok())

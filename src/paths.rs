@@ -160,7 +160,7 @@ impl Paths {
 
 /// Creates a BREADBOARD_HOME 0700 when it does not exist yet (its parents as usual), so nothing under it is ever
 /// reachable by other users, whatever the umask. An existing home is left as it is.
-pub fn ensure_private_home(home: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_private_home(home: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if home.is_dir() {
         return Ok(());
@@ -180,7 +180,7 @@ pub fn ensure_private_home(home: &Path) -> anyhow::Result<()> {
 }
 
 /// The error for a BREADBOARD_HOME that exists but is a file (or a dangling symlink), not a directory.
-pub fn home_not_a_dir(home: &Path) -> CliError {
+pub(crate) fn home_not_a_dir(home: &Path) -> CliError {
     CliError::new(
         ErrorKind::Config,
         format!(
@@ -239,7 +239,7 @@ fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// `path` made absolute (against the working directory), with symlinks, `.`, `..` and a trailing `/` resolved, so
 /// every spelling of one home is the same path. A part that does not exist yet (a home about to be created) is
 /// appended to its longest existing ancestor, canonicalised.
-pub fn canonical_home(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn canonical_home(path: &Path) -> anyhow::Result<PathBuf> {
     use std::path::Component;
     let abs = absolute(path)?;
     let mut existing = abs.clone();
@@ -274,6 +274,6 @@ pub fn canonical_home(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Makes `path` absolute against the working directory without resolving symlinks.
-pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("could not make {} absolute", path.display()))
 }

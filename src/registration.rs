@@ -10,7 +10,7 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::Printer;
 
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Registration {
@@ -132,7 +132,10 @@ fn load(path: &Path) -> Result<Registration, Unreadable> {
 
 /// Reads the registration: `Ok(None)` when absent, or when unreadable in any way (then it is moved aside and a
 /// warning printed), so a damaged file can never keep a running engine from being stopped or restarted.
-pub fn read(paths: &Paths, printer: Option<&Printer>) -> anyhow::Result<Option<Registration>> {
+pub(crate) fn read(
+    paths: &Paths,
+    printer: Option<&Printer>,
+) -> anyhow::Result<Option<Registration>> {
     let path = paths.registration();
     match load(&path) {
         Ok(r) => Ok(Some(r)),
@@ -145,20 +148,15 @@ pub fn read(paths: &Paths, printer: Option<&Printer>) -> anyhow::Result<Option<R
 }
 
 /// Reads without moving a corrupt file aside (for read-only commands racing a writer, e.g. `status`).
-pub fn peek(paths: &Paths) -> Option<Registration> {
+pub(crate) fn peek(paths: &Paths) -> Option<Registration> {
     load(&paths.registration()).ok()
 }
 
 /// The registration a live supervisor was started with (its spec, in its environment), for when the file was lost
 /// or corrupted: what a restart should keep (port, Ray address). `pid` must be a verified supervisor of this home.
-pub fn from_supervisor(pid: crate::sys::Pid) -> Option<Registration> {
+pub(crate) fn from_supervisor(pid: crate::sys::Pid) -> Option<Registration> {
     let json = crate::procfs::environ_var(pid, crate::supervisor::SPEC_ENV)?;
     serde_json::from_str::<Registration>(&json).ok()
-}
-
-/// Whether a registration file exists at all (valid or not).
-pub fn exists(paths: &Paths) -> bool {
-    paths.registration().symlink_metadata().is_ok()
 }
 
 fn set_aside(path: &Path, why: &str, printer: Option<&Printer>) {
@@ -179,7 +177,7 @@ fn set_aside(path: &Path, why: &str, printer: Option<&Printer>) {
     }
 }
 
-pub fn write(paths: &Paths, reg: &Registration) -> anyhow::Result<()> {
+pub(crate) fn write(paths: &Paths, reg: &Registration) -> anyhow::Result<()> {
     paths.ensure_run_dir()?;
     fsutil::write_private(
         &paths.registration(),
@@ -187,31 +185,31 @@ pub fn write(paths: &Paths, reg: &Registration) -> anyhow::Result<()> {
     )
 }
 
-pub fn remove(paths: &Paths) -> anyhow::Result<()> {
+pub(crate) fn remove(paths: &Paths) -> anyhow::Result<()> {
     fsutil::remove_file_if_exists(&paths.registration())
 }
 
 /// `run/stop-requested`: the id of the instance whose stop was asked for. `engine stop` writes it before any signal,
 /// next to the registration's `stop_requested_at`; only the CLI writes it, so a registration the supervisor rewrites
 /// (at an automatic restart) can never lose the request.
-pub fn stop_intent_path(paths: &Paths) -> PathBuf {
+pub(crate) fn stop_intent_path(paths: &Paths) -> PathBuf {
     paths.run_dir().join("stop-requested")
 }
 
-pub fn request_stop(paths: &Paths, instance_id: &str) -> anyhow::Result<()> {
+pub(crate) fn request_stop(paths: &Paths, instance_id: &str) -> anyhow::Result<()> {
     paths.ensure_run_dir()?;
     fsutil::write_private(&stop_intent_path(paths), instance_id.as_bytes())
 }
 
 /// Whether a stop of `instance_id` was asked for (the intent file or the registration's marker).
-pub fn stop_requested(paths: &Paths, instance_id: &str) -> bool {
+pub(crate) fn stop_requested(paths: &Paths, instance_id: &str) -> bool {
     std::fs::read_to_string(stop_intent_path(paths)).is_ok_and(|s| s.trim() == instance_id)
         || peek(paths)
             .is_some_and(|r| r.instance_id == instance_id && r.stop_requested_at.is_some())
 }
 
 /// Removes the stop intent of `instance_id` (another instance's is left alone).
-pub fn clear_stop_request(paths: &Paths, instance_id: &str) {
+pub(crate) fn clear_stop_request(paths: &Paths, instance_id: &str) {
     let path = stop_intent_path(paths);
     if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == instance_id) {
         let _ = fsutil::remove_file_if_exists(&path);
@@ -219,7 +217,7 @@ pub fn clear_stop_request(paths: &Paths, instance_id: &str) {
 }
 
 /// Reads the token of a registration (empty when the file is gone).
-pub fn token(reg: &Registration) -> Option<String> {
+pub(crate) fn token(reg: &Registration) -> Option<String> {
     std::fs::read_to_string(&reg.token_file)
         .ok()
         .map(|t| t.trim().to_owned())

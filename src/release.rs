@@ -16,7 +16,7 @@ use crate::error::{CliError, ErrorKind};
 
 /// This repository's GitHub releases (install.sh `BB_GITHUB_RELEASES`; the owner is a placeholder until the repository
 /// has its public home).
-pub const GITHUB_RELEASES: &str = "https://github.com/breadboard-dev/breadboard/releases";
+pub(crate) const GITHUB_RELEASES: &str = "https://github.com/breadboard-dev/breadboard/releases";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// reqwest's blocking timeout applies to each phase (sending, then each read), not to the whole body: a slow but
@@ -25,7 +25,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the release manifest and artifacts come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleaseSource {
+pub(crate) struct ReleaseSource {
     base: String,
     layout: Layout,
     /// Which setting chose it, for messages: an environment variable, `releases_url in <receipt>`, or `the default`.
@@ -46,7 +46,10 @@ impl ReleaseSource {
     /// `BREADBOARD_DOWNLOAD_URL`, else `BREADBOARD_RELEASES_URL`, else the receipt's `releases_url` (what install.sh
     /// used; `receipt` is the receipt file), else GitHub. Each URL is checked before any request (https, or http for
     /// loopback only).
-    pub fn resolve(receipt_url: Option<&str>, receipt: &Path) -> anyhow::Result<ReleaseSource> {
+    pub(crate) fn resolve(
+        receipt_url: Option<&str>,
+        receipt: &Path,
+    ) -> anyhow::Result<ReleaseSource> {
         Self::from_settings(
             env_vars::get(env_vars::BREADBOARD_DOWNLOAD_URL).as_deref(),
             env_vars::get(env_vars::BREADBOARD_RELEASES_URL).as_deref(),
@@ -108,7 +111,7 @@ impl ReleaseSource {
     }
 
     /// The manifest of `version`, or of the latest release.
-    pub fn manifest_url(&self, version: Option<&str>) -> String {
+    pub(crate) fn manifest_url(&self, version: Option<&str>) -> String {
         match (self.layout, version) {
             (Layout::GitHub, None) => format!("{}/latest/download/manifest.json", self.base),
             (Layout::GitHub, Some(v)) => format!("{}/download/v{v}/manifest.json", self.base),
@@ -121,7 +124,7 @@ impl ReleaseSource {
 
 /// install.sh's `url_refusal`, case for case: why `url` is refused, or `None`. https anywhere; plain http only to
 /// 127.0.0.1, localhost or [::1], and never with credentials (`user@` could hide the real host).
-pub fn url_refusal(url: &str) -> Option<&'static str> {
+pub(crate) fn url_refusal(url: &str) -> Option<&'static str> {
     if url.starts_with("https://") {
         return None;
     }
@@ -145,7 +148,7 @@ pub fn url_refusal(url: &str) -> Option<&'static str> {
 }
 
 /// A URL from the environment variable `var`, refused (exit 2) before any request, as install.sh's `check_url`.
-pub fn check_url(url: &str, var: &str) -> anyhow::Result<()> {
+pub(crate) fn check_url(url: &str, var: &str) -> anyhow::Result<()> {
     match url_refusal(url) {
         None => Ok(()),
         Some(why) => Err(CliError::new(
@@ -159,7 +162,7 @@ pub fn check_url(url: &str, var: &str) -> anyhow::Result<()> {
 
 /// `manifest.json` as scripts/dist writes it (schema 1).
 #[derive(Debug, Clone, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub schema: u32,
     pub version: String,
     pub artifacts: Vec<Artifact>,
@@ -169,7 +172,7 @@ pub struct Manifest {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     pub target: String,
     pub name: String,
     pub url: String,
@@ -180,7 +183,7 @@ pub struct Artifact {
 impl Manifest {
     /// The artifact built for exactly `target`: no "same arch and OS" fallback, which can hand a musl build the gnu
     /// tarball.
-    pub fn artifact_for(&self, target: &str) -> anyhow::Result<&Artifact> {
+    pub(crate) fn artifact_for(&self, target: &str) -> anyhow::Result<&Artifact> {
         self.artifacts.iter().find(|a| a.target == target).ok_or_else(|| {
             let ships: Vec<&str> = self.artifacts.iter().map(|a| a.target.as_str()).collect();
             CliError::new(
@@ -199,7 +202,7 @@ impl Manifest {
 
     /// The artifact's absolute URL (relative URLs are relative to the manifest), checked like the source URL: a refused
     /// one is the release's fault (exit 6), not the user's.
-    pub fn artifact_url(&self, artifact: &Artifact) -> anyhow::Result<String> {
+    pub(crate) fn artifact_url(&self, artifact: &Artifact) -> anyhow::Result<String> {
         let base = reqwest::Url::parse(&self.url)
             .with_context(|| format!("bad manifest URL {}", self.url))?;
         let url = base
@@ -230,7 +233,7 @@ impl Manifest {
     }
 }
 
-pub fn client() -> anyhow::Result<reqwest::blocking::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::blocking::Client> {
     // Redirects (GitHub sends release downloads to its CDN) must not downgrade to plain http off loopback.
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() >= 10 {
@@ -252,7 +255,7 @@ pub fn client() -> anyhow::Result<reqwest::blocking::Client> {
 }
 
 /// Fetches and parses a manifest. A 404 means that version (or any release, for `latest`) does not exist there.
-pub fn fetch_manifest(
+pub(crate) fn fetch_manifest(
     client: &reqwest::blocking::Client,
     url: &str,
     version: Option<&str>,
@@ -316,7 +319,7 @@ fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
 
 /// Downloads `url` into `out`, hashing as it streams, and fails unless exactly `artifact.size` bytes with
 /// `artifact.sha256` arrived. Errors writing `out` come back as a bare `std::io::Error`; the caller deletes the file.
-pub fn download_verified(
+pub(crate) fn download_verified(
     client: &reqwest::blocking::Client,
     url: &str,
     artifact: &Artifact,

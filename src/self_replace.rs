@@ -36,32 +36,32 @@ const STAGE_PREFIXES: [&str; 3] = [
     ".breadboard-upgrade.",
 ];
 
-pub fn previous_path(exe: &Path) -> PathBuf {
+pub(crate) fn previous_path(exe: &Path) -> PathBuf {
     let name = exe
         .file_name()
         .map_or_else(|| "breadboard".into(), |n| n.to_string_lossy().into_owned());
     exe.with_file_name(format!("{name}.previous"))
 }
 
-pub fn dir_of(exe: &Path) -> &Path {
+pub(crate) fn dir_of(exe: &Path) -> &Path {
     exe.parent().unwrap_or(Path::new("/"))
 }
 
 /// A file in the install dir that is deleted on drop unless [`TempFile::keep`] is called.
-pub struct TempFile {
+pub(crate) struct TempFile {
     pub path: PathBuf,
     keep: bool,
 }
 
 impl TempFile {
-    pub fn new(dir: &Path, prefix: &str, suffix: &str) -> TempFile {
+    pub(crate) fn new(dir: &Path, prefix: &str, suffix: &str) -> TempFile {
         TempFile {
             path: dir.join(format!("{prefix}{}{suffix}", std::process::id())),
             keep: false,
         }
     }
 
-    pub fn keep(mut self) -> PathBuf {
+    pub(crate) fn keep(mut self) -> PathBuf {
         self.keep = true;
         std::mem::take(&mut self.path)
     }
@@ -76,7 +76,7 @@ impl Drop for TempFile {
 }
 
 /// Creates `path` exclusively, with `mode`; the error says which directory refused and why.
-pub fn create_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
+pub(crate) fn create_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
@@ -88,7 +88,7 @@ pub fn create_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
 }
 
 /// An I/O error while writing into the install dir, explained: read-only and full disks get their own fix.
-pub fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+pub(crate) fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
     let dir = dir_of(path);
     let (what, hint) = match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => (
@@ -117,7 +117,7 @@ pub fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 }
 
 /// Fails early, before any download, when the install dir cannot take new files (rustup `self_update_permitted`).
-pub fn preflight_writable(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn preflight_writable(dir: &Path) -> anyhow::Result<()> {
     let probe = TempFile::new(dir, ".breadboard-upgrade.", ".probe");
     create_new(&probe.path, 0o600)?;
     Ok(())
@@ -126,7 +126,7 @@ pub fn preflight_writable(dir: &Path) -> anyhow::Result<()> {
 /// Removes what a killed upgrade or install left behind: staged files in the install dir `dir`, the install lock's
 /// temp and aside directories in `home`. Each name carries the pid that made it; only a dead pid's are removed (as
 /// install.sh's `clean_leftovers`). Call only while holding the [`InstallLock`].
-pub fn clean_leftovers(home: &Path, dir: &Path) {
+pub(crate) fn clean_leftovers(home: &Path, dir: &Path) {
     let places = [
         (home, &[LOCK_TMP_PREFIX, LOCK_ASIDE_PREFIX][..]),
         (dir, &STAGE_PREFIXES[..]),
@@ -162,7 +162,7 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 
 /// Extracts the `breadboard` file at the root of `tarball` into `dest` (created 0755). Nothing else in the archive
 /// is written anywhere, so paths or links in it cannot escape.
-pub fn extract_binary(tarball: &Path, dest: &Path) -> anyhow::Result<()> {
+pub(crate) fn extract_binary(tarball: &Path, dest: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(tarball)
         .with_context(|| format!("could not open {}", tarball.display()))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
@@ -217,7 +217,7 @@ fn perms_755() -> std::fs::Permissions {
 }
 
 /// Runs `bin --version` (with a deadline) and returns what it printed, or why it did not run.
-pub fn reported_version(bin: &Path) -> Result<String, String> {
+pub(crate) fn reported_version(bin: &Path) -> Result<String, String> {
     let mut child = Command::new(bin)
         .arg("--version")
         .stdin(Stdio::null())
@@ -253,7 +253,7 @@ pub fn reported_version(bin: &Path) -> Result<String, String> {
 }
 
 /// The staged binary must run here and say `breadboard <expected>` (catches a wrong-platform or mislabelled build).
-pub fn verify_version(bin: &Path, expected: &str) -> anyhow::Result<()> {
+pub(crate) fn verify_version(bin: &Path, expected: &str) -> anyhow::Result<()> {
     let want = format!("breadboard {expected}");
     match reported_version(bin) {
         Ok(got) if got == want => Ok(()),
@@ -278,7 +278,7 @@ pub fn verify_version(bin: &Path, expected: &str) -> anyhow::Result<()> {
 ///
 /// Returns warnings about what failed after the commit point (the new binary is in place then, so they are not
 /// errors: the caller goes on and records the new version).
-pub fn replace(exe: &Path, staged: TempFile) -> anyhow::Result<Vec<String>> {
+pub(crate) fn replace(exe: &Path, staged: TempFile) -> anyhow::Result<Vec<String>> {
     let dir = dir_of(exe);
     let previous = previous_path(exe);
     let keep = TempFile::new(dir, ".breadboard.previous.", "");
@@ -296,7 +296,7 @@ pub fn replace(exe: &Path, staged: TempFile) -> anyhow::Result<Vec<String>> {
 
 /// Swaps `exe` and `<exe>.previous`: the previous binary comes back, the current one becomes previous (so a second
 /// rollback undoes the first). Returns warnings about what failed after the commit point, as [`replace`] does.
-pub fn swap_with_previous(exe: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn swap_with_previous(exe: &Path) -> anyhow::Result<Vec<String>> {
     let dir = dir_of(exe);
     let previous = previous_path(exe);
     let hold = TempFile::new(dir, ".breadboard.previous.", "");
@@ -359,7 +359,7 @@ fn copy_preserving_mode(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// `(device, inode)` of a path: tells whether the file at the exe path is still the one this process started from.
-pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
@@ -376,17 +376,17 @@ pub fn file_id(path: &Path) -> Option<(u64, u64)> {
 ///   rmdir (which fails once anything is in it), anything else is renamed aside and checked.
 ///
 /// Nothing is removed by name and then recreated, so two waiters that both find a stale lock never both hold it.
-pub struct InstallLock {
+pub(crate) struct InstallLock {
     dir: PathBuf,
 }
 
-pub const LOCK_NAME: &str = "install.lock";
+pub(crate) const LOCK_NAME: &str = "install.lock";
 const LOCK_TMP_PREFIX: &str = "install.lock.tmp.";
 const LOCK_ASIDE_PREFIX: &str = "install.lock.old.";
 const CLAIM_PREFIX: &str = "pid.taken.";
 /// A lock without a pid file younger than this may be mid-claim (its pid file renamed for a moment); older, it was
 /// made outside the protocol, or its claimant was killed.
-pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const LOCK_STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// Unique per process and call: the pid alone is not (threads, and a process that takes the lock twice).
 fn unique_name(home: &Path, prefix: &str) -> PathBuf {
@@ -431,7 +431,10 @@ fn sh_quote(path: &Path) -> String {
 }
 
 impl InstallLock {
-    pub fn acquire(home: &Path, printer: &crate::printer::Printer) -> anyhow::Result<InstallLock> {
+    pub(crate) fn acquire(
+        home: &Path,
+        printer: &crate::printer::Printer,
+    ) -> anyhow::Result<InstallLock> {
         let timeout = crate::lock::lock_timeout()?;
         Self::acquire_within(home, printer, timeout)
     }

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 /// The first 16 bytes of every SQLite 3 database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-pub const INDEX_FILE: &str = "sessions.sqlite3";
+pub(crate) const INDEX_FILE: &str = "sessions.sqlite3";
 const SET_ASIDE_PREFIX: &str = "sessions.sqlite3.corrupt-";
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct IndexState {
+pub(crate) struct IndexState {
     /// Why the current index is not a database, when it is not (a missing or empty file is fine: the engine
     /// creates it).
     pub unreadable: Option<String>,
@@ -21,7 +21,7 @@ pub struct IndexState {
     pub set_aside: Vec<PathBuf>,
 }
 
-pub fn inspect(data_dir: &Path) -> IndexState {
+pub(crate) fn inspect(data_dir: &Path) -> IndexState {
     let mut state = IndexState {
         unreadable: header_problem(&data_dir.join(INDEX_FILE)),
         ..IndexState::default()

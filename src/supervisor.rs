@@ -31,11 +31,11 @@ use crate::registration::{self, Registration};
 use crate::sys;
 
 /// Env var carrying the registration template from `engine start` to the supervisor (no secrets in it).
-pub const SPEC_ENV: &str = "BREADBOARD_SUPERVISOR_SPEC";
+pub(crate) const SPEC_ENV: &str = "BREADBOARD_SUPERVISOR_SPEC";
 
 /// Where the engine's output goes.
 #[derive(Clone)]
-pub enum Sink {
+pub(crate) enum Sink {
     /// The log file, rotated when it passes `max_bytes`.
     Log(Arc<Mutex<RotatingLog>>),
     /// The terminal (foreground).
@@ -43,7 +43,7 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn line(&self, msg: &str) {
+    pub(crate) fn line(&self, msg: &str) {
         let line = format!(
             "{} breadboard-supervisor[{}]: {msg}\n",
             fsutil::now_rfc3339(),
@@ -65,14 +65,14 @@ impl Sink {
     }
 }
 
-pub struct RotatingLog {
+pub(crate) struct RotatingLog {
     path: PathBuf,
     file: Option<File>,
     max_bytes: u64,
 }
 
 impl RotatingLog {
-    pub fn open(path: PathBuf) -> RotatingLog {
+    pub(crate) fn open(path: PathBuf) -> RotatingLog {
         let max_bytes = crate::env_vars::get("BREADBOARD_LOG_MAX_BYTES")
             .and_then(|v| v.parse().ok())
             .unwrap_or(50 * 1024 * 1024);
@@ -94,10 +94,10 @@ impl RotatingLog {
     }
 }
 
-pub const KEEP_LOGS: usize = 5;
+pub(crate) const KEEP_LOGS: usize = 5;
 
 /// `engine.log` -> `.1` -> ... -> `.5` (the oldest is dropped).
-pub fn rotate(path: &std::path::Path) {
+pub(crate) fn rotate(path: &std::path::Path) {
     let name = |i: usize| PathBuf::from(format!("{}.{i}", path.display()));
     let _ = std::fs::remove_file(name(KEEP_LOGS));
     for i in (1..KEEP_LOGS).rev() {
@@ -106,7 +106,7 @@ pub fn rotate(path: &std::path::Path) {
     let _ = std::fs::rename(path, name(1));
 }
 
-pub fn open_log(path: &std::path::Path) -> std::io::Result<File> {
+pub(crate) fn open_log(path: &std::path::Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -119,7 +119,7 @@ pub fn open_log(path: &std::path::Path) -> std::io::Result<File> {
 
 /// Entry point of the hidden subcommand (detached mode): `command` is the engine's argv, `listen_fd` the socket to
 /// hand it, `restart` the policy (`no` | `on-failure`).
-pub fn run_detached(
+pub(crate) fn run_detached(
     command: &[String],
     listen_fd: Option<i32>,
     restart: &str,
@@ -138,10 +138,10 @@ pub fn run_detached(
 }
 
 /// Called once the engine answered its handshake (foreground mode prints the URL from here).
-pub type ReadyHook<'a> = &'a mut dyn FnMut(&Registration) -> bool;
+pub(crate) type ReadyHook<'a> = &'a mut dyn FnMut(&Registration) -> bool;
 
 /// The supervisor loop run in the CLI's own process (`engine start --foreground`).
-pub struct Attached<'a> {
+pub(crate) struct Attached<'a> {
     /// Polled until it returns true, for each engine the loop spawns.
     pub ready_hook: ReadyHook<'a>,
     /// `run/engine.lock`, taken by the caller under the control lock.
@@ -149,8 +149,8 @@ pub struct Attached<'a> {
 }
 
 /// Crash-loop detection: this many crashes within [`CRASH_LOOP_WINDOW`] -> give up (state `errored`).
-pub const CRASH_LOOP_CRASHES: usize = 3;
-pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const CRASH_LOOP_CRASHES: usize = 3;
+pub(crate) const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_UPTIME_S: f64 = 30.0;
 
@@ -183,12 +183,12 @@ fn write_registration(paths: &Paths, reg: &mut Registration, sink: &Sink) {
 }
 
 /// The supervisor's exit code when it cannot take `run/engine.lock` (held by another supervisor, or unopenable).
-pub const EXIT_LOCK_BUSY: u8 = 3;
+pub(crate) const EXIT_LOCK_BUSY: u8 = 3;
 
 /// The supervisor loop. Returns the process exit code: 0 after a requested stop, 1 after a crash (or a crash loop
 /// with `restart = "on-failure"`), [`EXIT_LOCK_BUSY`] when it cannot take the instance lock. Without `attached`
 /// (detached mode) the loop takes the instance lock itself.
-pub fn supervise(
+pub(crate) fn supervise(
     paths: &Paths,
     mut reg: Registration,
     command: &[String],
@@ -390,7 +390,7 @@ pub fn supervise(
 
 /// Takes `run/engine.lock` (retrying briefly: `engine status` probes it with a non-blocking try_lock). The error
 /// says why it could not.
-pub fn take_instance_lock(paths: &Paths) -> Result<File, String> {
+pub(crate) fn take_instance_lock(paths: &Paths) -> Result<File, String> {
     let path = paths.engine_lock();
     paths
         .ensure_run_dir()
@@ -519,7 +519,7 @@ fn wait_engine(
 ///
 /// Without a child subreaper (macOS, the portable build) an orphan that left our session re-parents to init, out
 /// of reach of both; it still carries this instance's mark, so the marked processes of this instance are ended too.
-pub fn end_everything(paths: &Paths, reg: &Registration, sink: &Sink) {
+pub(crate) fn end_everything(paths: &Paths, reg: &Registration, sink: &Sink) {
     let me = sys::getpid();
     let leftovers = || {
         let mut v = procfs::descendants(me);

@@ -15,7 +15,7 @@ use super::*;
 /// Runs the supervisor loop in this process (`engine start --foreground`), after the control lock is released (the
 /// instance lock was taken under it). `on_ready` runs once, when the first engine passes its handshake (`--json`
 /// prints the start document from there). Returns the exit code: 0 after Ctrl-C (a clean stop).
-pub fn run_foreground(
+pub(crate) fn run_foreground(
     ctx: &Ctx,
     started: Started,
     on_ready: &mut dyn FnMut(&Registration),

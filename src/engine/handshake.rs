@@ -9,7 +9,7 @@ use crate::venv::store::Store;
 
 /// Handshake problems (empty when compatible): protocol must be one the CLI speaks; the engine version must be the
 /// pinned one (no pin for a command override).
-pub fn handshake_problems(h: &Health, pinned: Option<&str>) -> Vec<String> {
+pub(crate) fn handshake_problems(h: &Health, pinned: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     if !compat::protocol_compatible(&h.protocol_version) {
         out.push(format!(
@@ -30,7 +30,7 @@ pub fn handshake_problems(h: &Health, pinned: Option<&str>) -> Vec<String> {
 }
 
 /// A remote engine has no pinned version: its version must be in the range this CLI supports.
-pub fn unsupported_version(h: &Health) -> Option<String> {
+pub(crate) fn unsupported_version(h: &Health) -> Option<String> {
     let supported =
         compat::parse_engine_version(&h.engine_version).is_some_and(|v| compat::in_range(&v));
     (!supported).then(|| {
@@ -43,7 +43,7 @@ pub fn unsupported_version(h: &Health) -> Option<String> {
 }
 
 /// The version `engine/current` pins, from its receipt.
-pub fn pinned_version(paths: &Paths) -> Option<String> {
+pub(crate) fn pinned_version(paths: &Paths) -> Option<String> {
     let store = Store::new(paths);
     let cur = store.current()?;
     store
@@ -60,7 +60,7 @@ pub enum ProtocolMode {
 }
 
 /// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict.
-pub fn protocol_mode(
+pub(crate) fn protocol_mode(
     flag: Option<ProtocolMode>,
     config: &crate::config::Config,
 ) -> anyhow::Result<ProtocolMode> {

@@ -27,7 +27,7 @@ pub(super) struct Launch {
 /// so the engine is the supervisor's own child; a snippet with shell syntax (`cd X && cmd`, `A=1 cmd`, a pipeline)
 /// runs as written, and the engine is found as the process of that group that answers `/health` with its pid and
 /// this instance's id ([`identity_ok`]).
-pub fn shell_argv(command: &str) -> Vec<String> {
+pub(crate) fn shell_argv(command: &str) -> Vec<String> {
     let script = if is_simple_command(command) {
         format!("exec {command}")
     } else {

@@ -17,7 +17,7 @@ use super::*;
 /// Kills what is left of a dead instance's session (its supervisor is gone: lock free). Only processes of our uid,
 /// in the recorded session, started after the supervisor, on this boot — and only if the session leader itself is
 /// gone (a live process with that pid is someone else, so that session is not ours).
-pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printer) {
+pub(crate) fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printer) {
     if let Some(r) = stale {
         let same_boot = r.boot_id == procfs::boot_id();
         let mut members: Vec<sys::Pid> = Vec::new();
@@ -85,7 +85,7 @@ pub fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printe
 
 /// Processes an engine of this home started that outlived it, found by the mark the supervisor gives every engine
 /// (inherited by Ray's daemons and workers, whoever re-parented them): any instance's but `live`'s.
-pub fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<procfs::Marked> {
+pub(crate) fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<procfs::Marked> {
     procfs::marked_processes(env_vars::BREADBOARD_ENGINE_MARK, &paths.home)
         .into_iter()
         .filter(|m| Some(m.instance.as_str()) != live)
@@ -93,7 +93,7 @@ pub fn marked_leftovers(paths: &Paths, live: Option<&str>) -> Vec<procfs::Marked
 }
 
 /// Ends [`marked_leftovers`] (SIGKILL: their engine is gone, nothing of theirs needs a graceful end), saying so.
-pub fn end_marked_leftovers(paths: &Paths, printer: &Printer, live: Option<&str>) {
+pub(crate) fn end_marked_leftovers(paths: &Paths, printer: &Printer, live: Option<&str>) {
     let left = marked_leftovers(paths, live);
     if left.is_empty() {
         return;
@@ -116,7 +116,7 @@ pub fn end_marked_leftovers(paths: &Paths, printer: &Printer, live: Option<&str>
 }
 
 /// Shows a crash report once per crash.
-pub fn report_crash_once(
+pub(crate) fn report_crash_once(
     paths: &Paths,
     printer: &Printer,
     reg: Option<&Registration>,

@@ -14,15 +14,15 @@ mod ready;
 mod start;
 mod stop;
 
-pub use foreground::*;
-pub use handshake::*;
-pub use launch::*;
-pub use leftovers::*;
-pub use options::*;
-pub use probe::*;
+pub(crate) use foreground::*;
+pub(crate) use handshake::*;
+pub(crate) use launch::*;
+pub(crate) use leftovers::*;
+pub(crate) use options::*;
+pub(crate) use probe::*;
 use ready::*;
-pub use start::*;
-pub use stop::*;
+pub(crate) use start::*;
+pub(crate) use stop::*;
 
 #[cfg(test)]
 mod tests;

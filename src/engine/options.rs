@@ -9,7 +9,7 @@ use crate::error::{CliError, ErrorKind};
 use crate::registration::TlsFiles;
 
 /// `[engine] restart` of config.toml: the supervisor's restart policy (doctor checks it with the same code).
-pub fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
+pub(crate) fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
     match &config.engine.restart {
         Some(toml::Value::String(s)) if s == "on-failure" => Ok("on-failure"),
         Some(toml::Value::String(s)) if s == "no" || s == "never" => Ok("no"),
@@ -45,10 +45,10 @@ impl std::str::FromStr for PortSpec {
     }
 }
 
-pub const DEFAULT_PORT: u16 = 9099;
+pub(crate) const DEFAULT_PORT: u16 = 9099;
 
 /// The port `engine start` uses without `--port`: env `BREADBOARD_CLI_PORT`, else config `engine.port`, else 9099.
-pub fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
+pub(crate) fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
     match env_vars::get(env_vars::BREADBOARD_CLI_PORT) {
         Some(v) => v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
             CliError::new(
@@ -77,7 +77,7 @@ pub fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
 }
 
 /// `localhost`, `127.x.y.z`, `::1` or `[::1]`.
-pub fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = strip_brackets(host);
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -94,7 +94,7 @@ pub(super) fn strip_brackets(host: &str) -> &str {
 
 /// `--host` other than loopback needs `--allow-remote` (exit 2). Checked before anything else happens, so it is a
 /// usage error even when an engine already runs.
-pub fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
+pub(crate) fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
     if host.trim().is_empty() {
         return Err(CliError::new(ErrorKind::Usage, "--host must not be empty")
             .hint("leave --host out to serve on 127.0.0.1")
@@ -113,7 +113,7 @@ pub fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
 
 /// The TLS files: flags > env > config, each pair from one place; both or neither, made absolute (the supervisor
 /// runs elsewhere), the certificate readable as PEM. The engine checks the key itself (its mode, that it matches).
-pub fn tls_files(
+pub(crate) fn tls_files(
     ctx: &Ctx,
     cert_flag: Option<PathBuf>,
     key_flag: Option<PathBuf>,

@@ -1,7 +1,6 @@
 //! Probing the instance: the instance lock (busy = alive), the registration and `/health`, and whether what
 //! answers is this instance.
 
-use std::fs::OpenOptions;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +17,7 @@ use crate::sys;
 /// `engine status` states and their exit codes (docs/cli.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     Running,
     Stopped,
     Starting,
@@ -30,7 +29,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         match self {
             State::Running => 0,
             State::Stopped => 10,
@@ -41,7 +40,7 @@ impl State {
             State::Errored => 15,
         }
     }
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Running => "running",
             State::Stopped => "stopped",
@@ -55,7 +54,7 @@ impl State {
 }
 
 /// What a probe found.
-pub enum Probe {
+pub(crate) enum Probe {
     /// The instance lock is free: no supervisor lives. `stale` is a registration left behind; without a stop
     /// request it means the engine died unasked (`crash` then says how).
     Down {
@@ -69,33 +68,12 @@ pub enum Probe {
     },
 }
 
+/// Whether the instance lock is held: by a live supervisor, since a lock dies with its process.
 pub(super) fn lock_busy(paths: &Paths) -> bool {
-    // For writing where possible (NFS emulates flock with fcntl locks, whose exclusive kind needs a writable fd);
-    // read-only where the home is not writable: flock itself needs no write access, and a read-only home must still
-    // see its running engine (the write open failing was read as "no supervisor", a healthy engine as crashed).
-    let path = paths.engine_lock();
-    let file = match OpenOptions::new().write(true).open(&path) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EROFS | libc::EACCES | libc::EPERM)
-            ) =>
-        {
-            OpenOptions::new().read(true).open(&path)
-        }
-        other => other,
-    };
-    let Ok(file) = file else {
-        return false;
-    };
-    match file.try_lock() {
-        Ok(()) => false, // released when `file` drops
-        Err(std::fs::TryLockError::WouldBlock) => true,
-        Err(_) => false,
-    }
+    crate::lock::is_held(&paths.engine_lock())
 }
 
-pub fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient> {
+pub(crate) fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient> {
     let client = EngineClient::new(&reg.host, reg.port, registration::token(reg), timeout)?;
     Some(match &reg.tls {
         Some(tls) => client.with_pinned_tls(tls.certfile.clone()),
@@ -104,7 +82,11 @@ pub fn client_for(reg: &Registration, timeout: Duration) -> Option<EngineClient>
 }
 
 /// Probes the instance. `mutate` moves a corrupt registration aside (with a warning); read-only callers peek.
-pub fn probe(paths: &Paths, printer: Option<&Printer>, mutate: bool) -> anyhow::Result<Probe> {
+pub(crate) fn probe(
+    paths: &Paths,
+    printer: Option<&Printer>,
+    mutate: bool,
+) -> anyhow::Result<Probe> {
     let busy = lock_busy(paths);
     let reg = if mutate {
         registration::read(paths, printer)?
@@ -139,7 +121,7 @@ pub fn probe(paths: &Paths, printer: Option<&Printer>, mutate: bool) -> anyhow::
 
 /// Asks `/health` again, with a longer read timeout, of an engine that connected but did not answer in time (busy,
 /// e.g. while a local Ray connects). Other answers are returned as they are.
-pub fn health_patiently(
+pub(crate) fn health_patiently(
     reg: &Registration,
     first: Option<Result<Health, ClientError>>,
     patience: Duration,
@@ -156,7 +138,7 @@ pub fn health_patiently(
 /// An engine that does not echo our instance id (upstream BreadBoard's `/health` has none) is identified by what
 /// it does send: its pid, which must be the process the supervisor spawned (same start time, so not a reused pid)
 /// or one of its group, answering on the port it was told to bind.
-pub fn identity_ok(h: &Health, reg: &Registration) -> bool {
+pub(crate) fn identity_ok(h: &Health, reg: &Registration) -> bool {
     let spawned = h.pid == i64::from(reg.pid);
     if h.instance_id.is_empty() {
         return (spawned && procfs::same_process(reg.pid, reg.pid_start_ticks))

@@ -52,7 +52,7 @@ pub struct ForegroundPlan {
 }
 
 /// `engine start` under the control lock (also used by restart and upgrade).
-pub fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
+pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     let paths = &ctx.paths;
     let printer = ctx.printer;
     // Before any side effect (callers check it in their option parsing too).

@@ -16,14 +16,14 @@ use crate::sys;
 
 use super::*;
 
-pub enum Stopped {
+pub(crate) enum Stopped {
     NotRunning,
     Stopped { pid: i32, forced: bool },
 }
 
 /// After the current version was switched without a restart (`install`, `rollback`): a running engine keeps its
 /// old version until restarted, and says so only as `incompatible` later; say it now.
-pub fn warn_if_running_another(paths: &Paths, printer: &Printer, current: &str) {
+pub(crate) fn warn_if_running_another(paths: &Paths, printer: &Printer, current: &str) {
     let Some(reg) = registration::peek(paths).filter(|_| lock_busy(paths)) else {
         return;
     };
@@ -44,7 +44,7 @@ pub fn warn_if_running_another(paths: &Paths, printer: &Printer, current: &str) 
 
 /// The supervisor holding the instance lock when there is no readable registration (it was deleted or corrupted
 /// under a running engine). Only our supervisor takes that lock; its command line is checked all the same.
-pub fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {
+pub(crate) fn unregistered_supervisor(paths: &Paths) -> Option<sys::Pid> {
     let is_supervisor =
         |pid: sys::Pid| procfs::cmdline(pid).is_some_and(|c| c.contains("__supervise"));
     if let Some(holder) = procfs::flock_holder(&paths.engine_lock()) {
@@ -147,7 +147,7 @@ pub(super) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> b
 }
 
 /// `engine stop` under the control lock. `quiet_crash` skips the crash report of a dead instance.
-pub fn stop_locked(
+pub(crate) fn stop_locked(
     ctx: &Ctx,
     timeout: Duration,
     force: bool,

@@ -65,7 +65,7 @@ fn has_open(pid: Pid, dev: u64, ino: u64) -> bool {
         .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
-pub fn uid_of(pid: Pid) -> Option<u32> {
+pub(super) fn uid_of(pid: Pid) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}"))
         .ok()

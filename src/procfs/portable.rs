@@ -41,7 +41,7 @@ pub fn stat(pid: Pid) -> Option<Stat> {
     super::with_process(pid, ProcessRefreshKind::nothing(), |p| to_stat(pid, p))
 }
 
-pub fn uid_of(pid: Pid) -> Option<u32> {
+pub(super) fn uid_of(pid: Pid) -> Option<u32> {
     let kind = ProcessRefreshKind::nothing().with_user(UpdateKind::Always);
     super::with_process(pid, kind, |p| p.user_id().map(|u| **u)).flatten()
 }

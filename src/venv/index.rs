@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::compat::{self, ENGINE_DIST};
 use crate::error::{CliError, ErrorKind};
 
-pub const PYPI_SIMPLE: &str = "https://pypi.org/simple/";
+pub(crate) const PYPI_SIMPLE: &str = "https://pypi.org/simple/";
 
 /// Short, so an unreachable index fails in seconds instead of a resolver's minutes-long retry loop.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -21,7 +21,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SourceKind {
+pub(crate) enum SourceKind {
     Pypi,
     Index,
     FindLinks,
@@ -30,7 +30,7 @@ pub enum SourceKind {
 
 /// The engine's package source; remembered in config.toml and recorded in each receipt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineSource {
+pub(crate) struct EngineSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_url: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,7 +44,7 @@ pub struct EngineSource {
 
 /// The receipt's view of a source: `{kind, url | path, extra_index_urls, find_links}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceRecord {
+pub(crate) struct SourceRecord {
     pub kind: SourceKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -57,11 +57,11 @@ pub struct SourceRecord {
 }
 
 impl EngineSource {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == EngineSource::default()
     }
 
-    pub fn kind(&self) -> SourceKind {
+    pub(crate) fn kind(&self) -> SourceKind {
         if self.path.is_some() {
             SourceKind::Path
         } else if self.find_links.is_some() && self.index_url.is_none() {
@@ -74,7 +74,7 @@ impl EngineSource {
     }
 
     /// True when no index should be consulted at all (pip/uv `--no-index`): find-links or a local path only.
-    pub fn offline(&self) -> bool {
+    pub(crate) fn offline(&self) -> bool {
         self.index_url.is_none()
             && self.extra_index_urls.is_empty()
             && (self.find_links.is_some()
@@ -85,7 +85,7 @@ impl EngineSource {
     }
 
     /// The index URLs to consult (the primary one first); empty when offline.
-    pub fn index_urls(&self) -> Vec<String> {
+    pub(crate) fn index_urls(&self) -> Vec<String> {
         if self.offline() {
             return Vec::new();
         }
@@ -99,7 +99,7 @@ impl EngineSource {
             .collect()
     }
 
-    pub fn record(&self) -> SourceRecord {
+    pub(crate) fn record(&self) -> SourceRecord {
         let kind = self.kind();
         SourceRecord {
             kind,
@@ -114,7 +114,7 @@ impl EngineSource {
         }
     }
 
-    pub fn from_record(record: &SourceRecord) -> EngineSource {
+    pub(crate) fn from_record(record: &SourceRecord) -> EngineSource {
         EngineSource {
             index_url: match record.kind {
                 SourceKind::Pypi => None,
@@ -126,7 +126,7 @@ impl EngineSource {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.kind() {
             SourceKind::Pypi => format!("PyPI ({PYPI_SIMPLE})"),
             SourceKind::Index => format!("index {}", self.index_url.as_deref().unwrap_or_default()),
@@ -156,7 +156,7 @@ fn is_url(s: &str) -> bool {
 
 /// The engine versions `source` offers (releases only, sorted ascending, deduplicated). A local `--source` offers
 /// exactly its own version. An index that cannot be reached is a [`ErrorKind::Source`] error.
-pub fn available_versions(source: &EngineSource) -> anyhow::Result<Vec<Version>> {
+pub(crate) fn available_versions(source: &EngineSource) -> anyhow::Result<Vec<Version>> {
     let mut names: Vec<String> = Vec::new();
     if let Some(path) = &source.path {
         return Ok(vec![local_source_version(path)?]);
@@ -344,7 +344,7 @@ fn normalize(name: &str) -> String {
 }
 
 /// The version in an engine wheel or sdist file name, if the file is the engine's.
-pub fn filename_version(name: &str) -> Option<String> {
+pub(crate) fn filename_version(name: &str) -> Option<String> {
     if let Some(stem) = name.strip_suffix(".whl") {
         let mut parts = stem.split('-');
         let dist = parts.next()?;
@@ -359,7 +359,7 @@ pub fn filename_version(name: &str) -> Option<String> {
 }
 
 /// The version a local `--source` (project dir or wheel) would install.
-pub fn local_source_version(path: &Path) -> anyhow::Result<Version> {
+pub(crate) fn local_source_version(path: &Path) -> anyhow::Result<Version> {
     let bad = |why: String| -> anyhow::Error {
         CliError::new(ErrorKind::Source, format!("{} is not a usable engine source: {why}", path.display()))
             .hint("pass the engine project directory (the one with pyproject.toml) or a breadboard_engine-*.whl file")

@@ -24,7 +24,7 @@ use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
 
 /// The `uv` to use: `BREADBOARD_UV`, else `uv` on PATH.
-pub fn find_uv() -> Option<PathBuf> {
+pub(crate) fn find_uv() -> Option<PathBuf> {
     match env_vars::get(env_vars::BREADBOARD_UV) {
         Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
         None => which::which("uv").ok(),
@@ -32,11 +32,11 @@ pub fn find_uv() -> Option<PathBuf> {
 }
 
 /// The uv a check may run: [`find_uv`], else the one `engine install` set up under `home` (never fetched here).
-pub fn installed_uv(home: &Path) -> Option<PathBuf> {
+pub(crate) fn installed_uv(home: &Path) -> Option<PathBuf> {
     find_uv().or_else(|| Some(pinned_uv::uv_path(home)).filter(|p| p.is_file()))
 }
 
-pub struct Installer {
+pub(crate) struct Installer {
     pub kind: InstallerKind,
     uv: Option<PathBuf>,
     /// No uv was found and pip was not asked for: [`Installer::bootstrap_uv`] fetches the pinned one.
@@ -49,7 +49,7 @@ pub struct Installer {
 impl Installer {
     /// `forced` comes from `--installer`/`BREADBOARD_INSTALLER`/config; otherwise uv when found, else pip until
     /// [`Installer::bootstrap_uv`] sets up the pinned uv.
-    pub fn choose(
+    pub(crate) fn choose(
         forced: Option<InstallerKind>,
         log: PathBuf,
         printer: &Printer,
@@ -82,7 +82,7 @@ impl Installer {
     /// With no uv in view, sets up the pinned uv under `home` from the engine's own package source (see
     /// [`uv_bootstrap`]). Called after the interpreter is chosen, so Python discovery is the same with or without
     /// it. When it cannot be set up, pip is used with a warning, unless uv itself was asked for.
-    pub fn bootstrap_uv(
+    pub(crate) fn bootstrap_uv(
         &mut self,
         home: &Path,
         source: &EngineSource,
@@ -127,15 +127,11 @@ impl Installer {
         }
     }
 
-    pub fn uv(&self) -> Option<&Path> {
+    pub(crate) fn uv(&self) -> Option<&Path> {
         self.uv.as_deref()
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn create_venv(&self, python: &Path, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn create_venv(&self, python: &Path, dir: &Path) -> anyhow::Result<()> {
         let mut cmd = match self.kind {
             InstallerKind::Uv => {
                 let mut c = Command::new(self.uv.as_deref().context("uv not found")?);
@@ -152,7 +148,7 @@ impl Installer {
     }
 
     /// Installs `requirement` (`breadboard-engine==V`, or a local path) into the venv at `dir`.
-    pub fn install(
+    pub(crate) fn install(
         &self,
         dir: &Path,
         requirement: &str,
@@ -287,14 +283,14 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct EngineIdentity {
+pub(crate) struct EngineIdentity {
     pub engine_version: String,
     pub protocol_version: String,
 }
 
 /// Runs `<venv>/bin/python -m breadboard_engine version --json` and checks version and protocol before the install is
 /// committed.
-pub fn validate(dir: &Path, expected: &str) -> anyhow::Result<EngineIdentity> {
+pub(crate) fn validate(dir: &Path, expected: &str) -> anyhow::Result<EngineIdentity> {
     let python = dir.join("bin").join("python");
     let invalid = |why: String| -> anyhow::Error {
         CliError::new(ErrorKind::Validation, format!("the new engine venv {} failed validation: {why}", dir.display()))

@@ -2,9 +2,9 @@
 //! engine (`index`, `wheel_url`), the Python to build on (`python`), the uv or pip that builds it (`installer`, and
 //! `uv`, the pinned uv set up when none is found).
 
-pub mod index;
-pub mod installer;
-pub mod python;
-pub mod store;
-pub mod uv;
-pub mod wheel_url;
+pub(crate) mod index;
+pub(crate) mod installer;
+pub(crate) mod python;
+pub(crate) mod store;
+pub(crate) mod uv;
+pub(crate) mod wheel_url;

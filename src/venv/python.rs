@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CliError, ErrorKind};
 
 /// The engine requires Python >= 3.10 (`requires-python` in engine/pyproject.toml).
-pub const MIN_PYTHON: (u32, u32) = (3, 10);
+pub(crate) const MIN_PYTHON: (u32, u32) = (3, 10);
 
 const PATH_CANDIDATES: &[&str] = &[
     "python3.13",
@@ -23,7 +23,7 @@ const PATH_CANDIDATES: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Interpreter {
+pub(crate) struct Interpreter {
     /// As found: not resolved through symlinks.
     pub path: PathBuf,
     pub version: String,
@@ -31,7 +31,7 @@ pub struct Interpreter {
 
 /// Where the interpreter request came from, for error messages.
 #[derive(Debug, Clone, Copy)]
-pub enum Origin {
+pub(crate) enum Origin {
     Flag,
     Env,
     Config,
@@ -53,7 +53,7 @@ const HOW_TO_GET: &str = "install Python 3.10 or newer (e.g. `uv python install 
                           pass it with `--python PATH` or BREADBOARD_PYTHON";
 
 /// Runs `path` and asks its version; `Err` carries a one-line reason.
-pub fn query(path: &Path) -> Result<Interpreter, String> {
+pub(crate) fn query(path: &Path) -> Result<Interpreter, String> {
     let output = Command::new(path)
         .args([
             "-I",
@@ -87,7 +87,7 @@ pub fn query(path: &Path) -> Result<Interpreter, String> {
     })
 }
 
-pub fn parse_minor(version: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_minor(version: &str) -> Option<(u32, u32)> {
     let mut parts = version.split('.');
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
@@ -115,7 +115,7 @@ fn locate(request: &Path) -> Result<PathBuf, String> {
 }
 
 /// Uses an explicitly requested interpreter, or fails with a clear error.
-pub fn from_request(request: &Path, origin: Origin) -> anyhow::Result<Interpreter> {
+pub(crate) fn from_request(request: &Path, origin: Origin) -> anyhow::Result<Interpreter> {
     let located = locate(request)
         .and_then(|p| query(&p))
         .and_then(|i| check_min(&i).map(|()| i));
@@ -135,7 +135,7 @@ pub fn from_request(request: &Path, origin: Origin) -> anyhow::Result<Interprete
 /// Discovery when nothing was requested: uv's own discovery when uv is available (managed Pythons, then PATH), else
 /// python3.13 ... python3.10 and python3 on PATH. Every candidate is run, because a PATH entry can be a pyenv shim that
 /// only fails when executed.
-pub fn discover(uv: Option<&Path>) -> anyhow::Result<Interpreter> {
+pub(crate) fn discover(uv: Option<&Path>) -> anyhow::Result<Interpreter> {
     let mut tried = Vec::new();
     if let Some(uv) = uv {
         let spec = format!(">={}.{}", MIN_PYTHON.0, MIN_PYTHON.1);

@@ -17,8 +17,8 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::Printer;
 
-pub const RECEIPT: &str = "receipt.json";
-pub const RECEIPT_SCHEMA: u32 = 1;
+pub(crate) const RECEIPT: &str = "receipt.json";
+pub(crate) const RECEIPT_SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +37,7 @@ impl std::fmt::Display for InstallerKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     pub schema: u32,
     pub engine_version: String,
     /// The pip requirement that was installed, e.g. `breadboard-engine==0.1.1` or a wheel path.
@@ -51,7 +51,7 @@ pub struct Receipt {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Installed {
+pub(crate) struct Installed {
     pub version: String,
     pub path: PathBuf,
     pub current: bool,
@@ -64,24 +64,24 @@ pub struct Installed {
     pub receipt: Option<Receipt>,
 }
 
-pub struct Store<'a> {
+pub(crate) struct Store<'a> {
     paths: &'a Paths,
 }
 
 impl<'a> Store<'a> {
-    pub fn paths(&self) -> &Paths {
+    pub(crate) fn paths(&self) -> &Paths {
         self.paths
     }
 
-    pub fn new(paths: &'a Paths) -> Store<'a> {
+    pub(crate) fn new(paths: &'a Paths) -> Store<'a> {
         Store { paths }
     }
 
-    pub fn dir(&self, version: &str) -> PathBuf {
+    pub(crate) fn dir(&self, version: &str) -> PathBuf {
         self.paths.version_dir(version)
     }
 
-    pub fn read_receipt(&self, version: &str) -> anyhow::Result<Option<Receipt>> {
+    pub(crate) fn read_receipt(&self, version: &str) -> anyhow::Result<Option<Receipt>> {
         let path = self.dir(version).join(RECEIPT);
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
@@ -93,32 +93,32 @@ impl<'a> Store<'a> {
     }
 
     /// The commit point of an install: temp file, fsync, rename, fsync dir.
-    pub fn write_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
+    pub(crate) fn write_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
         let path = self.dir(&receipt.engine_version).join(RECEIPT);
         fsutil::write_atomic(&path, serde_json::to_string_pretty(receipt)?.as_bytes())
     }
 
     /// The version a link (`current` or `previous`) points at, if it exists.
-    pub fn link_version(&self, link: &Path) -> Option<String> {
+    pub(crate) fn link_version(&self, link: &Path) -> Option<String> {
         let target = std::fs::read_link(link).ok()?;
         Some(target.file_name()?.to_string_lossy().into_owned())
     }
 
-    pub fn current(&self) -> Option<String> {
+    pub(crate) fn current(&self) -> Option<String> {
         self.link_version(&self.paths.current_link())
     }
 
-    pub fn previous(&self) -> Option<String> {
+    pub(crate) fn previous(&self) -> Option<String> {
         self.link_version(&self.paths.previous_link())
     }
 
     /// Whether `version` has a committed receipt.
-    pub fn is_complete(&self, version: &str) -> bool {
+    pub(crate) fn is_complete(&self, version: &str) -> bool {
         self.dir(version).join(RECEIPT).is_file()
     }
 
     /// All version dirs, sorted by version (non-semver names last, by name).
-    pub fn list(&self) -> anyhow::Result<Vec<Installed>> {
+    pub(crate) fn list(&self) -> anyhow::Result<Vec<Installed>> {
         let dir = self.paths.versions_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -164,7 +164,7 @@ impl<'a> Store<'a> {
 
     /// Cheap checks that need no Python run, so `engine list` stays fast: the venv interpreter resolves (a dangling
     /// symlink means its base interpreter was removed, uv's wording) and `pyvenv.cfg`'s `home` exists.
-    pub fn health(&self, version: &str) -> Result<(), String> {
+    pub(crate) fn health(&self, version: &str) -> Result<(), String> {
         let dir = self.dir(version);
         let python = dir.join("bin").join("python");
         if std::fs::symlink_metadata(&python).is_err() {
@@ -198,7 +198,7 @@ impl<'a> Store<'a> {
     }
 
     /// Deletes receipt-less version dirs and stray temp links. Call only while holding the control lock.
-    pub fn clean_leftovers(&self, printer: &Printer) -> anyhow::Result<()> {
+    pub(crate) fn clean_leftovers(&self, printer: &Printer) -> anyhow::Result<()> {
         for item in self.list()? {
             if !item.complete {
                 // A link to a dir about to be deleted would dangle; unlink it first (normally never the case, since
@@ -235,7 +235,7 @@ impl<'a> Store<'a> {
 
     /// Makes `version` current; the old current becomes previous. `previous` is switched first so that a crash in
     /// between leaves `current` untouched.
-    pub fn switch_to(&self, version: &str) -> anyhow::Result<Option<String>> {
+    pub(crate) fn switch_to(&self, version: &str) -> anyhow::Result<Option<String>> {
         let old = self.current();
         if old.as_deref() == Some(version) {
             return Ok(None);
@@ -250,7 +250,7 @@ impl<'a> Store<'a> {
     }
 
     /// Swaps `current` and `previous`.
-    pub fn swap(&self, to: &str, from: Option<&str>) -> anyhow::Result<()> {
+    pub(crate) fn swap(&self, to: &str, from: Option<&str>) -> anyhow::Result<()> {
         fsutil::replace_symlink(&Self::link_target(to), &self.paths.current_link())?;
         match from {
             Some(from) => {
@@ -260,7 +260,7 @@ impl<'a> Store<'a> {
         }
     }
 
-    pub fn unlink_current(&self) -> anyhow::Result<()> {
+    pub(crate) fn unlink_current(&self) -> anyhow::Result<()> {
         fsutil::remove_file_if_exists(&self.paths.current_link())
     }
 }

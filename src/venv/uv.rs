@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::index::EngineSource;
 use crate::release::{self, Artifact};
 
-pub const UV_VERSION: &str = "0.13.9";
+pub(crate) const UV_VERSION: &str = "0.13.9";
 
 /// One wheel per platform the release ships, taken from PyPI's listing of uv 0.13.9. The Linux binaries are
 /// statically linked, so the musl wheel serves glibc systems too.
@@ -45,7 +45,7 @@ const WHEELS: &[(&str, &str, &str, u64)] = &[
 ];
 
 /// Where the bootstrapped uv lives (whether or not it is there yet).
-pub fn uv_path(home: &Path) -> PathBuf {
+pub(crate) fn uv_path(home: &Path) -> PathBuf {
     home.join("tools")
         .join(format!("uv-{UV_VERSION}"))
         .join("uv")
@@ -68,7 +68,7 @@ fn wheel_for_this_platform() -> Option<Artifact> {
 
 /// The bootstrapped uv, fetched from `source` first if it is not there yet. An error says why (the caller warns
 /// and uses pip).
-pub fn ensure(home: &Path, source: &EngineSource) -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure(home: &Path, source: &EngineSource) -> anyhow::Result<PathBuf> {
     let dest = uv_path(home);
     if dest.is_file() {
         return Ok(dest);

@@ -10,20 +10,20 @@ use super::index::error_chain;
 use crate::error::{CliError, ErrorKind};
 
 /// True for an `http(s)://` source (a wheel to download) rather than a local path.
-pub fn is_url(source: &Path) -> bool {
+pub(crate) fn is_url(source: &Path) -> bool {
     let s = source.to_string_lossy();
     s.starts_with("http://") || s.starts_with("https://")
 }
 
 /// The file name a wheel URL names (its last path segment, without query or fragment).
-pub fn file_name(url: &str) -> &str {
+pub(crate) fn file_name(url: &str) -> &str {
     let path = url.split(['#', '?']).next().unwrap_or("");
     path.rsplit('/').next().unwrap_or("")
 }
 
 /// Downloads the wheel at `url` into `dir` (kept under its own name, replacing an earlier copy only once the new one
 /// is verified) and returns its path.
-pub fn fetch(url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn fetch(url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let name = file_name(url);
     if !name.ends_with(".whl") || name.contains("..") {
         return Err(CliError::new(

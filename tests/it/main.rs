@@ -1,5 +1,6 @@
 //! Integration tests: the real binary against real venvs, real uv and pip, and a real index on 127.0.0.1.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // test diagnostics may print
+#![allow(unreachable_pub)] // the test modules share their helpers with `pub`: this crate has no API to keep small
 
 mod common;
 
