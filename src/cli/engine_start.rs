@@ -69,6 +69,7 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
         .into());
     }
     engine::check_host(&args.host, args.allow_remote)?;
+    engine::restart_policy(&ctx.config)?;
     Ok(StartOpts {
         port: match &args.port {
             Some(port) => port.clone(),

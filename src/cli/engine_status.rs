@@ -185,7 +185,11 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     if args.json {
         ctx.printer.json(&out);
     } else {
-        print_human(ctx, &out, state);
+        // The crash report shown below (once) has its own log and next lines.
+        let report_follows = crash_info
+            .as_ref()
+            .is_some_and(|(_, exit)| !crash::acknowledged(paths, &exit.instance_id));
+        print_human(ctx, &out, state, report_follows);
     }
     if let Some((stale, exit)) = crash_info {
         if engine::report_crash_once(paths, ctx.printer, stale.as_ref(), &exit)
@@ -295,8 +299,14 @@ fn restarted_detail(reg: &crate::registration::Registration, last: Option<&LastE
     d
 }
 
-fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
+/// `report_follows`: the crash report is printed right after, with the log and the next steps.
+fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
+    let nothing_installed =
+        state == State::Stopped && s.pinned_version.is_none() && !engine::has_command_override(ctx);
     let mut line = format!("engine: {}", state.name());
+    if nothing_installed {
+        line.push_str(" (no engine is installed)");
+    }
     if let (Some(url), Some(pid)) = (&s.url, s.pid) {
         if !matches!(state, State::Crashed | State::Errored) {
             line.push_str(&format!(
@@ -321,7 +331,8 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
     }
     if let Some(r) = &s.ray {
         let mut live = Vec::new();
-        if let Some(st) = &r.state {
+        // `/ready`'s state, unless it only repeats the mode ("off").
+        if let Some(st) = r.state.as_ref().filter(|st| **st != r.mode) {
             live.push(st.clone());
         }
         if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
@@ -351,7 +362,14 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
     if let Some(d) = &s.detail {
         details.push(format!("  {d}"));
     }
-    details.push(format!("  log: {}", s.log_path));
+    if report_follows {
+        ctx.printer.info(&details.join("\n"));
+        return;
+    }
+    // A log that does not exist (nothing ever started here) is not worth a line.
+    if std::path::Path::new(&s.log_path).exists() {
+        details.push(format!("  log: {}", s.log_path));
+    }
     match state {
         State::Errored => details.push(
             "  next: breadboard engine logs -n 200, then breadboard engine start (starts afresh)"
@@ -361,7 +379,13 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State) {
             "  next: breadboard engine start (breadboard engine logs -n 200 shows why it ended)"
                 .into(),
         ),
+        State::Stopped if nothing_installed => {
+            details.push("  next: breadboard engine install".into())
+        }
+        State::Stopped => details.push("  next: breadboard engine start".into()),
         _ => {}
     }
-    ctx.printer.info(&details.join("\n"));
+    if !details.is_empty() {
+        ctx.printer.info(&details.join("\n"));
+    }
 }

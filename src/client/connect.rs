@@ -258,9 +258,7 @@ fn local_endpoint(ctx: &Ctx, target: &Connect, mode: ProtocolMode) -> anyhow::Re
 /// Whether an engine can be started here: an installed venv, or an engine command override.
 fn installed(ctx: &Ctx) -> bool {
     let store = crate::venv::store::Store::new(&ctx.paths);
-    env_vars::get(env_vars::BREADBOARD_ENGINE_CMD).is_some()
-        || ctx.config.engine.command.is_some()
-        || store.current().is_some_and(|c| store.is_complete(&c))
+    engine::has_command_override(ctx) || store.current().is_some_and(|c| store.is_complete(&c))
 }
 
 fn not_installed(ctx: &Ctx) -> anyhow::Error {

@@ -65,6 +65,12 @@ pub(super) fn is_simple_command(command: &str) -> bool {
         && !command.contains("$(")
 }
 
+/// Whether an engine command override is set (`BREADBOARD_ENGINE_CMD` or config `engine.command`): then an engine
+/// can run without an installed venv.
+pub(crate) fn has_command_override(ctx: &Ctx) -> bool {
+    env_vars::get(env_vars::BREADBOARD_ENGINE_CMD).is_some() || ctx.config.engine.command.is_some()
+}
+
 pub(super) fn resolve_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
     let override_cmd: Option<Vec<String>> = match env_vars::get(env_vars::BREADBOARD_ENGINE_CMD) {
         Some(cmd) => Some(shell_argv(&cmd)),

@@ -55,8 +55,10 @@ pub struct ForegroundPlan {
 pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Started> {
     let paths = &ctx.paths;
     let printer = ctx.printer;
-    // Before any side effect (callers check it in their option parsing too).
+    // Before any side effect (callers check them in their option parsing too): a config error is said as such,
+    // even when nothing could be started anyway.
     check_host(&opts.host, opts.allow_remote)?;
+    let restart_policy = restart_policy(&ctx.config)?;
     paths.ensure_private(printer)?;
     match probe(paths, Some(printer), true)? {
         Probe::Live { reg, health } => {
@@ -135,7 +137,6 @@ pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Starte
         cli_version: crate::build_info::VERSION.to_owned(),
         ..Default::default()
     };
-    let restart_policy = restart_policy(&ctx.config)?;
     let env = engine_env(
         paths,
         &reg,
