@@ -1,4 +1,4 @@
-//! Snapshots of the human output (insta): status, the crash report and the main errors, exit code, stdout and
+//! Snapshots of the human output (insta): status, doctor, the crash report and the main errors, exit code, stdout and
 //! stderr together. Paths, pids, ports, times and durations are filtered, so a snapshot changes only when what a user
 //! reads changes. A changed snapshot fails the test and leaves `<name>.snap.new` next to the old one (review with
 //! `cargo insta review`, or rerun with `INSTA_UPDATE=always` and read the diff).
@@ -62,6 +62,19 @@ fn errors_without_an_engine() {
         &run(&["engine", "status"]),
     );
     snap("ask_nothing_installed", &ctx, &run(&["ask", "hello"]));
+    // The doctor's report of a home that does not exist yet: one error (no engine), one warning (no home), and the
+    // command that fixes each. On a port known to be free here, since 9099 may be taken on the machine.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port().to_string();
+    drop(free);
+    snap(
+        "doctor_nothing_installed",
+        &ctx,
+        &ctx.cmd(&["engine", "doctor"])
+            .env("BREADBOARD_CLI_PORT", &port)
+            .output()
+            .unwrap(),
+    );
     snap(
         "start_port_zero",
         &ctx,
