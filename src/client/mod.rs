@@ -228,7 +228,13 @@ impl<'a> Client<'a> {
                     body.last_seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
                 ),
             )
-            .hint("follow again from what it has: breadboard sessions follow ID --from-seq 0")
+            .hint(format!(
+                "follow again from what it has: breadboard sessions follow {} --from-seq 0",
+                match about {
+                    About::Session(id) => id,
+                    About::Engine => "ID",
+                }
+            ))
             .into(),
             ApiError::Status(409, body) => {
                 let id = match about {

@@ -957,3 +957,55 @@ fn a_follow_resumed_on_an_engine_of_another_protocol_stops_with_the_mismatch() {
         "no event of the new engine is printed"
     );
 }
+
+/// A follower that resumes after an engine restart on a log that lost its tail (restored from an older copy): the
+/// engine answers `409 resume_window_exceeded` to its Last-Event-ID, and the follow ends with exit 26, naming the
+/// seq the engine has and the command that follows from there, instead of retrying forever.
+#[test]
+fn a_resume_point_the_engine_no_longer_has_ends_the_follow_with_exit_26() {
+    let e = Engine::new();
+    e.start();
+    let id = run(&e, &["sessions", "new"]).stdout.trim().to_owned();
+    let sent = run(&e, &["sessions", "send", &id, "one two three", "--wait"]);
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    let last = summary(&e, &id)["last_seq"].as_u64().unwrap();
+    assert!(last > 2, "{last}");
+    let (mut follow, out, err) = spawn_collected(&e, &["sessions", "follow", &id, "--json"]);
+    wait_for("every event printed", Duration::from_secs(30), || {
+        out.lines.lock().unwrap().len() as u64 >= last
+    });
+    e.cmd(&["engine", "stop"]).assert().success();
+    // Only the first two events survive; the offset index and the snapshot are caches of the log.
+    let dir = e.ctx.home.join("data/sessions").join(&id);
+    let log = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let kept: String = log.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("events.jsonl"), kept).unwrap();
+    for cache in ["events.idx", "snapshot.json"] {
+        let _ = std::fs::remove_file(dir.join(cache));
+    }
+    e.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follow did not end: {:?}",
+            err.lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = err.lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(26), "{err}");
+    assert!(
+        err.contains("(it has up to seq 2)")
+            && err.contains(&format!("breadboard sessions follow {id} --from-seq 0")),
+        "{err}"
+    );
+    assert_eq!(
+        out.lines.lock().unwrap().len() as u64,
+        last,
+        "nothing printed twice"
+    );
+}
