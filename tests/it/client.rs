@@ -933,19 +933,7 @@ fn a_follow_resumed_on_an_engine_of_another_protocol_stops_with_the_mismatch() {
     let mut restart = e.cmd(&["engine", "restart", "--force", "--protocol", "soft"]);
     restart.env("FAKE_ENGINE_PROTOCOL", "9.9");
     restart.assert().success();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = follow.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "follow went on after the restart: {:?}",
-            err.lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = err.lines.lock().unwrap().join("\n");
+    let (status, err) = ended(&mut follow, &err, Duration::from_secs(30));
     assert_eq!(status.code(), Some(24), "{err}");
     assert!(
         err.contains("speaks protocol \"9.9\"") && err.contains("--protocol soft"),
@@ -984,19 +972,7 @@ fn a_resume_point_the_engine_no_longer_has_ends_the_follow_with_exit_26() {
         let _ = std::fs::remove_file(dir.join(cache));
     }
     e.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = follow.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the follow did not end: {:?}",
-            err.lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = err.lines.lock().unwrap().join("\n");
+    let (status, err) = ended(&mut follow, &err, Duration::from_secs(60));
     assert_eq!(status.code(), Some(26), "{err}");
     assert!(
         err.contains("(it has up to seq 2)")
@@ -1008,4 +984,24 @@ fn a_resume_point_the_engine_no_longer_has_ends_the_follow_with_exit_26() {
         last,
         "nothing printed twice"
     );
+}
+
+/// Waits (up to `timeout`) for a spawned command to end by itself: its exit status and its stderr.
+fn ended(
+    child: &mut std::process::Child,
+    err: &Collector,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, err.lines.lock().unwrap().join("\n"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "it did not end within {timeout:?}: {:?}",
+            err.lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
