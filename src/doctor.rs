@@ -1395,28 +1395,29 @@ pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                     reg.supervisor_pid, reg.pid
                 ),
             ));
-            if matches!(&health, Some(Ok(h)) if engine::identity_ok(h, &reg)) {
+            let answer = engine::answer(paths, &reg, health);
+            if matches!(
+                answer,
+                engine::Answer::Ready(_) | engine::Answer::Incompatible(..)
+            ) {
                 out.push(engine_ray(&reg));
             }
-            out.push(match health {
-                Some(Ok(h)) if !engine::identity_ok(&h, &reg) => Finding::error(
+            out.push(match answer {
+                engine::Answer::Stranger(h) => Finding::error(
                     "Engine",
                     "engine.health",
                     "another process answers on the engine's port",
                     format!("{} answers as pid {} instance {}, the registration says pid {} instance {}", reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id),
                 )
                 .fix("breadboard engine restart"),
-                Some(Ok(h)) => {
-                    let pinned = if reg.engine_version.is_some() { engine::pinned_version(paths) } else { None };
-                    let problems = engine::handshake_problems(&h, pinned.as_deref());
-                    if problems.is_empty() {
-                        Finding::ok(
-                            "Engine",
-                            "engine.health",
-                            format!("the engine answers at {}", reg.url),
-                            format!("engine {} (protocol {}), pid {}", h.engine_version, h.protocol_version, h.pid),
-                        )
-                    } else if compat::protocol_compatible(&h.protocol_version) {
+                engine::Answer::Ready(h) => Finding::ok(
+                    "Engine",
+                    "engine.health",
+                    format!("the engine answers at {}", reg.url),
+                    format!("engine {} (protocol {}), pid {}", h.engine_version, h.protocol_version, h.pid),
+                ),
+                engine::Answer::Incompatible(h, problems) => {
+                    if compat::protocol_compatible(&h.protocol_version) {
                         Finding::warn("Engine", "engine.health", "the running engine is not the pinned version", problems.join("; "))
                             .fix("breadboard engine restart   # to apply the upgrade")
                     } else {
@@ -1425,7 +1426,7 @@ pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                     }
                 }
                 // Slow because it is stopped (SIGSTOP, Ctrl-Z), not busy: it will never answer by itself.
-                Some(Err(e @ crate::engine_client::ClientError::Slow(_)))
+                engine::Answer::Busy(e)
                     if crate::procfs::stat(reg.pid).is_some_and(|s| s.state == 'T' || s.state == 't') =>
                 {
                     Finding::error(
@@ -1436,21 +1437,21 @@ pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
                     )
                     .fix("breadboard engine restart")
                 }
-                Some(Err(e @ crate::engine_client::ClientError::Slow(_))) => Finding::warn(
+                engine::Answer::Busy(e) => Finding::warn(
                     "Engine",
                     "engine.health",
                     "the engine is running but busy",
                     format!("{}: {e}", reg.url),
                 )
                 .fix("breadboard engine logs -n 100   # what it is doing; restart only if it stays busy"),
-                Some(Err(e)) => Finding::error(
+                engine::Answer::TokenRefused(e) | engine::Answer::NotAnswering(e) => Finding::error(
                     "Engine",
                     "engine.health",
                     "the engine does not answer /health",
                     format!("{}: {e}", reg.url),
                 )
                 .fix("breadboard engine restart"),
-                None => Finding::error("Engine", "engine.health", "the engine's address does not resolve", format!("{}:{}", reg.host, reg.port))
+                engine::Answer::NoAddress => Finding::error("Engine", "engine.health", "the engine's address does not resolve", format!("{}:{}", reg.host, reg.port))
                     .fix("breadboard engine restart"),
             });
         }

@@ -113,25 +113,25 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
             }
             // Busy (connected, no answer in 500 ms): give it a little longer before judging.
             let health = engine::health_patiently(&reg, health, Duration::from_secs(2));
-            match health {
-                Some(Ok(h)) if engine::identity_ok(&h, &reg) => {
-                    out.engine_version = Some(h.engine_version.clone());
-                    out.protocol_version = Some(h.protocol_version.clone());
-                    fill_ray_state(&mut out, &reg);
-                    let pinned = reg.engine_version.as_ref().and(out.pinned_version.clone());
-                    let problems = engine::handshake_problems(&h, pinned.as_deref());
-                    if problems.is_empty() {
-                        if reg.restarts > 0 {
-                            out.detail = Some(restarted_detail(&reg, out.last_exit.as_ref()));
-                        }
-                        State::Running
-                    } else {
-                        out.detail = Some(problems.join("; "));
-                        State::Incompatible
+            let answer = engine::answer(paths, &reg, health);
+            if let engine::Answer::Ready(h) | engine::Answer::Incompatible(h, _) = &answer {
+                out.engine_version = Some(h.engine_version.clone());
+                out.protocol_version = Some(h.protocol_version.clone());
+                fill_ray_state(&mut out, &reg);
+            }
+            match (answer, &reg.restart_pending) {
+                (engine::Answer::Ready(_), _) => {
+                    if reg.restarts > 0 {
+                        out.detail = Some(restarted_detail(&reg, out.last_exit.as_ref()));
                     }
+                    State::Running
                 }
-                Some(Err(e)) if reg.restart_pending.is_some() => {
-                    let p = reg.restart_pending.clone().unwrap_or_default();
+                (engine::Answer::Incompatible(_, problems), _) => {
+                    out.detail = Some(problems.join("; "));
+                    State::Incompatible
+                }
+                (failed, Some(p)) if failed.error().is_some() => {
+                    let e = failed.error().map(ToString::to_string).unwrap_or_default();
                     let wait = (p.at_unix - fsutil::unix_now()).max(0.0);
                     out.detail = Some(format!(
                         "the engine crashed ({}); the supervisor restarts it in {wait:.1}s (restart = \"on-failure\", {} restart{} so far; {e})",
@@ -141,18 +141,19 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                     ));
                     State::Starting
                 }
-                Some(Ok(h)) => {
+                (engine::Answer::Stranger(h), _) => {
                     out.detail = Some(format!(
                         "{} answers as pid {} instance {}, not the registered engine",
                         reg.url, h.pid, h.instance_id
                     ));
                     State::Unhealthy
                 }
-                Some(Err(e)) if reg.ready_at.is_none() => {
+                (failed, _) if failed.error().is_some() && reg.ready_at.is_none() => {
+                    let e = failed.error().map(ToString::to_string).unwrap_or_default();
                     out.detail = Some(format!("waiting for the handshake ({e})"));
                     State::Starting
                 }
-                Some(Err(crate::engine_client::ClientError::Http(401, _))) => {
+                (engine::Answer::TokenRefused(_), _) => {
                     // Our token is what it refuses: say which file, since that is what changed.
                     out.detail = Some(match crate::registration::token(&reg) {
                         None => format!(
@@ -168,15 +169,15 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
                     });
                     State::Unhealthy
                 }
-                Some(Err(e @ crate::engine_client::ClientError::Slow(_))) => {
+                (engine::Answer::Busy(e), _) => {
                     out.detail = Some(format!("alive but busy: {e}"));
                     State::Unhealthy
                 }
-                Some(Err(e)) => {
+                (engine::Answer::NotAnswering(e), _) => {
                     out.detail = Some(format!("alive but not answering: {e}"));
                     State::Unhealthy
                 }
-                None => State::Unhealthy,
+                (engine::Answer::NoAddress, _) => State::Unhealthy,
             }
         }
     };

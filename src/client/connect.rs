@@ -11,7 +11,6 @@ use crate::config;
 use crate::context::Ctx;
 use crate::crash::LastExit;
 use crate::engine::{self, Probe, ProtocolMode};
-use crate::engine_client::ClientError;
 use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
 use crate::error::{CliError, ErrorKind};
 use crate::registration::{self, Registration};
@@ -165,17 +164,21 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
         Probe::Live {
             reg: Some(reg),
             health,
-        } => match health {
-            Some(Ok(h)) if engine::identity_ok(&h, &reg) => LocalState::Ready(Box::new(reg), h),
-            Some(Ok(_)) => LocalState::Waiting(
+        } => match engine::answer(&ctx.paths, &reg, health) {
+            // The handshake is checked by the caller, in the command's protocol mode.
+            engine::Answer::Ready(h) | engine::Answer::Incompatible(h, _) => {
+                LocalState::Ready(Box::new(reg), h)
+            }
+            engine::Answer::Stranger(_) => LocalState::Waiting(
                 format!(
                     "{} answers with another identity than its registration",
                     reg.url
                 ),
                 None,
             ),
-            Some(Err(ClientError::Http(401, _))) => LocalState::Refused(Box::new(reg)),
-            Some(Err(e)) => match &reg.restart_pending {
+            engine::Answer::TokenRefused(_) => LocalState::Refused(Box::new(reg)),
+            engine::Answer::Busy(e) | engine::Answer::NotAnswering(e) => match &reg.restart_pending
+            {
                 Some(p) => {
                     let why = format!(
                         "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
@@ -189,7 +192,9 @@ pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
                     LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None)
                 }
             },
-            None => LocalState::Waiting("its registration has no valid address".to_owned(), None),
+            engine::Answer::NoAddress => {
+                LocalState::Waiting("its registration has no valid address".to_owned(), None)
+            }
         },
     })
 }

@@ -14,6 +14,8 @@ use crate::procfs;
 use crate::registration::{self, Registration};
 use crate::sys;
 
+use super::handshake::{handshake_problems, pinned_version};
+
 /// `engine status` states and their exit codes (docs/cli.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +119,61 @@ pub(crate) fn probe(
         .and_then(|r| client_for(r, Duration::from_millis(500)))
         .map(|c| c.health());
     Ok(Probe::Live { reg, health })
+}
+
+/// What answered `/health` for a live, registered instance, judged once for every caller (status, start, doctor,
+/// the client): identity, then the handshake against the pinned version, then how a request failed.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// This instance, compatible.
+    Ready(Health),
+    /// This instance, on another protocol or not the pinned version: the problems, worded for messages.
+    Incompatible(Health, Vec<String>),
+    /// Something answers on the port with another identity.
+    Stranger(Health),
+    /// It refuses our token (HTTP 401).
+    TokenRefused(ClientError),
+    /// Connected, but no answer in time.
+    Busy(ClientError),
+    /// No connection, or an unexpected answer.
+    NotAnswering(ClientError),
+    /// The registration has no usable address.
+    NoAddress,
+}
+
+impl Answer {
+    /// The request's error, when it failed.
+    pub(crate) fn error(&self) -> Option<&ClientError> {
+        match self {
+            Answer::TokenRefused(e) | Answer::Busy(e) | Answer::NotAnswering(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Judges `health` (as [`probe`] gave it) for the instance `reg`.
+pub(crate) fn answer(
+    paths: &Paths,
+    reg: &Registration,
+    health: Option<Result<Health, ClientError>>,
+) -> Answer {
+    match health {
+        None => Answer::NoAddress,
+        Some(Ok(h)) if !identity_ok(&h, reg) => Answer::Stranger(h),
+        Some(Ok(h)) => {
+            // An engine command override has no pinned version.
+            let pinned = reg.engine_version.as_ref().and(pinned_version(paths));
+            let problems = handshake_problems(&h, pinned.as_deref());
+            if problems.is_empty() {
+                Answer::Ready(h)
+            } else {
+                Answer::Incompatible(h, problems)
+            }
+        }
+        Some(Err(e @ ClientError::Http(401, _))) => Answer::TokenRefused(e),
+        Some(Err(e @ ClientError::Slow(_))) => Answer::Busy(e),
+        Some(Err(e)) => Answer::NotAnswering(e),
+    }
 }
 
 /// Asks `/health` again, with a longer read timeout, of an engine that connected but did not answer in time (busy,

@@ -42,40 +42,38 @@ pub(super) fn already_live(
     } else {
         health
     };
-    match health {
-        Some(Ok(h)) if identity_ok(&h, &reg) => {
-            let pinned = reg.engine_version.as_ref().and(pinned_version(paths));
-            let problems = handshake_problems(&h, pinned.as_deref());
-            if problems.is_empty() {
-                Ok(Started { version: Some(h.engine_version.clone()), reg, already_running: true, foreground: None })
-            } else {
-                Err(CliError::new(
-                    ErrorKind::Failure,
-                    format!("an incompatible engine is running at {} (pid {}): {}", reg.url, reg.pid, problems.join("; ")),
-                )
-                .hint("breadboard engine restart  (replaces it with the pinned version)")
-                .into())
-            }
-        }
-        Some(Ok(_)) => Err(CliError::new(
+    match answer(paths, &reg, health) {
+        Answer::Ready(h) => Ok(Started {
+            version: Some(h.engine_version.clone()),
+            reg,
+            already_running: true,
+            foreground: None,
+        }),
+        Answer::Incompatible(_, problems) => Err(CliError::new(
+            ErrorKind::Failure,
+            format!("an incompatible engine is running at {} (pid {}): {}", reg.url, reg.pid, problems.join("; ")),
+        )
+        .hint("breadboard engine restart  (replaces it with the pinned version)")
+        .into()),
+        Answer::Stranger(_) => Err(CliError::new(
             ErrorKind::Failure,
             format!("the engine at {} answers with another identity than its registration (pid {}, instance {})", reg.url, reg.pid, reg.instance_id),
         )
         .hint("breadboard engine restart")
         .into()),
-        Some(Err(e @ ClientError::Slow(_))) => Err(CliError::new(
+        Answer::Busy(e) => Err(CliError::new(
             ErrorKind::Failure,
             format!("an engine is running (pid {}, supervisor {}) but busy at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
         )
         .hint("wait and retry (breadboard engine status), or breadboard engine restart  (see: breadboard engine logs -n 100)")
         .into()),
-        Some(Err(e)) => Err(CliError::new(
+        Answer::TokenRefused(e) | Answer::NotAnswering(e) => Err(CliError::new(
             ErrorKind::Failure,
             format!("an engine is running (pid {}, supervisor {}) but not answering at {}: {e}", reg.pid, reg.supervisor_pid, reg.url),
         )
         .hint("breadboard engine restart  (or: breadboard engine logs -n 100)")
         .into()),
-        None => Err(CliError::new(ErrorKind::Failure, "the engine's address in its registration is invalid")
+        Answer::NoAddress => Err(CliError::new(ErrorKind::Failure, "the engine's address in its registration is invalid")
             .hint("breadboard engine restart")
             .into()),
     }
