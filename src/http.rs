@@ -22,9 +22,14 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 /// A reqwest client builder for `base` (`http(s)://host:port`) with its TLS trust set; the caller adds timeouts.
 /// `pin`: the certificate file of a local engine serving TLS.
 pub(crate) fn builder(base: &str, pin: Option<&Path>) -> anyhow::Result<reqwest::ClientBuilder> {
-    let b = reqwest::Client::builder()
+    let mut b = reqwest::Client::builder()
         .tcp_nodelay(true)
         .user_agent(concat!("breadboard/", env!("CARGO_PKG_VERSION")));
+    if is_loopback_url(base) {
+        // reqwest sends every request through HTTP_PROXY / ALL_PROXY, loopback included (NO_PROXY alone exempts a
+        // host): a proxy's 127.0.0.1 is not ours, so a local engine is always reached directly.
+        b = b.no_proxy();
+    }
     Ok(match pin {
         Some(cert_file) if base.starts_with("https://") => {
             b.use_preconfigured_tls(pinned_tls(cert_file)?)
@@ -33,6 +38,22 @@ pub(crate) fn builder(base: &str, pin: Option<&Path>) -> anyhow::Result<reqwest:
         _ if !base.starts_with("https://") => b.tls_built_in_root_certs(false),
         _ => b,
     })
+}
+
+/// Whether `base` (`http(s)://host:port`) names this machine: 127.0.0.0/8, ::1 or localhost.
+fn is_loopback_url(base: &str) -> bool {
+    let Some(rest) = base.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A rustls configuration that accepts exactly the certificates in `cert_file` (PEM).
@@ -155,4 +176,28 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_urls_are_told_from_remote_ones() {
+        for url in [
+            "http://127.0.0.1:9099",
+            "https://127.0.0.2:1",
+            "http://[::1]:9099",
+            "http://localhost:9099",
+            "https://LOCALHOST",
+        ] {
+            assert!(super::is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:9099",
+            "https://engine.example.com",
+            "http://[2001:db8::1]:1",
+            "not a url",
+        ] {
+            assert!(!super::is_loopback_url(url), "{url}");
+        }
+    }
 }

@@ -112,6 +112,10 @@ fn a_supervised_engine_serves_tls_and_the_cli_trusts_its_certificate() {
         "SSL_CERT_DIR".into(),
         dir.join("no-such-dir").display().to_string(),
     ));
+    // A proxy in the environment (a dead one) is never used for an engine on loopback, over HTTPS either.
+    for var in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        e.env.push((var.into(), "http://127.0.0.1:1".into()));
+    }
     let run = |e: &crate::supervisor::Engine, args: &[&str]| {
         let mut cmd = e.cmd(args);
         cmd.env_remove("SSL_CERT_FILE");

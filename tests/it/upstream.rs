@@ -34,7 +34,11 @@ fn succeeds(e: &Engine, args: &[&str]) -> Value {
 
 #[test]
 fn an_engine_without_our_identity_field_starts_restarts_stops_and_crashes_cleanly() {
-    let e = Engine::fake("upstream");
+    let mut e = Engine::fake("upstream");
+    // A proxy in the environment (a dead one) must not be used for the engine on loopback.
+    for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        e.env.push((var.into(), "http://127.0.0.1:1".into()));
+    }
     let started = succeeds(
         &e,
         &[
