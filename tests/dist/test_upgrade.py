@@ -292,7 +292,11 @@ def test_shares_install_sh_lock(release: Release, home: Path, tmp_path: Path) ->
         shutil.copy2(exe.with_name("breadboard.previous"), staged)
         staged.rename(exe)
         new_bytes = exe.read_bytes()
-        shutil.rmtree(lock)
+        # Released as install.sh and breadboard release it: renamed away first, then removed. A lock emptied in
+        # place (rmtree) is free for an instant, and the waiting upgrade may take it and be done before the rmdir.
+        released = lock.with_name("install.lock.released")
+        lock.rename(released)
+        shutil.rmtree(released)
         out, _ = p.communicate(timeout=120)
     assert p.returncode == EX_FAILURE, err.read_text()
     assert f"{exe} was replaced by another install or upgrade while this one waited" in err.read_text()
