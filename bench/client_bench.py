@@ -2,7 +2,7 @@
 """Client benchmarks (`breadboard ask` / `sessions follow`), each against a baseline measured in the same run.
 
 Usage: .venv-dev/bin/python bench/client_bench.py [--bin target/release/breadboard] [--only ask,follow,resume,rss]
-                                                  [--runs N]
+                                                  [--runs N] [--baseline-bin OTHER_BREADBOARD]
 
 The engine is the checkout's (`python -m breadboard_engine serve` from this python, Ray off), started by
 `breadboard engine start` in a temp BREADBOARD_HOME (BREADBOARD_ENGINE_CMD), so the client finds it as a user's.
@@ -139,17 +139,17 @@ def bench_ask(b: Path, work: Path, runs: int) -> dict:
         h.stop()
 
 
-def bench_follow(b: Path, work: Path, runs: int, n: int = 100_000) -> dict:
+def bench_follow(b: Path, work: Path, runs: int, baseline: Path | None = None, n: int = 100_000) -> dict:
     h = Home(b, work / "follow")
     sid, _ = write_session(h.data, n)
     h.start()
     try:
 
-        def follow() -> float:
+        def follow(binary: str = h.bin) -> float:
             t = time.perf_counter()
             with open(os.devnull, "wb") as null:
                 r = subprocess.run(
-                    [h.bin, "sessions", "follow", sid, "--json"], env=h.env, stdout=null, stderr=subprocess.PIPE
+                    [binary, "sessions", "follow", sid, "--json"], env=h.env, stdout=null, stderr=subprocess.PIPE
                 )
             dt = time.perf_counter() - t
             assert r.returncode == 0, r.stderr
@@ -163,17 +163,24 @@ def bench_follow(b: Path, work: Path, runs: int, n: int = 100_000) -> dict:
             return dt
 
         follow(), curl()  # the engine loads the log once
-        f, c = [], []
+        f, c, old = [], [], []
         for _ in range(runs):
             f.append(follow())
             c.append(curl())
+            if baseline:
+                old.append(follow(str(baseline)))
         fe, ce = n / median(f), n / median(c)
         ok = fe >= 0.8 * ce and fe >= 100_000
         log(
             f"follow: breadboard {fe:,.0f} events/s, curl {ce:,.0f} events/s ({fe / ce:.2f}x) over {n:,} events; "
             f"target >= 0.8x and >= 100,000/s: {'ok' if ok else 'MISSED'}"
         )
-        return {"follow_eps": fe, "curl_eps": ce, "ratio": fe / ce}
+        out = {"follow_eps": fe, "curl_eps": ce, "ratio": fe / ce}
+        if baseline:
+            oe = n / median(old)
+            log(f"follow: baseline binary {baseline}: {oe:,.0f} events/s ({oe / ce:.2f}x curl)")
+            out |= {"baseline_eps": oe, "baseline_ratio": oe / ce}
+        return out
     finally:
         h.stop()
 
@@ -284,6 +291,7 @@ def main() -> None:
     ap.add_argument("--bin", default=str(ROOT / "target/release/breadboard"))
     ap.add_argument("--only", default="ask,follow,resume,rss")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--baseline-bin", help="another breadboard binary whose follow is measured in the same run")
     args = ap.parse_args()
     b = Path(args.bin).resolve()
     log(f"machine: {platform.platform()}, {os.cpu_count()} cpus; binary {b}")
@@ -296,7 +304,9 @@ def main() -> None:
         if "ask" in only:
             out["ask"] = bench_ask(b, work, args.runs)
         if "follow" in only:
-            out["follow"] = bench_follow(b, work, max(3, args.runs // 4))
+            out["follow"] = bench_follow(
+                b, work, max(3, args.runs // 4), Path(args.baseline_bin).resolve() if args.baseline_bin else None
+            )
         if "resume" in only:
             out["resume"] = bench_resume(b, work, min(args.runs, 4))
         shutil.rmtree(work, ignore_errors=True)

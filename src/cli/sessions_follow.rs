@@ -72,8 +72,8 @@ pub fn run(ctx: &Ctx, args: &FollowArgs) -> anyhow::Result<u8> {
             wait,
             on_interrupt: OnInterrupt::Detach,
         };
-        let followed = client::follow(&mut c, &args.id, opts, |env, raw| {
-            render.event(env, raw);
+        let followed = client::follow(&mut c, &args.id, opts, |ev| {
+            render.event(ev);
             Ok(if render.closed() {
                 Flow::Stop
             } else {

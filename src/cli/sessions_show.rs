@@ -60,9 +60,9 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> anyhow::Result<u8> {
             };
             // The events up to the summary's last seq: a live session's stream stays open after them.
             let last = summary.last_seq;
-            client::follow(&mut c, &args.id, opts, |env, _| {
-                let turn = env.turn;
-                match env.event() {
+            client::follow(&mut c, &args.id, opts, |ev| {
+                let turn = ev.envelope().and_then(|env| env.turn);
+                match ev.event() {
                     Event::UserMessage { text } => conversation.push(Message {
                         turn,
                         role: "user",
@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> anyhow::Result<u8> {
                     }),
                     _ => {}
                 }
-                Ok(if env.seq.unwrap_or(0) >= last {
+                Ok(if ev.seq.unwrap_or(0) >= last {
                     Flow::Stop
                 } else {
                     Flow::Continue

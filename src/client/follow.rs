@@ -7,14 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::connect::{
     check_local_handshake, endpoint_of, local_state, not_running, start_local, LocalState,
 };
-use super::wire::Envelope;
+use super::wire::{Head, Incoming};
 use super::{http_client, About, ApiError, Client};
 use crate::error::{CliError, ErrorKind};
 
@@ -79,7 +78,8 @@ enum Attempt {
 
 struct State {
     last: Option<u64>,
-    last_kind: Option<String>,
+    /// The last event delivered ended a turn (`run_finished`).
+    last_finished: bool,
     /// `until_idle`: the session's last seq when the follow began.
     idle_at: Option<u64>,
     interrupts: u32,
@@ -103,7 +103,7 @@ pub async fn follow<F>(
     on_event: F,
 ) -> anyhow::Result<Followed>
 where
-    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+    F: FnMut(&Incoming<'_>) -> anyhow::Result<Flow>,
 {
     let result = follow_all(client, id, opts, on_event).await;
     // Whatever way it ends, nothing printed stays unwritten (an error's message comes after it).
@@ -118,12 +118,12 @@ async fn follow_all<F>(
     mut on_event: F,
 ) -> anyhow::Result<Followed>
 where
-    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+    F: FnMut(&Incoming<'_>) -> anyhow::Result<Flow>,
 {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut st = State {
         last: None,
-        last_kind: None,
+        last_finished: false,
         idle_at: None,
         interrupts: 0,
         stop_deadline: None,
@@ -449,43 +449,23 @@ async fn last_kind(client: &Client<'_>, id: &str) -> anyhow::Result<Option<Strin
         .send(req)
         .await
         .map_err(|e| client.error(e, About::Session(id)))?;
-    let mut events = frames(resp).eventsource();
+    let mut events = std::pin::pin!(sse_events(resp));
     while let Some(Ok(ev)) = events.next().await {
-        if let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) {
-            return Ok(Some(env.kind));
+        if let Some(Ok(head)) = ev.data.as_deref().map(serde_json::from_str::<Head>) {
+            return Ok(Some(head.kind.into_owned()));
         }
     }
     Ok(None)
 }
 
-/// The body in pieces that end at an event's blank line (zero-copy slices of what the socket gave). eventsource-stream
-/// moves what follows each line it parses to the front of its buffer, so a read of thousands of replayed events at
-/// once would cost it quadratic time; fed one event at a time it stays linear. The framing is still all its own.
-fn frames(
+/// The body's SSE events. sse-stream parses each socket read in place (memchr for line ends, no copy of what
+/// follows), so a read holding thousands of replayed events costs linear time.
+fn sse_events(
     resp: reqwest::Response,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> {
-    resp.bytes_stream()
-        .map(|chunk| {
-            let pieces: Vec<Result<bytes::Bytes, reqwest::Error>> = match chunk {
-                Ok(b) => {
-                    let mut out = Vec::new();
-                    let mut start = 0;
-                    for i in memchr::memmem::find_iter(&b, b"\n\n") {
-                        if i >= start {
-                            out.push(Ok(b.slice(start..i + 2)));
-                            start = i + 2;
-                        }
-                    }
-                    if start < b.len() {
-                        out.push(Ok(b.slice(start..)));
-                    }
-                    out
-                }
-                Err(e) => vec![Err(e)],
-            };
-            futures_util::stream::iter(pieces)
-        })
-        .flatten()
+) -> sse_stream::SseByteStream<
+    impl futures_util::TryStream<Ok = bytes::Bytes, Error = reqwest::Error>,
+> {
+    sse_stream::SseByteStream::new(resp.bytes_stream())
 }
 
 /// One connection: replays from the resume point, then reads live events until it ends.
@@ -498,7 +478,7 @@ async fn attempt<F>(
     on_event: &mut F,
 ) -> anyhow::Result<Result<Attempt, ApiError>>
 where
-    F: FnMut(&Envelope, &str) -> anyhow::Result<Flow>,
+    F: FnMut(&Incoming<'_>) -> anyhow::Result<Flow>,
 {
     let path = match (st.last, opts.start) {
         (None, Start::Tail(n)) => format!("/v1/sessions/{id}/events?replay=true&limit={n}"),
@@ -527,7 +507,7 @@ where
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    let mut events = frames(resp).eventsource();
+    let mut events = std::pin::pin!(sse_events(resp));
     loop {
         let stop_wait = st
             .stop_deadline
@@ -555,34 +535,39 @@ where
             Some(Ok(ev)) => ev,
             Some(Err(_)) | None => return Ok(Ok(Attempt::Lost)),
         };
-        if ev.data.is_empty() {
+        // A block without data (a comment, a keep-alive, a lone `retry:`) is no event.
+        let Some(data) = ev.data.as_deref().filter(|d| !d.is_empty()) else {
             continue;
-        }
+        };
         // The SSE id is the seq too: an event the client cannot read still moves the resume point past it, or a
         // closed session's stream would be resumed before it, forever.
-        let sse_seq = ev.id.parse::<u64>().ok();
-        let Ok(env) = serde_json::from_str::<Envelope>(&ev.data) else {
+        let sse_seq = ev.id.as_deref().and_then(|id| id.parse::<u64>().ok());
+        let Ok(head) = serde_json::from_str::<Head>(data) else {
             client.ctx.printer.warn(&format!(
                 "skipped an event that is not a protocol 1.0 envelope: {}",
-                ev.data.chars().take(200).collect::<String>()
+                data.chars().take(200).collect::<String>()
             ));
             if let Some(seq) = sse_seq.filter(|s| st.last.is_none_or(|l| *s > l)) {
                 st.last = Some(seq);
             }
             continue;
         };
-        let seq = env.seq.or(sse_seq);
+        let seq = head.seq.or(sse_seq);
         if let Some(seq) = seq {
             if st.last.is_some_and(|l| seq <= l) {
                 continue;
             }
         }
-        let flow = on_event(&env, &ev.data)?;
+        let finished = head.kind == "run_finished";
+        let flow = on_event(&Incoming {
+            seq,
+            kind: head.kind,
+            raw: data,
+        })?;
         if let Some(seq) = seq {
             st.last = Some(seq);
         }
-        let finished = env.kind == "run_finished";
-        st.last_kind = Some(env.kind);
+        st.last_finished = finished;
         if flow == Flow::Stop {
             return Ok(Ok(Attempt::Finished(if st.stop_deadline.is_some() {
                 Ended::Interrupted
@@ -594,7 +579,7 @@ where
             return Ok(Ok(Attempt::Finished(Ended::Interrupted)));
         }
         if let Some(target) = st.idle_at {
-            if st.last.unwrap_or(0) >= target && st.last_kind.as_deref() == Some("run_finished") {
+            if st.last.unwrap_or(0) >= target && st.last_finished {
                 return Ok(Ok(Attempt::Finished(Ended::Done)));
             }
         }

@@ -1,5 +1,5 @@
 //! The one client of the engine's session API (`ask`, `sessions ...`), for the local engine and for remote ones:
-//! async (tokio, current-thread) over reqwest, SSE framed by eventsource-stream.
+//! async (tokio, current-thread) over reqwest, SSE framed by sse-stream.
 //!
 //! [`connect`] finds the engine (the local registration, or `--url` / `BREADBOARD_URL` / `[client] url`), starts
 //! the local one when the command may, and checks the handshake; [`Client`] then makes the requests and maps every

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::follow::{follow, Ended, Flow, FollowOpts, OnInterrupt, Start};
-use super::wire::{Envelope, Event};
+use super::wire::{Event, Incoming};
 use super::Client;
 use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
@@ -62,6 +62,11 @@ impl Render {
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        self.write_parts(bytes, b"");
+    }
+
+    /// Two pieces at once (an event and its newline): one lock of the buffer per event.
+    fn write_parts(&mut self, first: &[u8], second: &[u8]) {
         if self.closed() {
             return;
         }
@@ -69,7 +74,8 @@ impl Render {
             let mut buf = PENDING
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            buf.extend_from_slice(bytes);
+            buf.extend_from_slice(first);
+            buf.extend_from_slice(second);
             buf.len() >= PENDING_MAX
         };
         if full {
@@ -77,13 +83,12 @@ impl Render {
         }
     }
 
-    pub fn event(&mut self, env: &Envelope, raw: &str) {
+    pub fn event(&mut self, ev: &Incoming<'_>) {
         if self.json {
-            self.write(raw.as_bytes());
-            self.write(b"\n");
+            self.write_parts(ev.raw.as_bytes(), b"\n");
             return;
         }
-        match env.event() {
+        match ev.event() {
             Event::UserMessage { text } if self.transcript => {
                 self.end_line();
                 self.write(format!("> {text}\n").as_bytes());
@@ -191,17 +196,18 @@ pub async fn stream_turn(
         wait,
         on_interrupt: OnInterrupt::StopTurn,
     };
-    let run = follow(client, id, opts, |env, raw| {
+    let run = follow(client, id, opts, |ev| {
+        let event = ev.event();
         if !ours {
-            if let (Event::UserMessage { text }, Some(p)) = (env.event(), prompt) {
-                ours = p.starts(&text, raw);
+            if let (Event::UserMessage { text }, Some(p)) = (&event, prompt) {
+                ours = p.starts(text, ev.raw);
             }
             if !ours {
                 return Ok(Flow::Continue);
             }
         }
-        render.event(env, raw);
-        match env.event() {
+        render.event(ev);
+        match event {
             Event::Error { message } => failure = Some(message.to_owned()),
             Event::RunFinished { completed, reason } => {
                 outcome = Some(if completed {

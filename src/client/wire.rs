@@ -4,6 +4,8 @@
 //! The envelope is decoded first and the payload only for the event types the client acts on; any other type passes
 //! through untouched (an engine within protocol 1.x may add types), and `--json` prints the engine's own bytes.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -136,19 +138,20 @@ impl Summary {
 
 /// The envelope of every event, its fields in the engine's order: encoding a decoded event gives back the engine's
 /// bytes (checked against the golden corpus), and an event of a type the client does not know passes through whole.
-/// The payload stays raw JSON until an event's fields are asked for: following a long stream with `--json` never
-/// decodes one. Fields that upstream may leave out stay out when encoded.
+/// It borrows from the event's text (strings are copied only when they hold escapes) and the payload stays raw JSON
+/// until an event's fields are asked for: following a long stream with `--json` allocates nothing per event for it.
+/// Fields that upstream may leave out stay out when encoded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Envelope {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+pub struct Envelope<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
     /// Per session, from 1, by one. Upstream sends `null` for a synthetic event, which is not stored.
     #[serde(default)]
     pub seq: Option<u64>,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub turn: Option<u64>,
     /// Milliseconds since the epoch; kept as the number that was sent (upstream has sent floats).
@@ -156,10 +159,44 @@ pub struct Envelope {
     pub timestamp: Option<serde_json::Number>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_ms: Option<serde_json::Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub payload: Option<&'a RawValue>,
+}
+
+/// The two fields every event of a stream is triaged by (deduplication, the resume point, the end of a turn), read
+/// without decoding the rest: following with `--json` needs nothing more, and decodes nothing more.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Head<'a> {
     #[serde(default)]
-    pub payload: Option<Box<serde_json::value::RawValue>>,
+    pub seq: Option<u64>,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+}
+
+/// One event as it came: its [`Head`] and the engine's own text, which `--json` prints as is and a reader that
+/// needs more fields decodes ([`Incoming::envelope`]).
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub seq: Option<u64>,
+    pub kind: Cow<'a, str>,
+    pub raw: &'a str,
+}
+
+impl<'a> Incoming<'a> {
+    /// The whole envelope; `None` when a field other than the head's does not fit it.
+    pub fn envelope(&self) -> Option<Envelope<'a>> {
+        serde_json::from_str(self.raw).ok()
+    }
+
+    /// What the client acts on ([`Event::Other`] for every other type, and for an envelope it cannot read).
+    pub fn event(&self) -> Event {
+        if !ACTED_ON.contains(&self.kind.as_ref()) {
+            return Event::Other;
+        }
+        self.envelope().map_or(Event::Other, |env| env.event())
+    }
 }
 
 /// What the client does something with; every other type is [`Event::Other`].
@@ -211,10 +248,10 @@ fn decode<T: serde::de::DeserializeOwned + Default>(payload: Option<&RawValue>) 
         .unwrap_or_default()
 }
 
-impl Envelope {
+impl Envelope<'_> {
     pub fn event(&self) -> Event {
-        let payload = self.payload.as_deref();
-        match self.kind.as_str() {
+        let payload = self.payload;
+        match self.kind.as_ref() {
             "user_message" => Event::UserMessage {
                 text: decode::<TextPayload>(payload).text,
             },
@@ -241,8 +278,8 @@ impl Envelope {
     /// The payload of an [`ACTED_ON`] type as the client reads it, encoded again (`None` for other types): what the
     /// schema test compares with the engine's definition of that payload.
     pub fn read_payload(&self) -> Option<Value> {
-        let payload = self.payload.as_deref();
-        let value = match self.kind.as_str() {
+        let payload = self.payload;
+        let value = match self.kind.as_ref() {
             "user_message" | "assistant_delta" | "assistant_message" => {
                 serde_json::to_value(decode::<TextPayload>(payload))
             }

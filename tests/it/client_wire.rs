@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use breadboard::client::wire::{
-    CommandAnswer, CommandDetail, Created, Envelope, ErrorBody, Event, Health, Summary, ACTED_ON,
+    CommandAnswer, CommandDetail, Created, Envelope, ErrorBody, Event, Head, Health, Incoming,
+    Summary, ACTED_ON,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -54,17 +55,27 @@ fn every_golden_event_decodes_and_encodes_back_to_the_engine_s_bytes() {
     for line in &lines {
         let env: Envelope = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert_eq!(&serde_json::to_string(&env).unwrap(), line);
+        // What a stream is triaged by, read alone, agrees with the whole envelope.
+        let head: Head = serde_json::from_str(line).unwrap();
+        assert_eq!((head.seq, head.kind.as_ref()), (env.seq, env.kind.as_ref()));
+        let incoming = Incoming {
+            seq: head.seq,
+            kind: head.kind,
+            raw: line,
+        };
+        assert_eq!(incoming.event(), env.event(), "{line}");
         let raw: Value = serde_json::from_str(line).unwrap();
         let session = env
             .session_id
             .clone()
-            .expect("every stored event names its session");
+            .expect("every stored event names its session")
+            .into_owned();
         let seq = env.seq.expect("the engine numbers every stored event");
         assert_eq!(seq, last_seq.get(&session).map_or(1, |s| s + 1), "{line}");
         last_seq.insert(session, seq);
         // The values, not just the decode: a renamed payload field would default quietly.
         let text = |k: &str| raw["payload"][k].as_str().unwrap().to_owned();
-        match (env.kind.as_str(), env.event()) {
+        match (env.kind.as_ref(), env.event()) {
             ("user_message", Event::UserMessage { text: t })
             | ("assistant_delta", Event::AssistantDelta { text: t })
             | ("assistant_message", Event::AssistantMessage { text: t }) => {
@@ -339,7 +350,7 @@ fn every_field_the_client_reads_or_writes_is_in_the_schema_with_its_type() {
         let Some(read) = env.read_payload() else {
             continue;
         };
-        let event_def = mapping[&env.kind]
+        let event_def = mapping[env.kind.as_ref()]
             .as_str()
             .unwrap_or_else(|| {
                 panic!(
