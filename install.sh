@@ -326,7 +326,7 @@ cleanup() {
     BB_LOCK_TMP=""
 }
 
-# The install lock, shared with `breadboard upgrade` (src/self_replace.rs implements the same protocol):
+# The install lock, shared with `breadboard upgrade` (src/selfupdate/install_lock.rs implements the same protocol):
 # $BREADBOARD_HOME/install.lock is a directory holding its holder's pid in the file `pid`.
 # - Taking it: a complete lock is made under a temp name (install.lock.tmp.<pid>) and renamed into place; rename(2)
 #   replaces no non-empty directory, so it fails while another lock is there, and a lock never exists without its pid.

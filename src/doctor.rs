@@ -226,7 +226,7 @@ pub(crate) fn all_checks(setup: &Setup) -> Vec<Finding> {
 
 /// This binary and how it was installed: the same detection `breadboard upgrade` uses, so the two never disagree.
 fn cli_version(paths: &Paths) -> Finding {
-    use crate::install_receipt::{self, Foreign, InstallMethod};
+    use crate::selfupdate::install_receipt::{self, Foreign, InstallMethod};
     let Ok(exe) = std::env::current_exe() else {
         return Finding::warn(
             "CLI",

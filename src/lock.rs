@@ -8,8 +8,8 @@
 //! process lock a new inode while the second still waits on the old one. A sidecar `control.lock.holder` names the
 //! control lock's holder so a waiter can say whom it waits for.
 //!
-//! The install lock (`self_replace::InstallLock`) is not a [`FileLock`]: it is install.sh's directory lock, which a
-//! POSIX shell can take (macOS has no `flock(1)`), and both must agree on it.
+//! The install lock (`selfupdate::install_lock::InstallLock`) is not a [`FileLock`]: it is install.sh's directory
+//! lock, which a POSIX shell can take (macOS has no `flock(1)`), and both must agree on it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::OpenOptionsExt;

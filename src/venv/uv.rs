@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::index::EngineSource;
-use crate::release::{self, Artifact};
+use crate::selfupdate::release::{self, Artifact};
 
 pub(crate) const UV_VERSION: &str = "0.13.9";
 

@@ -33,7 +33,7 @@ pub(crate) fn fetch(url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         .hint("pass the URL of a breadboard_engine-*.whl, e.g. from a release tree")
         .into());
     }
-    let client = crate::release::client()?;
+    let client = crate::selfupdate::release::client()?;
     let expected = match url.split_once("#sha256=") {
         Some((_, hex)) => hex.trim().to_ascii_lowercase(),
         None => sha_from_sums(&client, url, name)?,

@@ -25,6 +25,7 @@ from conftest import NEW, OLD, REPO, TARGET, Release, clean_env
 
 # Exit codes of `breadboard upgrade` (docs/cli.md).
 EX_FAILURE, EX_USAGE, EX_LOCK, EX_SOURCE, EX_NOT_SELF_UPDATABLE, EX_INTEGRITY, EX_AVAILABLE = 1, 2, 4, 6, 8, 9, 100
+EX_VALIDATION = 7  # the new binary does not run, or reports another version
 
 
 def unavailable(why: str) -> None:
@@ -167,6 +168,32 @@ def test_explicit_version_downgrades_and_bad_versions(release: Release, home: Pa
     assert exe.read_bytes() == before
 
 
+def test_upgrade_through_a_symlink(release: Release, home: Path, tmp_path: Path) -> None:
+    """Run through a (relative) symlink elsewhere on PATH, upgrade replaces the file it points to, where the receipt
+    says the install is, and the link stays a link; --rollback too."""
+    exe = install(release, home)
+    old_bytes = exe.read_bytes()
+    links = tmp_path / "links"
+    links.mkdir()
+    link = links / "breadboard"
+    link.symlink_to(os.path.relpath(exe, links))
+    target = os.readlink(link)
+    r = bb(link, home, "upgrade", "--cli-only", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["cli"]
+    assert doc["path"] == str(exe) and doc["previous_path"] == str(exe.with_name("breadboard.previous"))
+    assert link.is_symlink() and os.readlink(link) == target
+    assert version_of(link) == f"breadboard {NEW}"
+    assert exe.with_name("breadboard.previous").read_bytes() == old_bytes
+    assert listing(links) == ["breadboard"]
+    assert listing(exe.parent) == ["breadboard", "breadboard.previous"]
+    r = bb(link, home, "upgrade", "--rollback")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == target
+    assert exe.read_bytes() == old_bytes
+    assert listing(exe.parent) == ["breadboard", "breadboard.previous"]
+
+
 def test_no_previous_binary_to_roll_back_to(release: Release, home: Path) -> None:
     exe = install(release, home)
     r = bb(exe, home, "upgrade", "--rollback")
@@ -249,6 +276,8 @@ def test_shares_install_sh_lock(release: Release, home: Path, tmp_path: Path) ->
             os.utime(lock, (old, old))
         (state / f"install.lock.tmp.{dead}").mkdir()
         (exe.parent / f".breadboard.new.{dead}").write_text("half a binary")
+        # The self-replace crate's copy, left by an upgrade killed mid-swap (its name carries no pid).
+        (exe.parent / ".breadboard.__temp__q7XkP2").write_text("half a binary")
         r = bb(exe, home, "upgrade", "--cli-only", env={"BREADBOARD_LOCK_TIMEOUT": "0"})
         assert r.returncode == 0, (stale, r.stderr)
         assert "removed a stale install lock: " in r.stderr, r.stderr
@@ -399,6 +428,41 @@ def test_malformed_artifact_matching_its_checksum_is_a_source_error(release: Rel
     if what == "no binary at the root":
         assert "it has no breadboard binary at its root" in r.stderr
     assert exe.read_bytes() == old_bytes
+    assert listing(exe.parent) == ["breadboard"]
+
+
+def test_a_binary_that_fails_once_in_place_is_put_back(release: Release, home: Path) -> None:
+    """The staged binary answers --version right, then the same file, swapped in, does not (here: a script that
+    answers once): the replaced binary is put back byte-identical, and the receipt is not touched."""
+    exe = install(release, home)
+    old_bytes = exe.read_bytes()
+    old_receipt = receipt_path(home).read_bytes()
+    bad = tampered_copy(release, "answers-once")
+    tb = bad / release.tarball(NEW).name
+    script = (
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ] && [ ! -e "$HOME/answered" ]; then\n'
+        f'  : >"$HOME/answered"; echo "breadboard {NEW}"; exit 0\n'
+        "fi\n"
+        "echo 'not this time' >&2; exit 1\n"
+    ).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("breadboard")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    tb.write_bytes(buf.getvalue())
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["artifacts"][0]["sha256"] = hashlib.sha256(tb.read_bytes()).hexdigest()
+    manifest["artifacts"][0]["size"] = tb.stat().st_size
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    r = bb(exe, home, "upgrade", "--cli-only", env={"BREADBOARD_DOWNLOAD_URL": f"{release.url}/{bad.name}"})
+    assert r.returncode == EX_VALIDATION, r.stderr
+    assert (home / "answered").exists()  # the staged copy did answer
+    assert f"{exe} was put back" in r.stderr and "not this time" in r.stderr
+    assert exe.read_bytes() == old_bytes
+    assert version_of(exe) == f"breadboard {OLD}"
+    assert receipt_path(home).read_bytes() == old_receipt
     assert listing(exe.parent) == ["breadboard"]
 
 

@@ -2,7 +2,8 @@
 //! `manifest.json` scripts/dist writes (schema 1), and a download that is checked for size and sha256 as it streams.
 //!
 //! A static manifest instead of the GitHub API: no 60-requests-per-hour limit, works from any mirror, and the tests
-//! serve it from 127.0.0.1.
+//! serve it from 127.0.0.1. The HTTP client and the verified download serve the pinned uv and engine wheels too
+//! (`venv/uv.rs`, `venv/wheel_url.rs`).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
+use crate::printer::Printer;
 
 /// This repository's GitHub releases (install.sh `BB_GITHUB_RELEASES`; the owner is a placeholder until the repository
 /// has its public home).
@@ -110,8 +112,45 @@ impl ReleaseSource {
         })
     }
 
+    /// Fetches the manifest of the release to move to (the newest, or `requested`), checked to be the one asked for.
+    pub(crate) fn fetch(
+        &self,
+        printer: &Printer,
+        client: &reqwest::blocking::Client,
+        requested: Option<&str>,
+    ) -> anyhow::Result<Manifest> {
+        let manifest_url = self.manifest_url(requested);
+        printer.debug(&format!(
+            "release manifest: {manifest_url} (from {})",
+            self.origin
+        ));
+        let manifest = fetch_manifest(client, &manifest_url, requested)?;
+        match requested {
+            Some(want) if manifest.version != want => {
+                let hint = if self.origin == env_vars::BREADBOARD_DOWNLOAD_URL {
+                    format!(
+                        "{} points at one version's directory: unset it, or point it at {want}'s",
+                        env_vars::BREADBOARD_DOWNLOAD_URL
+                    )
+                } else {
+                    "the release tree is mislabelled; report it, or pick another version".to_owned()
+                };
+                Err(CliError::new(
+                    ErrorKind::Source,
+                    format!(
+                        "{manifest_url} (from {}) is the manifest of breadboard {}, not of the requested {want}",
+                        self.origin, manifest.version
+                    ),
+                )
+                .hint(hint)
+                .into())
+            }
+            _ => Ok(manifest),
+        }
+    }
+
     /// The manifest of `version`, or of the latest release.
-    pub(crate) fn manifest_url(&self, version: Option<&str>) -> String {
+    fn manifest_url(&self, version: Option<&str>) -> String {
         match (self.layout, version) {
             (Layout::GitHub, None) => format!("{}/latest/download/manifest.json", self.base),
             (Layout::GitHub, Some(v)) => format!("{}/download/v{v}/manifest.json", self.base),
@@ -255,7 +294,7 @@ pub(crate) fn client() -> anyhow::Result<reqwest::blocking::Client> {
 }
 
 /// Fetches and parses a manifest. A 404 means that version (or any release, for `latest`) does not exist there.
-pub(crate) fn fetch_manifest(
+fn fetch_manifest(
     client: &reqwest::blocking::Client,
     url: &str,
     version: Option<&str>,

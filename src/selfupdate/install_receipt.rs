@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::release::GITHUB_RELEASES;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::paths::Paths;
-use crate::release::GITHUB_RELEASES;
 
 pub(crate) const RECEIPT_FILE: &str = "install-receipt.json";
 
