@@ -23,6 +23,7 @@ pub(crate) mod registration;
 pub(crate) mod release;
 pub(crate) mod self_replace;
 pub(crate) mod session_index;
+pub(crate) mod settings;
 pub(crate) mod supervisor;
 pub mod sys;
 pub(crate) mod venv;
