@@ -402,7 +402,9 @@ impl Settings {
             entry("ray.address", &self.ray_address, |a| {
                 a.clone().unwrap_or_else(|| "none (a local Ray)".to_owned())
             }),
-            entry("engine.ray_start", &self.ray_start, opt),
+            entry("engine.ray_start", &self.ray_start, |s| {
+                s.clone().unwrap_or_else(|| "none (the engine starts Ray in the background)".to_owned())
+            }),
             entry("python.path", &self.python, |p| {
                 p.as_ref()
                     .map_or_else(|| "none (discover)".to_owned(), |p| p.display().to_string())
