@@ -379,7 +379,6 @@ impl Settings {
             p.as_ref()
                 .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
         };
-        let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "none".to_owned());
         vec![
             entry("home", &self.home, path),
             entry("engine.port", &self.port, PortSpec::to_string),
@@ -403,7 +402,8 @@ impl Settings {
                 a.clone().unwrap_or_else(|| "none (a local Ray)".to_owned())
             }),
             entry("engine.ray_start", &self.ray_start, |s| {
-                s.clone().unwrap_or_else(|| "none (the engine starts Ray in the background)".to_owned())
+                s.clone()
+                    .unwrap_or_else(|| "none (the engine starts Ray in the background)".to_owned())
             }),
             entry("python.path", &self.python, |p| {
                 p.as_ref()
