@@ -239,17 +239,6 @@ pub(crate) struct Sourced<T> {
     pub origin: crate::venv::python::Origin,
 }
 
-/// How the engine source's origin is named in `engine install`'s decisions (`flags` are remembered in config.toml).
-pub(crate) fn source_origin_word(origin: &crate::settings::Origin) -> &'static str {
-    use crate::settings::Origin;
-    match origin {
-        Origin::Flag(_) => "flags",
-        Origin::Env(_) => "environment",
-        Origin::Config { .. } => "config",
-        Origin::Default => "default",
-    }
-}
-
 /// Remembers `source` in `[engine]` so a later `engine upgrade` uses the same one.
 pub(crate) fn remember_source(
     path: &Path,

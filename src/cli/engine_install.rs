@@ -14,6 +14,7 @@ use crate::fsutil;
 use crate::lock::ControlLock;
 use crate::paths::Paths;
 use crate::printer::Printer;
+use crate::settings::{self, Origin as From};
 use crate::venv::index::{self as package_index, EngineSource};
 use crate::venv::installer::{self, Installer};
 use crate::venv::python::{self, Interpreter, Origin};
@@ -141,21 +142,27 @@ pub(crate) fn resolve_source(
     store: &Store,
 ) -> (EngineSource, &'static str) {
     let file = ctx.paths.config_file();
-    let config = crate::settings::ConfigSource {
+    let config = settings::ConfigSource {
         config: &ctx.config,
         file: &file,
     };
-    let source = crate::settings::engine_source(flags, &crate::settings::Env::process(), config);
+    let source = settings::engine_source(flags, &settings::Env::process(), config);
     source_or_receipt(ctx, &source, store)
 }
 
-/// A resolved source, else (none set) the current engine's receipt's, else PyPI.
+/// A resolved source, else (none set) the current engine's receipt's, else PyPI; with how its origin is named
+/// (`flags` are remembered in config.toml).
 fn source_or_receipt(
     ctx: &Ctx,
-    source: &crate::settings::Value<EngineSource>,
+    source: &settings::Value<EngineSource>,
     store: &Store,
 ) -> (EngineSource, &'static str) {
-    let origin = config::source_origin_word(&source.origin);
+    let origin = match source.origin {
+        From::Flag(_) => "flags",
+        From::Env(_) => "environment",
+        From::Config { .. } => "config",
+        From::Default => "default",
+    };
     let source = source.get().cloned().unwrap_or_default();
     if origin == "default" {
         if let Some(receipt) = store

@@ -284,6 +284,12 @@ pub(crate) struct Settings {
     pub restart_backoff: Value<Duration>,
     /// Size at which the supervisor rotates the engine log (`BREADBOARD_LOG_MAX_BYTES`, 50 MB).
     pub log_max_bytes: Value<u64>,
+    /// `upgrade`: one release version's directory (`BREADBOARD_DOWNLOAD_URL`; checked by `release.rs`).
+    pub download_url: Value<Option<String>>,
+    /// `upgrade`: a release tree (`BREADBOARD_RELEASES_URL`; else the install receipt's, else GitHub).
+    pub releases_url: Value<Option<String>>,
+    /// The package manager that owns this copy (`BREADBOARD_MANAGED_BY`, set by the npm launcher).
+    pub managed_by: Value<Option<String>>,
 }
 
 /// One line of the settings report: `key = value (origin)`. Secrets are never in `value`.
@@ -305,10 +311,7 @@ impl Settings {
         Settings {
             home: Value::ok(
                 home.to_owned(),
-                match env.get(ev::BREADBOARD_HOME) {
-                    Some(_) => var(ev::BREADBOARD_HOME),
-                    None => Origin::Default,
-                },
+                requested_home(env).map_or(Origin::Default, |(_, origin)| origin),
             ),
             port: port(flags, env, config),
             host: match &flags.host {
@@ -349,6 +352,9 @@ impl Settings {
                 },
                 None => Value::ok(DEFAULT_LOG_MAX_BYTES, Origin::Default),
             },
+            download_url: from_env(env, ev::BREADBOARD_DOWNLOAD_URL),
+            releases_url: from_env(env, ev::BREADBOARD_RELEASES_URL),
+            managed_by: from_env(env, ev::BREADBOARD_MANAGED_BY),
         }
     }
 
@@ -439,6 +445,19 @@ impl Settings {
                 &self.log_max_bytes,
                 u64::to_string,
             ),
+            entry("upgrade.download_url", &self.download_url, |u| {
+                u.as_deref()
+                    .map_or_else(|| "none".to_owned(), mask_credentials)
+            }),
+            entry("upgrade.releases_url", &self.releases_url, |u| {
+                u.as_deref().map_or_else(
+                    || "none (install.sh's, else GitHub)".to_owned(),
+                    mask_credentials,
+                )
+            }),
+            entry("upgrade.managed_by", &self.managed_by, |m| {
+                m.clone().unwrap_or_else(|| "none".to_owned())
+            }),
         ]
     }
 
@@ -480,4 +499,6 @@ mod resolve;
 mod tests;
 
 use resolve::*;
-pub(crate) use resolve::{configured_client_url, engine_source, installer, python, tls_pair};
+pub(crate) use resolve::{
+    configured_client_url, engine_source, installer, python, requested_home, tls_pair,
+};

@@ -429,3 +429,16 @@ pub(super) fn restart_backoff(env: &Env) -> Value<Duration> {
         },
     }
 }
+
+/// The home as asked for, before `Paths` makes it canonical: `BREADBOARD_HOME`, else `~/.breadboard` (the default);
+/// `None` when neither that nor `HOME` is set.
+pub(crate) fn requested_home(env: &Env) -> Option<(PathBuf, Origin)> {
+    if let Some(home) = env.get(ev::BREADBOARD_HOME) {
+        return Some((PathBuf::from(home), var(ev::BREADBOARD_HOME)));
+    }
+    let user_home = env.get(ev::HOME)?;
+    Some((
+        PathBuf::from(user_home).join(".breadboard"),
+        Origin::Default,
+    ))
+}

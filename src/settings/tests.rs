@@ -110,6 +110,20 @@ fn an_empty_env_var_counts_as_unset() {
 }
 
 #[test]
+fn the_home_is_breadboard_home_else_under_home() {
+    let home = |vars: &[(&str, &str)]| requested_home(&Env::fixed(vars));
+    assert_eq!(
+        home(&[("BREADBOARD_HOME", ""), ("HOME", "/u")]),
+        Some((PathBuf::from("/u/.breadboard"), Origin::Default))
+    );
+    assert_eq!(
+        home(&[("BREADBOARD_HOME", "/b"), ("HOME", "/u")]),
+        Some((PathBuf::from("/b"), Origin::Env("BREADBOARD_HOME".into())))
+    );
+    assert_eq!(home(&[("HOME", "")]), None);
+}
+
+#[test]
 fn a_bad_value_is_kept_as_its_error_naming_where_it_is() {
     let cfg = config(
         "[engine]\nrestart = 5\ninstaller = \"conda\"\ncommand = 3\n[protocol]\nmode = \"loose\"\n",

@@ -11,11 +11,7 @@ fn verbose_names_each_setting_s_origin_and_never_a_token() {
     std::fs::write(&config, "[engine]\nport = 9300\n").unwrap();
     let config = std::fs::canonicalize(&config).unwrap();
     // A port nobody listens on: the command fails to connect after saying its settings.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::client::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let secret = "tok-77a1-never-printed";
     let a = ctx
