@@ -174,6 +174,39 @@ fn a_bad_value_is_kept_as_its_error_naming_where_it_is() {
 }
 
 #[test]
+fn a_bad_url_is_a_usage_error_from_the_command_line_and_a_config_error_from_the_file() {
+    let cfg = config("[client]\nurl = \"engine:1\"\n");
+    let flags = Flags {
+        url: Some("ftp://h".into()),
+        ..Flags::default()
+    };
+    let s = resolve(&flags, &[], &cfg);
+    assert_eq!(s.client_url.get().unwrap_err().kind, ErrorKind::Usage);
+    let s = resolve(&Flags::default(), &[("BREADBOARD_URL", "h:1")], &cfg);
+    let err = s.client_url.get().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Usage);
+    assert!(
+        err.message.starts_with("BREADBOARD_URL is"),
+        "{}",
+        err.message
+    );
+    let s = resolve(
+        &Flags::default(),
+        &[("BREADBOARD_LOCK_TIMEOUT", "soon")],
+        &cfg,
+    );
+    let err = s.client_url.get().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(
+        err.message.contains("[client] url in config.toml"),
+        "{}",
+        err.message
+    );
+    assert_eq!(s.client_url.origin, at("client.url"));
+    assert_eq!(s.lock_timeout.get().unwrap_err().kind, ErrorKind::Config);
+}
+
+#[test]
 fn a_source_and_the_tls_files_come_from_one_place() {
     let cfg = config(
         "[engine]\nindex_url = \"https://u:secret@idx.example/simple/\"\nssl_certfile = \"c.pem\"\nssl_keyfile = \"/k.pem\"\n",
