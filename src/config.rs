@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
+use crate::settings::ConfigSource;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -231,45 +232,11 @@ pub(crate) fn write_keys(
     crate::fsutil::write_private(path, doc.to_string().as_bytes())
 }
 
-/// A setting together with where it came from, for messages (and later `engine doctor`).
+/// An interpreter request together with where it came from, as the installer's messages name it.
 #[derive(Debug, Clone)]
 pub(crate) struct Sourced<T> {
     pub value: T,
     pub origin: crate::venv::python::Origin,
-}
-
-/// The engine source: flags as a set, else env vars as a set, else config, else PyPI. A source is resolved as a unit
-/// (not key by key) so `--find-links DIR` alone means offline even when config remembers an index.
-pub(crate) fn resolve_source(
-    flags: &crate::venv::index::EngineSource,
-    config: &Config,
-) -> (crate::venv::index::EngineSource, &'static str) {
-    use crate::env_vars as ev;
-    use crate::venv::index::EngineSource;
-    if !flags.is_empty() {
-        return (flags.clone(), "flags");
-    }
-    let env = EngineSource {
-        index_url: ev::get(ev::BREADBOARD_INDEX_URL),
-        extra_index_urls: ev::get(ev::BREADBOARD_EXTRA_INDEX_URL)
-            .map(|v| v.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default(),
-        find_links: ev::get(ev::BREADBOARD_FIND_LINKS),
-        path: ev::get(ev::BREADBOARD_ENGINE_SOURCE).map(PathBuf::from),
-    };
-    if !env.is_empty() {
-        return (env, "environment");
-    }
-    let cfg = EngineSource {
-        index_url: config.engine.index_url.clone(),
-        extra_index_urls: config.engine.extra_index_urls.clone(),
-        find_links: config.engine.find_links.clone(),
-        path: config.engine.source.clone(),
-    };
-    if !cfg.is_empty() {
-        return (cfg, "config");
-    }
-    (EngineSource::default(), "default")
 }
 
 /// Remembers `source` in `[engine]` so a later `engine upgrade` uses the same one.
@@ -301,23 +268,31 @@ pub(crate) fn remember_source(
 
 /// The requested interpreter: flag > BREADBOARD_PYTHON > `[python] path`; `None` means discover.
 pub(crate) fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
+    let flags = crate::settings::Flags {
+        python: flag.map(Path::to_owned),
+        ..Default::default()
+    };
+    let python = crate::settings::python(
+        &flags,
+        &crate::settings::Env::process(),
+        ConfigSource::unnamed(config),
+    );
+    sourced_python(&python)
+}
+
+/// A resolved interpreter setting as the installer's messages name it.
+pub(crate) fn sourced_python(
+    python: &crate::settings::Value<Option<PathBuf>>,
+) -> Option<Sourced<PathBuf>> {
+    use crate::settings::Origin as From;
     use crate::venv::python::Origin;
-    if let Some(p) = flag {
-        return Some(Sourced {
-            value: p.to_owned(),
-            origin: Origin::Flag,
-        });
-    }
-    if let Some(p) = crate::env_vars::get(crate::env_vars::BREADBOARD_PYTHON) {
-        return Some(Sourced {
-            value: PathBuf::from(p),
-            origin: Origin::Env,
-        });
-    }
-    config.python.path.clone().map(|p| Sourced {
-        value: p,
-        origin: Origin::Config,
-    })
+    let value = python.get().ok()?.clone()?;
+    let origin = match python.origin {
+        From::Flag(_) => Origin::Flag,
+        From::Env(_) => Origin::Env,
+        From::Config { .. } | From::Default => Origin::Config,
+    };
+    Some(Sourced { value, origin })
 }
 
 /// The forced installer: flag > BREADBOARD_INSTALLER > `[engine] installer`; `None` means uv when found, else pip.
@@ -325,29 +300,16 @@ pub(crate) fn resolve_installer(
     flag: Option<crate::venv::store::InstallerKind>,
     config: &Config,
 ) -> anyhow::Result<Option<crate::venv::store::InstallerKind>> {
-    use crate::venv::store::InstallerKind;
-    if flag.is_some() {
-        return Ok(flag);
-    }
-    let parse = |v: &str, origin: &str| match v {
-        "uv" => Ok(Some(InstallerKind::Uv)),
-        "pip" => Ok(Some(InstallerKind::Pip)),
-        "auto" | "" => Ok(None),
-        other => Err(anyhow::Error::from(
-            CliError::new(
-                ErrorKind::Config,
-                format!("{origin} is {other:?}; expected \"uv\", \"pip\" or \"auto\""),
-            )
-            .hint(format!("set {origin} to \"uv\", \"pip\" or \"auto\"")),
-        )),
+    let flags = crate::settings::Flags {
+        installer: flag,
+        ..Default::default()
     };
-    if let Some(v) = crate::env_vars::get(crate::env_vars::BREADBOARD_INSTALLER) {
-        return parse(&v, crate::env_vars::BREADBOARD_INSTALLER);
-    }
-    match &config.engine.installer {
-        Some(v) => parse(v, "[engine] installer in config.toml"),
-        None => Ok(None),
-    }
+    let installer = crate::settings::installer(
+        &flags,
+        &crate::settings::Env::process(),
+        ConfigSource::unnamed(config),
+    );
+    Ok(*installer.get()?)
 }
 
 /// A remote engine's base URL: `http://HOST:PORT` or `https://HOST:PORT` (a path prefix allowed, no query), without
@@ -384,16 +346,7 @@ pub(crate) fn check_engine_url(url: &str, origin: &str) -> Result<String, CliErr
 /// The remote engine of `[client] url`, checked; `None` when unset or empty. An invalid one is a config error (the
 /// same check `--url` gets, exit 3 here since the file is at fault).
 pub(crate) fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
-    match config.client.url.as_deref() {
-        None | Some("") => Ok(None),
-        Some(url) => check_engine_url(url, CLIENT_URL_ORIGIN)
-            .map(Some)
-            .map_err(|e| {
-                CliError::new(ErrorKind::Config, e.message)
-                    .hint("set [client] url in config.toml to http://HOST:PORT or https://HOST:PORT, or remove it")
-                    .into()
-            }),
-    }
+    Ok(crate::settings::configured_client_url(config)?)
 }
 
 /// How `[client] url` is named in messages.
@@ -401,33 +354,11 @@ pub(crate) const CLIENT_URL_ORIGIN: &str = "[client] url in config.toml";
 
 /// `[client] token_file`, a relative path taken from the directory of `config_file`; `None` when unset or empty.
 pub(crate) fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf> {
-    let path = config
-        .client
-        .token_file
-        .as_ref()
-        .filter(|p| !p.as_os_str().is_empty())?;
-    Some(match config_file.parent() {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.clone(),
-    })
-}
-
-/// `[engine] ssl_certfile` and `ssl_keyfile`, relative paths taken from the directory of `config_file`.
-pub(crate) fn engine_tls_files(
-    config: &Config,
-    config_file: &Path,
-) -> (Option<PathBuf>, Option<PathBuf>) {
-    let resolve = |p: &Option<PathBuf>| {
-        let p = p.as_ref().filter(|p| !p.as_os_str().is_empty())?;
-        Some(match config_file.parent() {
-            Some(dir) if p.is_relative() => dir.join(p),
-            _ => p.clone(),
-        })
-    };
-    (
-        resolve(&config.engine.ssl_certfile),
-        resolve(&config.engine.ssl_keyfile),
-    )
+    ConfigSource {
+        config,
+        file: config_file,
+    }
+    .path(&config.client.token_file)
 }
 
 #[cfg(test)]

@@ -24,10 +24,11 @@ pub(crate) const NO_COLOR: &str = "NO_COLOR";
 /// Used to find the default `BREADBOARD_HOME`.
 pub(crate) const HOME: &str = "HOME";
 
-/// The value of an env var, treating an empty value as unset (so `FOO= breadboard ...` clears an override).
 /// The engine's port (upstream BreadBoard's variable): `engine start` serves there, doctor checks it.
 pub(crate) const BREADBOARD_CLI_PORT: &str = "BREADBOARD_CLI_PORT";
 
+/// The value of an env var, treating an empty value as unset (so `FOO= breadboard ...` clears an override).
+/// Settings are read through `crate::settings` (resolved once per command, with their origin), not with this.
 pub(crate) fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -42,6 +43,10 @@ pub(crate) const BREADBOARD_ENGINE_CMD: &str = "BREADBOARD_ENGINE_CMD";
 /// Each crash doubles it, up to 30 s; it resets after 30 s of stable uptime. Meant for tests and impatient
 /// development loops.
 pub(crate) const BREADBOARD_RESTART_BACKOFF_MS: &str = "BREADBOARD_RESTART_BACKOFF_MS";
+/// The size in bytes at which the supervisor rotates `engine.log` while running (default 50 MB).
+pub(crate) const BREADBOARD_LOG_MAX_BYTES: &str = "BREADBOARD_LOG_MAX_BYTES";
+/// Passed through to the engine: when it starts its local Ray (`background`, `lazy`, `off`).
+pub(crate) const BREADBOARD_RAY_START: &str = "BREADBOARD_RAY_START";
 /// Set by the npm launcher (`npm`, `pnpm`, `yarn` or `bun`): this copy belongs to that package manager, so
 /// `breadboard upgrade` prints its command instead of replacing the binary.
 pub(crate) const BREADBOARD_MANAGED_BY: &str = "BREADBOARD_MANAGED_BY";

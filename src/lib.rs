@@ -21,6 +21,7 @@ pub mod procfs;
 pub(crate) mod registration;
 pub(crate) mod selfupdate;
 pub(crate) mod session_index;
+pub(crate) mod settings;
 pub(crate) mod supervisor;
 pub mod sys;
 pub(crate) mod venv;

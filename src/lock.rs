@@ -25,7 +25,6 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::Printer;
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -203,29 +202,10 @@ impl Drop for ControlLock {
     }
 }
 
+/// `BREADBOARD_LOCK_TIMEOUT` (see `crate::settings`), else 600 s.
 pub(crate) fn lock_timeout() -> anyhow::Result<Duration> {
-    match env_vars::get(env_vars::BREADBOARD_LOCK_TIMEOUT) {
-        None => Ok(DEFAULT_TIMEOUT),
-        Some(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                CliError::new(
-                    ErrorKind::Config,
-                    format!(
-                        "{}={v:?} is not a number of seconds",
-                        env_vars::BREADBOARD_LOCK_TIMEOUT
-                    ),
-                )
-                .hint(format!(
-                    "unset {} or set it to e.g. 600",
-                    env_vars::BREADBOARD_LOCK_TIMEOUT
-                ))
-                .into()
-            }),
-    }
+    let settings = crate::settings::without_flags(&Default::default());
+    Ok(*settings.lock_timeout.get()?)
 }
 
 /// "pid 123 (`breadboard engine install`)", or a neutral phrase when the sidecar is missing or being rewritten.

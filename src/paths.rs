@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 
 #[derive(Debug, Clone)]
@@ -25,12 +24,8 @@ impl Paths {
     }
 
     fn from_env_unchecked() -> anyhow::Result<Paths> {
-        if let Some(home) = env_vars::get(env_vars::BREADBOARD_HOME) {
-            return Ok(Paths {
-                home: canonical_home(Path::new(&home))?,
-            });
-        }
-        let Some(user_home) = env_vars::get(env_vars::HOME) else {
+        let Some((home, _)) = crate::settings::requested_home(&crate::settings::Env::process())
+        else {
             return Err(CliError::new(
                 ErrorKind::Config,
                 "neither BREADBOARD_HOME nor HOME is set",
@@ -39,7 +34,7 @@ impl Paths {
             .into());
         };
         Ok(Paths {
-            home: canonical_home(&PathBuf::from(user_home).join(".breadboard"))?,
+            home: canonical_home(&home)?,
         })
     }
 

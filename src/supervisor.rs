@@ -73,9 +73,10 @@ pub(crate) struct RotatingLog {
 
 impl RotatingLog {
     pub(crate) fn open(path: PathBuf) -> RotatingLog {
-        let max_bytes = crate::env_vars::get("BREADBOARD_LOG_MAX_BYTES")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(50 * 1024 * 1024);
+        let max_bytes = *crate::settings::without_flags(&Default::default())
+            .log_max_bytes
+            .get()
+            .unwrap_or(&crate::settings::DEFAULT_LOG_MAX_BYTES);
         let file = open_log(&path).ok();
         RotatingLog {
             path,
@@ -151,22 +152,17 @@ pub(crate) struct Attached<'a> {
 /// Crash-loop detection: this many crashes within [`CRASH_LOOP_WINDOW`] -> give up (state `errored`).
 pub(crate) const CRASH_LOOP_CRASHES: usize = 3;
 pub(crate) const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = crate::settings::MAX_RESTART_BACKOFF;
 const STABLE_UPTIME_S: f64 = 30.0;
 
 fn initial_backoff(sink: &Sink) -> Duration {
-    let default = Duration::from_secs(1);
-    match crate::env_vars::get(crate::env_vars::BREADBOARD_RESTART_BACKOFF_MS) {
-        None => default,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) => Duration::from_millis(ms).min(MAX_BACKOFF),
-            Err(_) => {
-                sink.line(&format!(
-                    "ignoring BREADBOARD_RESTART_BACKOFF_MS={v:?} (expected milliseconds); using 1000"
-                ));
-                default
-            }
-        },
+    let settings = crate::settings::without_flags(&Default::default());
+    match settings.restart_backoff.get() {
+        Ok(backoff) => *backoff,
+        Err(e) => {
+            sink.line(&e.message);
+            Duration::from_secs(1)
+        }
     }
 }
 

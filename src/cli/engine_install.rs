@@ -14,6 +14,7 @@ use crate::fsutil;
 use crate::lock::ControlLock;
 use crate::paths::Paths;
 use crate::printer::Printer;
+use crate::settings::{self, Origin as From};
 use crate::venv::index::{self as package_index, EngineSource};
 use crate::venv::installer::{self, Installer};
 use crate::venv::python::{self, Interpreter, Origin};
@@ -62,17 +63,18 @@ pub(crate) struct Outcome {
 }
 
 pub fn run(ctx: &Ctx, args: &InstallArgs) -> anyhow::Result<u8> {
-    let flags = source_from_flags(&args.source)?;
+    // The flags are in the settings (`--python`, `--installer`, the source flags).
+    let settings = &ctx.settings;
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine install", ctx.printer)?;
     let store = Store::new(&ctx.paths);
     store.clean_leftovers(ctx.printer)?;
-    let (source, origin) = resolve_source(ctx, &flags, &store);
+    let (source, origin) = source_or_receipt(ctx, &settings.source, &store);
     let plan = Plan {
         requested: args.version.as_deref().map(parse_requested).transpose()?,
         source,
         remember_source: origin == "flags",
-        python: config::resolve_python(args.python.as_deref(), &ctx.config),
-        installer: config::resolve_installer(args.installer, &ctx.config)?,
+        python: config::sourced_python(&settings.python),
+        installer: *settings.installer.get()?,
         force: args.force,
     };
     let outcome = install_locked(ctx, &store, plan)?;
@@ -139,7 +141,29 @@ pub(crate) fn resolve_source(
     flags: &EngineSource,
     store: &Store,
 ) -> (EngineSource, &'static str) {
-    let (source, origin) = config::resolve_source(flags, &ctx.config);
+    let file = ctx.paths.config_file();
+    let config = settings::ConfigSource {
+        config: &ctx.config,
+        file: &file,
+    };
+    let source = settings::engine_source(flags, &settings::Env::process(), config);
+    source_or_receipt(ctx, &source, store)
+}
+
+/// A resolved source, else (none set) the current engine's receipt's, else PyPI; with how its origin is named
+/// (`flags` are remembered in config.toml).
+fn source_or_receipt(
+    ctx: &Ctx,
+    source: &settings::Value<EngineSource>,
+    store: &Store,
+) -> (EngineSource, &'static str) {
+    let origin = match source.origin {
+        From::Flag(_) => "flags",
+        From::Env(_) => "environment",
+        From::Config { .. } => "config",
+        From::Default => "default",
+    };
+    let source = source.get().cloned().unwrap_or_default();
     if origin == "default" {
         if let Some(receipt) = store
             .current()

@@ -24,7 +24,8 @@ struct ListJson {
 pub fn run(paths: &Paths, printer: &Printer, args: &ListArgs) -> anyhow::Result<u8> {
     // The listing needs no config, but a config.toml that does not parse is said here as by every command (a
     // warning on stderr), not silently passed over. Only when the file exists: the common case costs one stat.
-    if paths.config_file().exists() {
+    // With `-v`, loading it prints the settings as for every command.
+    if printer.verbose() || paths.config_file().exists() {
         super::Ctx::load_lenient(printer)?;
     }
     let store = Store::new(paths);

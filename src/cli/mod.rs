@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::context::Ctx;
 use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
+use crate::settings::Flags;
 
 pub mod ask;
 pub mod completions;
@@ -190,27 +191,34 @@ impl Cli {
 
 /// Runs the command; `Ok` carries the exit code (0, or 100 for "upgrade available").
 pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
+    let flags = cli.command.setting_flags()?;
+    let load = |printer| Ctx::load_with(printer, &flags);
+    let lenient = |printer| Ctx::load_lenient_with(printer, &flags);
     match cli.command {
         Command::Engine(engine) => match engine.command {
             EngineCommand::List(args) => {
                 // No config needed to list: keeps `engine list` to a few syscalls.
                 engine_list::run(&Paths::from_env()?, printer, &args)
             }
-            EngineCommand::Install(args) => engine_install::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Upgrade(args) => engine_upgrade::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Rollback(args) => engine_rollback::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Uninstall(args) => engine_uninstall::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Start(args) => engine_start::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Stop(args) => engine_stop::run(&Ctx::load_lenient(printer)?, &args),
-            EngineCommand::Restart(args) => engine_restart::run(&Ctx::load(printer)?, &args),
-            EngineCommand::Status(args) => engine_status::run(&Ctx::load_lenient(printer)?, &args),
+            EngineCommand::Install(args) => engine_install::run(&load(printer)?, &args),
+            EngineCommand::Upgrade(args) => engine_upgrade::run(&load(printer)?, &args),
+            EngineCommand::Rollback(args) => engine_rollback::run(&load(printer)?, &args),
+            EngineCommand::Uninstall(args) => engine_uninstall::run(&load(printer)?, &args),
+            EngineCommand::Start(args) => engine_start::run(&load(printer)?, &args),
+            EngineCommand::Stop(args) => engine_stop::run(&lenient(printer)?, &args),
+            EngineCommand::Restart(args) => engine_restart::run(&load(printer)?, &args),
+            EngineCommand::Status(args) => engine_status::run(&lenient(printer)?, &args),
             // Doctor loads the config itself: a broken config is one of its findings, not a reason to stop.
-            EngineCommand::Doctor(args) => engine_doctor::run(&Paths::from_env()?, printer, &args),
-            EngineCommand::Logs(args) => engine_logs::run(&Ctx::load_lenient(printer)?, &args),
+            EngineCommand::Doctor(args) => {
+                let paths = Paths::from_env()?;
+                print_settings(&paths, printer);
+                engine_doctor::run(&paths, printer, &args)
+            }
+            EngineCommand::Logs(args) => engine_logs::run(&lenient(printer)?, &args),
         },
-        Command::Ask(args) => ask::run(&Ctx::load(printer)?, &args),
+        Command::Ask(args) => ask::run(&load(printer)?, &args),
         Command::Sessions(sessions) => {
-            let ctx = Ctx::load(printer)?;
+            let ctx = load(printer)?;
             match sessions.command {
                 SessionsCommand::List(args) => sessions_list::run(&ctx, &args),
                 SessionsCommand::Show(args) => sessions_show::run(&ctx, &args),
@@ -222,10 +230,77 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
                 SessionsCommand::Rm(args) => sessions_rm::run(&ctx, &args),
             }
         }
-        Command::Upgrade(args) => upgrade::run(printer, &cli.global, &args),
+        Command::Upgrade(args) => {
+            if let Ok(paths) = Paths::from_env() {
+                print_settings(&paths, printer);
+            }
+            upgrade::run(printer, &cli.global, &args)
+        }
         Command::Completions(args) => completions::run(&args),
         Command::Man(args) => completions::run_man(printer, &args),
         Command::Supervise(args) => supervise::run(&args),
+    }
+}
+
+/// With `-v`, the settings of a command that builds no [`Ctx`] (doctor, upgrade), printed as a [`Ctx`] prints them;
+/// a config that does not parse is left to the command to report, and its values to the defaults here.
+fn print_settings(paths: &Paths, printer: &Printer) {
+    if printer.verbose() {
+        let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
+        let entries = crate::settings::Settings::report(paths, config.as_ref());
+        crate::settings::print_entries(printer, &entries);
+    }
+}
+
+impl Command {
+    /// The flags that are settings (`--port`, `--python`, `--url`, ...), for [`crate::settings::Settings`].
+    fn setting_flags(&self) -> anyhow::Result<Flags> {
+        let start = |a: &engine_start::StartArgs| Flags {
+            port: a.port.clone(),
+            // clap fills in the default: only another address is known to come from the flag.
+            host: Some(a.host.clone()).filter(|h| h != crate::settings::DEFAULT_HOST),
+            ray_address: a.ray_address.clone(),
+            protocol: a.protocol,
+            ssl_certfile: a.ssl_certfile.clone(),
+            ssl_keyfile: a.ssl_keyfile.clone(),
+            ..Flags::default()
+        };
+        let connect = |c: &ConnectArgs| Flags {
+            url: c.url.clone(),
+            token_file: c.token_file.clone(),
+            protocol: c.protocol,
+            ..Flags::default()
+        };
+        Ok(match self {
+            Command::Engine(engine) => match &engine.command {
+                EngineCommand::Install(a) => Flags {
+                    python: a.python.clone(),
+                    installer: a.installer,
+                    source: engine_install::source_from_flags(&a.source)?,
+                    ..Flags::default()
+                },
+                EngineCommand::Upgrade(a) => Flags {
+                    python: a.python.clone(),
+                    installer: a.installer,
+                    ..Flags::default()
+                },
+                EngineCommand::Start(a) => start(a),
+                EngineCommand::Restart(a) => start(&a.start),
+                _ => Flags::default(),
+            },
+            Command::Ask(a) => connect(&a.connect),
+            Command::Sessions(s) => connect(match &s.command {
+                SessionsCommand::List(a) => &a.connect,
+                SessionsCommand::Show(a) => &a.connect,
+                SessionsCommand::New(a) => &a.connect,
+                SessionsCommand::Send(a) => &a.connect,
+                SessionsCommand::Follow(a) => &a.connect,
+                SessionsCommand::Attach(a) => &a.connect,
+                SessionsCommand::Stop(a) => &a.connect,
+                SessionsCommand::Rm(a) => &a.connect,
+            }),
+            _ => Flags::default(),
+        })
     }
 }
 

@@ -1,26 +1,16 @@
 //! What `engine start` is told: the port, the host (loopback unless allowed), the restart policy, the TLS files.
+//! The values themselves are resolved in `crate::settings`; this checks them for a start.
 
 use std::path::PathBuf;
 
-use crate::config;
 use crate::context::Ctx;
-use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::registration::TlsFiles;
+use crate::settings;
 
 /// `[engine] restart` of config.toml: the supervisor's restart policy (doctor checks it with the same code).
 pub(crate) fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
-    match &config.engine.restart {
-        Some(toml::Value::String(s)) if s == "on-failure" => Ok("on-failure"),
-        Some(toml::Value::String(s)) if s == "no" || s == "never" => Ok("no"),
-        None => Ok("no"),
-        Some(other) => Err(CliError::new(
-            ErrorKind::Config,
-            format!("engine.restart = {other} in config.toml: expected \"no\" or \"on-failure\""),
-        )
-        .hint("set [engine] restart = \"no\" or \"on-failure\"")
-        .into()),
-    }
+    Ok(settings::without_flags(config).restart.get().copied()?)
 }
 
 #[derive(Debug, Clone)]
@@ -45,34 +35,23 @@ impl std::str::FromStr for PortSpec {
     }
 }
 
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSpec::Auto => f.write_str("auto"),
+            PortSpec::Fixed(p) => write!(f, "{p}"),
+        }
+    }
+}
+
 pub(crate) const DEFAULT_PORT: u16 = 9099;
 
 /// The port `engine start` uses without `--port`: env `BREADBOARD_CLI_PORT`, else config `engine.port`, else 9099.
 pub(crate) fn configured_port(config: &crate::config::Config) -> anyhow::Result<u16> {
-    match env_vars::get(env_vars::BREADBOARD_CLI_PORT) {
-        Some(v) => v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-            CliError::new(
-                ErrorKind::Config,
-                format!(
-                    "{}={v:?} is not a port number",
-                    env_vars::BREADBOARD_CLI_PORT
-                ),
-            )
-            .hint(format!(
-                "unset {} or set it to a port such as 9099",
-                env_vars::BREADBOARD_CLI_PORT
-            ))
-            .into()
-        }),
-        None => match config.engine.port {
-            Some(0) => Err(CliError::new(
-                ErrorKind::Config,
-                "engine.port = 0 in config.toml is not a port",
-            )
-            .hint("set [engine] port to a port such as 9099, or remove it; for a free port use `--port auto`")
-            .into()),
-            port => Ok(port.unwrap_or(DEFAULT_PORT)),
-        },
+    match settings::without_flags(config).port.get()? {
+        PortSpec::Fixed(p) => Ok(*p),
+        // Only `--port` says `auto`, and there are no flags here.
+        PortSpec::Auto => Ok(DEFAULT_PORT),
     }
 }
 
@@ -113,39 +92,30 @@ pub(crate) fn check_host(host: &str, allow_remote: bool) -> anyhow::Result<()> {
 
 /// The TLS files: flags > env > config, each pair from one place; both or neither, made absolute (the supervisor
 /// runs elsewhere), the certificate readable as PEM. The engine checks the key itself (its mode, that it matches).
+/// Without flags here, the command's settings say (they hold the command's own flags).
 pub(crate) fn tls_files(
     ctx: &Ctx,
     cert_flag: Option<PathBuf>,
     key_flag: Option<PathBuf>,
 ) -> anyhow::Result<Option<TlsFiles>> {
-    let (cert, key, from) = if cert_flag.is_some() || key_flag.is_some() {
-        (cert_flag, key_flag, "--ssl-certfile and --ssl-keyfile")
-    } else if env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).is_some()
-        || env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).is_some()
-    {
-        (
-            env_vars::get(env_vars::BREADBOARD_SSL_CERTFILE).map(PathBuf::from),
-            env_vars::get(env_vars::BREADBOARD_SSL_KEYFILE).map(PathBuf::from),
-            "BREADBOARD_SSL_CERTFILE and BREADBOARD_SSL_KEYFILE",
-        )
+    let pair = if cert_flag.is_some() || key_flag.is_some() {
+        let flags = settings::Flags {
+            ssl_certfile: cert_flag,
+            ssl_keyfile: key_flag,
+            ..Default::default()
+        };
+        let config_file = ctx.paths.config_file();
+        let source = settings::ConfigSource {
+            config: &ctx.config,
+            file: &config_file,
+        };
+        settings::tls_pair(&flags, &settings::Env::process(), source)
     } else {
-        let (cert, key) = config::engine_tls_files(&ctx.config, &ctx.paths.config_file());
-        (
-            cert,
-            key,
-            "engine.ssl_certfile and engine.ssl_keyfile in config.toml",
-        )
+        ctx.settings.tls.clone()
     };
-    let (certfile, keyfile) = match (cert, key) {
-        (None, None) => return Ok(None),
-        (Some(c), Some(k)) => (c, k),
-        _ => {
-            return Err(CliError::new(
-                ErrorKind::Usage,
-                format!("serving TLS needs both the certificate and its private key: {from}"),
-            )
-            .into())
-        }
+    let from = pair.from;
+    let Some((certfile, keyfile)) = pair.files()? else {
+        return Ok(None);
     };
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     let (certfile, keyfile) = (absolute(certfile), absolute(keyfile));

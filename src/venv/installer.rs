@@ -23,12 +23,17 @@ use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
 
-/// The `uv` to use: `BREADBOARD_UV`, else `uv` on PATH.
+/// The `uv` to use: `BREADBOARD_UV` (the `engine.uv` setting), else `uv` on PATH.
 pub(crate) fn find_uv() -> Option<PathBuf> {
-    match env_vars::get(env_vars::BREADBOARD_UV) {
-        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+    match uv_setting() {
+        Some(path) => Some(path).filter(|p| p.is_file()),
         None => which::which("uv").ok(),
     }
+}
+
+fn uv_setting() -> Option<PathBuf> {
+    let settings = crate::settings::without_flags(&Default::default());
+    settings.uv.get().ok().cloned().flatten()
 }
 
 /// The uv a check may run: [`find_uv`], else the one `engine install` set up under `home` (never fetched here).
@@ -55,10 +60,11 @@ impl Installer {
         printer: &Printer,
     ) -> anyhow::Result<Installer> {
         let uv = find_uv();
-        if let (None, Some(set)) = (&uv, env_vars::get(env_vars::BREADBOARD_UV)) {
+        if let (None, Some(set)) = (&uv, uv_setting()) {
             printer.warn(&format!(
-                "{}={set} is not a file; ignoring it",
-                env_vars::BREADBOARD_UV
+                "{}={} is not a file; ignoring it",
+                env_vars::BREADBOARD_UV,
+                set.display()
             ));
         }
         let kind = match (forced, &uv) {

@@ -18,6 +18,7 @@ mod install;
 mod lifecycle;
 mod minors;
 mod privacy;
+mod settings;
 mod snapshots;
 mod supervisor;
 mod upstream;
