@@ -1,9 +1,12 @@
 //! The engine instance as the CLI sees it: probing its state (instance lock, registration, health), the handshake,
 //! and the start and stop sequences shared by `engine start|stop|restart|status` and `engine upgrade`.
 //!
-//! One file a part: [`probe`] (what runs), [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what
-//! runs as the engine), [`start`], [`ready`] (the wait for its handshake), [`foreground`], [`stop`], [`leftovers`] (what a dead instance left).
+//! One file a part: [`probe`] (what runs), [`diagnosis`] (what it is: one [`Diagnosis`] for every caller),
+//! [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what runs as the engine), [`start`],
+//! [`ready`] (the wait for its handshake), [`foreground`], [`stop`] (the stop ladder), [`leftovers`] (what a dead
+//! instance left).
 
+mod diagnosis;
 mod foreground;
 mod handshake;
 mod launch;
@@ -14,6 +17,7 @@ mod ready;
 mod start;
 mod stop;
 
+pub(crate) use diagnosis::*;
 pub(crate) use foreground::*;
 pub(crate) use handshake::*;
 pub(crate) use launch::*;

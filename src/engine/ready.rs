@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::context::Ctx;
 use crate::crash::{self, LastExit};
-use crate::engine_client::{ClientError, Health};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::paths::Paths;
@@ -15,14 +14,15 @@ use crate::supervisor;
 
 use super::*;
 
+/// An engine already running (`diagnosis` is live): reused when it is this instance and compatible, else an error that
+/// says what runs and what to do.
 pub(super) fn already_live(
     paths: &Paths,
     printer: &Printer,
-    reg: Option<Registration>,
-    health: Option<Result<Health, ClientError>>,
+    diagnosis: Diagnosis,
     timeout: Duration,
 ) -> anyhow::Result<Started> {
-    let Some(reg) = reg else {
+    let Diagnosis::Live(live) = waited_if_busy(paths, printer, diagnosis, timeout) else {
         return Err(CliError::new(
             ErrorKind::Failure,
             format!("{} is held but there is no registration (an engine is starting, or its supervisor is wedged)", paths.engine_lock().display()),
@@ -30,19 +30,8 @@ pub(super) fn already_live(
         .hint("breadboard engine status; breadboard engine restart")
         .into());
     };
-    // A running engine that is busy (connected, no answer yet) is waited for, up to --timeout, rather than called
-    // unreachable: it answers once the work that holds it up is done.
-    let health = if let Some(Err(e @ ClientError::Slow(_))) = &health {
-        printer.info(&format!(
-            "the engine (pid {}) is running but busy: {e}; waiting up to {}s for it to answer",
-            reg.pid,
-            timeout.as_secs_f64()
-        ));
-        health_patiently(&reg, health, timeout)
-    } else {
-        health
-    };
-    match answer(paths, &reg, health) {
+    let reg = live.reg;
+    match live.answer {
         Answer::Ready(h) => Ok(Started {
             version: Some(h.engine_version.clone()),
             reg,
@@ -77,6 +66,28 @@ pub(super) fn already_live(
             .hint("breadboard engine restart")
             .into()),
     }
+}
+
+/// A running engine that is busy (connected, no answer yet) is waited for, up to --timeout, rather than called
+/// unreachable: it answers once the work that holds it up is done.
+fn waited_if_busy(
+    paths: &Paths,
+    printer: &Printer,
+    diagnosis: Diagnosis,
+    timeout: Duration,
+) -> Diagnosis {
+    let Diagnosis::Live(live) = &diagnosis else {
+        return diagnosis;
+    };
+    let Answer::Busy(e) = &live.answer else {
+        return diagnosis;
+    };
+    printer.info(&format!(
+        "the engine (pid {}) is running but busy: {e}; waiting up to {}s for it to answer",
+        live.reg.pid,
+        timeout.as_secs_f64()
+    ));
+    diagnosis.patiently(paths, timeout)
 }
 
 /// Polls until the new instance answers its handshake (or dies, or the timeout passes).

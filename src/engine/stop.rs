@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::Ctx;
 use crate::crash::{self, LastExit};
-use crate::engine_client::{ClientError, Health};
+use crate::engine_client::ClientError;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::paths::Paths;
@@ -155,57 +155,55 @@ pub(crate) fn stop_locked(
 ) -> anyhow::Result<Stopped> {
     let paths = &ctx.paths;
     let printer = ctx.printer;
-    let mut probed = probe(paths, Some(printer), true)?;
+    let mut diagnosis = diagnose(paths, Some(printer), true)?;
     // A supervisor that holds the lock but has not written its registration yet: give it a moment.
-    if matches!(&probed, Probe::Live { reg: None, .. }) {
+    if matches!(diagnosis, Diagnosis::Unregistered) {
         wait_until(Duration::from_secs(3), || {
             registration::peek(paths).is_some() || !lock_busy(paths)
         });
-        probed = probe(paths, Some(printer), true)?;
+        diagnosis = diagnose(paths, Some(printer), true)?;
     }
-    let (reg, health) = match probed {
-        Probe::Down { stale, crash } => {
-            if let (Some(exit), false) = (&crash, quiet_crash) {
-                report_crash_once(paths, printer, stale.as_ref(), exit);
+    match diagnosis {
+        Diagnosis::Live(live) => stop_registered(paths, printer, *live, timeout, force),
+        Diagnosis::Unregistered => match unregistered_supervisor(paths) {
+            Some(sup) => stop_unregistered(paths, printer, sup, timeout, force),
+            None => Err(held_by_a_stranger(paths)),
+        },
+        dead => {
+            if let (Some(exit), false) = (dead.crash(), quiet_crash) {
+                report_crash_once(paths, printer, dead.stale(), exit);
             }
-            clean_stale(paths, stale.as_ref(), printer);
-            return Ok(Stopped::NotRunning);
+            clean_stale(paths, dead.stale(), printer);
+            Ok(Stopped::NotRunning)
         }
-        Probe::Live { reg: None, .. } => {
-            return match unregistered_supervisor(paths) {
-                Some(sup) => stop_unregistered(paths, printer, sup, timeout, force),
-                None => Err(CliError::new(
-                    ErrorKind::Failure,
-                    format!(
-                        "{} is held by a process without a registration; refusing to signal anything",
-                        paths.engine_lock().display()
-                    ),
-                )
-                .hint(format!(
-                    "find the holder with: fuser -v {}",
-                    paths.engine_lock().display()
-                ))
-                .into()),
-            };
-        }
-        Probe::Live {
-            reg: Some(reg),
-            health,
-        } => (reg, health),
-    };
-    let (mut reg, mut health) = verified(paths, printer, reg, health)?;
-    let mut engine_ok = procfs::same_process(reg.pid, reg.pid_start_ticks);
-    // Record the intent first: the supervisor classifies the exit by it, not by the exit code, and never restarts
-    // an engine whose stop was asked for. The intent file cannot be lost to a registration the supervisor rewrites.
-    registration::request_stop(paths, &reg.instance_id)?;
-    let same_instance = |r: &Registration, reg: &Registration| {
-        r.instance_id == reg.instance_id && r.supervisor_pid == reg.supervisor_pid
-    };
-    let mut marked = registration::peek(paths)
-        .filter(|r| same_instance(r, &reg))
-        .unwrap_or_else(|| reg.clone());
-    marked.stop_requested_at = Some(fsutil::now_rfc3339());
-    registration::write(paths, &marked)?;
+    }
+}
+
+fn held_by_a_stranger(paths: &Paths) -> anyhow::Error {
+    let lock = paths.engine_lock();
+    CliError::new(
+        ErrorKind::Failure,
+        format!(
+            "{} is held by a process without a registration; refusing to signal anything",
+            lock.display()
+        ),
+    )
+    .hint(format!("find the holder with: fuser -v {}", lock.display()))
+    .into()
+}
+
+/// The stop ladder for a registered instance: verify its identity, record the stop, ask it to shut down, SIGTERM its
+/// group, SIGKILL its session, then say what is true.
+fn stop_registered(
+    paths: &Paths,
+    printer: &Printer,
+    live: Live,
+    timeout: Duration,
+    force: bool,
+) -> anyhow::Result<Stopped> {
+    let (reg, may_ask) = verify_identity(paths, printer, live)?;
+    let engine_alive = procfs::same_process(reg.pid, reg.pid_start_ticks);
+    record_stop_intent(paths, &reg)?;
     // Resumed only now, with the intent recorded: a supervisor continued earlier could see its engine's exit first
     // and take it for a crash (and restart it).
     if !force {
@@ -217,153 +215,37 @@ pub(crate) fn stop_locked(
             ],
         );
     }
-    let phase = timeout.mul_f64(0.4);
-    let free = || !lock_busy(paths);
-    let mut forced = force;
-    let mut done = false;
-    let mut sent_term = false;
-    if !force && !engine_ok {
-        // No engine process: the supervisor is between engines (restart = "on-failure" waiting to restart a crashed
-        // one). It sees the intent and exits; unless it restarted the engine just before, which is then stopped
-        // like any other.
-        let restarted = || {
-            registration::peek(paths).filter(|r| {
-                same_instance(r, &reg)
-                    && r.pid != reg.pid
-                    && procfs::same_process(r.pid, r.pid_start_ticks)
-            })
-        };
-        done = wait_until(phase, || free() || restarted().is_some());
-        if !free() {
-            if let Some(now) = restarted() {
-                printer.debug(&format!(
-                    "the supervisor restarted the engine (pid {}) as the stop began; stopping that one",
-                    now.pid
-                ));
-                health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
-                reg = now;
-                engine_ok = true;
-                done = false;
-            }
-        }
-    }
-    if !force && !done {
-        // A busy engine (connected, slow to answer) is asked to shut down too: it reads the request when it can.
-        if let (Some(Ok(_) | Err(ClientError::Slow(_))), Some(client)) =
-            (&health, client_for(&reg, Duration::from_millis(1000)))
-        {
-            match client.shutdown() {
-                Ok(()) => done = wait_until(phase, free),
-                // Delivered but not answered in time: a busy engine reads it when it can, so it gets the same phase.
-                Err(e @ ClientError::Slow(_)) => {
-                    printer.debug(&format!(
-                        "POST /v1/shutdown: {e}; waiting for the engine to stop"
-                    ));
-                    done = wait_until(phase, free);
-                }
-                Err(e) => printer.debug(&format!("POST /v1/shutdown failed: {e}")),
-            }
-        }
-        if !done && engine_ok && procfs::same_process(reg.pid, reg.pid_start_ticks) {
-            printer.info(&format!(
-                "the engine did not stop by itself; sending SIGTERM to its process group {}",
-                reg.pgid
-            ));
-            let _ = sys::killpg(reg.pgid, libc::SIGTERM);
-            sent_term = true;
-            done = wait_until(phase, free);
-        } else if !done {
-            done = wait_until(phase, free);
-        }
-    }
+    let mut ladder = Ladder {
+        paths,
+        printer,
+        engine_alive,
+        reg,
+        may_ask,
+        phase: timeout.mul_f64(0.4),
+        sent_term: false,
+    };
+    let done = !force && ladder.graceful();
     if !done {
-        forced = true;
-        // Re-verify right before SIGKILL.
-        if procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks) {
-            if !force {
-                // Only what happened: SIGTERM may never have been sent (no engine process was left to get it).
-                printer.info(if sent_term {
-                    "the engine ignored SIGTERM; killing its session"
-                } else {
-                    "the engine did not stop in time; killing its session"
-                });
-            }
-            let victims = instance_processes(&reg);
-            for p in &victims {
-                let _ = sys::kill(*p, libc::SIGKILL);
-            }
-            // The supervisor reaps, records the exit and releases the lock; kill it too if it does not.
-            if !wait_until(Duration::from_secs(2), free)
-                && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks)
-            {
-                let _ = sys::kill(reg.supervisor_pid, libc::SIGKILL);
-                for p in instance_processes(&reg) {
-                    let _ = sys::kill(p, libc::SIGKILL);
-                }
-            }
-        }
+        ladder.kill(force);
         let rest = timeout
-            .saturating_sub(phase * 2)
+            .saturating_sub(ladder.phase * 2)
             .max(Duration::from_secs(2));
-        wait_until(rest, free);
+        wait_until(rest, || !lock_busy(paths));
     }
-    // Verify: no process of the instance remains, the port is free.
-    let survivors_gone = wait_until(Duration::from_secs(2), || {
-        instance_processes(&reg).is_empty() && !procfs::alive(reg.supervisor_pid)
-    });
-    let port_free = wait_until(Duration::from_secs(2), || !procfs::port_listening(reg.port));
-    if !survivors_gone {
-        // Nothing is cleaned up: the registration, token and stop intent stay, so a retry (or `--force`) can find
-        // and verify what is left, and nothing reports this instance as a crash.
-        return Err(stop_failed(&reg, false));
-    }
-    if registration::peek(paths).is_some_and(|r| r.instance_id == reg.instance_id) {
-        let _ = registration::remove(paths);
-    }
-    let _ = fsutil::remove_file_if_exists(&reg.token_file);
-    registration::clear_stop_request(paths, &reg.instance_id);
-    if crash::read(paths).is_none_or(|e| e.instance_id != reg.instance_id) {
-        let _ = crash::write(
-            paths,
-            &LastExit {
-                instance_id: reg.instance_id.clone(),
-                pid: reg.pid,
-                signal: Some(libc::SIGKILL),
-                stop_requested: true,
-                uptime_s: (fsutil::unix_now() - reg.started_at_unix).max(0.0),
-                ended_at: fsutil::now_rfc3339(),
-                ended_at_unix: fsutil::unix_now(),
-                exit_code: None,
-                supervisor_lost: false,
-                core_dumped: false,
-                restarts: reg.restarts,
-                crash_loop: None,
-            },
-        );
-    }
-    end_marked_leftovers(paths, printer, None);
-    if !port_free {
-        // Every process of the instance is gone, but something else holds its port: the stop did not free it.
-        return Err(stop_failed(&reg, true));
-    }
-    Ok(Stopped::Stopped {
-        pid: reg.pid,
-        forced,
-    })
+    finish(paths, printer, &ladder.reg, force || !done)
 }
 
 /// The registered instance, verified before any signal: its supervisor is the process holding the lock (pid and start
 /// time, this boot). With `restart = "on-failure"` a supervisor that just restarted its engine is followed to the new
-/// one; a `/health` that names another process is dropped, so that process is never asked to shut down over HTTP.
-fn verified(
+/// one. Also whether the engine may be asked to shut down over HTTP: not when its `/health` names another process.
+fn verify_identity(
     paths: &Paths,
     printer: &Printer,
-    mut reg: Registration,
-    mut health: Option<Result<Health, ClientError>>,
-) -> anyhow::Result<(Registration, Option<Result<Health, ClientError>>)> {
+    live: Live,
+) -> anyhow::Result<(Registration, bool)> {
+    let reg = live.reg;
     let same_boot = reg.boot_id == procfs::boot_id();
-    let sup_ok = same_boot && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks);
-    if !sup_ok {
+    if !(same_boot && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks)) {
         return Err(CliError::new(
             ErrorKind::Failure,
             format!(
@@ -374,39 +256,249 @@ fn verified(
         .hint(format!("inspect: breadboard engine status; fuser -v {}", paths.engine_lock().display()))
         .into());
     }
-    // With `restart = "on-failure"` the supervisor may have just restarted the engine (same instance and supervisor,
-    // a new engine pid): follow its registration rather than calling the new engine a stranger.
-    let follow_deadline = Instant::now()
-        + if reg.restart_policy.as_deref() == Some("on-failure") {
-            Duration::from_secs(2)
-        } else {
-            Duration::ZERO
-        };
-    while matches!(&health, Some(Ok(h)) if !identity_ok(h, &reg))
-        && Instant::now() < follow_deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-        let Some(now) = registration::peek(paths) else {
-            break;
-        };
-        if now.instance_id != reg.instance_id || now.supervisor_pid != reg.supervisor_pid {
-            break;
-        }
-        health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
-        reg = now;
-    }
-    if let Some(Ok(h)) = &health {
-        if !identity_ok(h, &reg) {
+    let (reg, answer) = follow_restart(paths, reg, live.answer);
+    let may_ask = match &answer {
+        Answer::Ready(_) | Answer::Incompatible(..) | Answer::Busy(_) => true,
+        Answer::Stranger(h) => {
             // Not asked to shut down over HTTP: whatever answers there is not known to be ours. The processes
             // signalled below are, checked by pid and start time: the supervisor above, the engine below.
             printer.debug(&format!(
                 "{} answers as pid {} instance {:?}, not the registered pid {} instance {}; stopping by signals only",
                 reg.url, h.pid, h.instance_id, reg.pid, reg.instance_id
             ));
-            health = None;
+            false
+        }
+        Answer::TokenRefused(_) | Answer::NotAnswering(_) | Answer::NoAddress => false,
+    };
+    Ok((reg, may_ask))
+}
+
+/// With `restart = "on-failure"` the supervisor may have just restarted the engine (same instance and supervisor, a
+/// new engine pid): its registration is followed for up to 2 s rather than calling the new engine a stranger.
+fn follow_restart(
+    paths: &Paths,
+    mut reg: Registration,
+    mut answer: Answer,
+) -> (Registration, Answer) {
+    if reg.restart_policy.as_deref() != Some("on-failure") {
+        return (reg, answer);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(answer, Answer::Stranger(_)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(now) = registration::peek(paths) else {
+            break;
+        };
+        if !same_instance(&now, &reg) {
+            break;
+        }
+        let health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
+        answer = super::answer(paths, &now, health);
+        reg = now;
+    }
+    (reg, answer)
+}
+
+/// Same instance, same supervisor (the engine pid may differ: a restart).
+fn same_instance(a: &Registration, b: &Registration) -> bool {
+    a.instance_id == b.instance_id && a.supervisor_pid == b.supervisor_pid
+}
+
+/// Records the intent first: the supervisor classifies the exit by it, not by the exit code, and never restarts an
+/// engine whose stop was asked for. The intent file cannot be lost to a registration the supervisor rewrites.
+fn record_stop_intent(paths: &Paths, reg: &Registration) -> anyhow::Result<()> {
+    registration::request_stop(paths, &reg.instance_id)?;
+    let mut marked = registration::peek(paths)
+        .filter(|r| same_instance(r, reg))
+        .unwrap_or_else(|| reg.clone());
+    marked.stop_requested_at = Some(fsutil::now_rfc3339());
+    registration::write(paths, &marked)
+}
+
+/// One stop of a verified instance, step by step.
+struct Ladder<'a> {
+    paths: &'a Paths,
+    printer: &'a Printer,
+    reg: Registration,
+    /// The engine may be asked to shut down over HTTP: it answered as this instance, or was busy.
+    may_ask: bool,
+    /// The registered engine process lives (pid and start time).
+    engine_alive: bool,
+    /// The time each graceful step gets.
+    phase: Duration,
+    sent_term: bool,
+}
+
+impl Ladder<'_> {
+    fn free(&self) -> bool {
+        !lock_busy(self.paths)
+    }
+
+    /// The graceful steps: the supervisor between engines exits by itself, the engine is asked to shut down, then
+    /// gets SIGTERM. Whether the instance ended.
+    fn graceful(&mut self) -> bool {
+        if !self.engine_alive && self.await_supervisor() {
+            return true;
+        }
+        if self.ask_to_shut_down() {
+            return true;
+        }
+        self.sigterm()
+    }
+
+    /// No engine process: the supervisor is between engines (restart = "on-failure" waiting to restart a crashed
+    /// one). It sees the intent and exits; unless it restarted the engine just before, which is then stopped like
+    /// any other. Whether the instance ended.
+    fn await_supervisor(&mut self) -> bool {
+        let restarted = || {
+            registration::peek(self.paths).filter(|r| {
+                same_instance(r, &self.reg)
+                    && r.pid != self.reg.pid
+                    && procfs::same_process(r.pid, r.pid_start_ticks)
+            })
+        };
+        let done = wait_until(self.phase, || self.free() || restarted().is_some());
+        if self.free() {
+            return done;
+        }
+        let Some(now) = restarted() else {
+            return done;
+        };
+        self.printer.debug(&format!(
+            "the supervisor restarted the engine (pid {}) as the stop began; stopping that one",
+            now.pid
+        ));
+        let health = client_for(&now, Duration::from_millis(500)).map(|c| c.health());
+        self.may_ask = matches!(health, Some(Ok(_) | Err(ClientError::Slow(_))));
+        self.reg = now;
+        self.engine_alive = true;
+        false
+    }
+
+    /// `POST /v1/shutdown`, then the engine gets a phase to end. Whether the instance ended.
+    fn ask_to_shut_down(&self) -> bool {
+        // A busy engine (connected, slow to answer) is asked too: it reads the request when it can.
+        let Some(client) =
+            client_for(&self.reg, Duration::from_millis(1000)).filter(|_| self.may_ask)
+        else {
+            return false;
+        };
+        match client.shutdown() {
+            Ok(()) => wait_until(self.phase, || self.free()),
+            // Delivered but not answered in time: a busy engine reads it when it can, so it gets the same phase.
+            Err(e @ ClientError::Slow(_)) => {
+                self.printer.debug(&format!(
+                    "POST /v1/shutdown: {e}; waiting for the engine to stop"
+                ));
+                wait_until(self.phase, || self.free())
+            }
+            Err(e) => {
+                self.printer
+                    .debug(&format!("POST /v1/shutdown failed: {e}"));
+                false
+            }
         }
     }
-    Ok((reg, health))
+
+    /// SIGTERM to the engine's process group, verified first; without an engine to get it, the same wait. Whether
+    /// the instance ended.
+    fn sigterm(&mut self) -> bool {
+        let reg = &self.reg;
+        if self.engine_alive && procfs::same_process(reg.pid, reg.pid_start_ticks) {
+            self.printer.info(&format!(
+                "the engine did not stop by itself; sending SIGTERM to its process group {}",
+                reg.pgid
+            ));
+            let _ = sys::killpg(reg.pgid, libc::SIGTERM);
+            self.sent_term = true;
+        }
+        wait_until(self.phase, || self.free())
+    }
+
+    /// SIGKILL to every process of the instance, its supervisor verified right before; then to the supervisor itself
+    /// if it does not reap, record and release the lock by itself.
+    fn kill(&self, force: bool) {
+        let reg = &self.reg;
+        if !procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks) {
+            return;
+        }
+        if !force {
+            // Only what happened: SIGTERM may never have been sent (no engine process was left to get it).
+            self.printer.info(if self.sent_term {
+                "the engine ignored SIGTERM; killing its session"
+            } else {
+                "the engine did not stop in time; killing its session"
+            });
+        }
+        for p in instance_processes(reg) {
+            let _ = sys::kill(p, libc::SIGKILL);
+        }
+        if !wait_until(Duration::from_secs(2), || self.free())
+            && procfs::same_process(reg.supervisor_pid, reg.supervisor_start_ticks)
+        {
+            let _ = sys::kill(reg.supervisor_pid, libc::SIGKILL);
+            for p in instance_processes(reg) {
+                let _ = sys::kill(p, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Says what is true after the ladder: every process of the instance gone (else nothing is cleaned up: the
+/// registration, token and stop intent stay, so a retry or `--force` can find and verify what is left, and nothing
+/// reports this instance as a crash), its files removed, its end recorded, its port free.
+fn finish(
+    paths: &Paths,
+    printer: &Printer,
+    reg: &Registration,
+    forced: bool,
+) -> anyhow::Result<Stopped> {
+    let survivors_gone = wait_until(Duration::from_secs(2), || {
+        instance_processes(reg).is_empty() && !procfs::alive(reg.supervisor_pid)
+    });
+    let port_free = wait_until(Duration::from_secs(2), || !procfs::port_listening(reg.port));
+    if !survivors_gone {
+        return Err(stop_failed(reg, false));
+    }
+    if registration::peek(paths).is_some_and(|r| r.instance_id == reg.instance_id) {
+        let _ = registration::remove(paths);
+    }
+    let _ = fsutil::remove_file_if_exists(&reg.token_file);
+    registration::clear_stop_request(paths, &reg.instance_id);
+    record_requested_exit(paths, reg);
+    end_marked_leftovers(paths, printer, None);
+    if !port_free {
+        // Every process of the instance is gone, but something else holds its port: the stop did not free it.
+        return Err(stop_failed(reg, true));
+    }
+    Ok(Stopped::Stopped {
+        pid: reg.pid,
+        forced,
+    })
+}
+
+/// The supervisor records how its engine ended; when it could not (killed first), the stop records it.
+fn record_requested_exit(paths: &Paths, reg: &Registration) {
+    if crash::read(paths).is_some_and(|e| e.instance_id == reg.instance_id) {
+        return;
+    }
+    let _ = crash::write(
+        paths,
+        &LastExit {
+            instance_id: reg.instance_id.clone(),
+            pid: reg.pid,
+            signal: Some(libc::SIGKILL),
+            stop_requested: true,
+            uptime_s: (fsutil::unix_now() - reg.started_at_unix).max(0.0),
+            ended_at: fsutil::now_rfc3339(),
+            ended_at_unix: fsutil::unix_now(),
+            exit_code: None,
+            supervisor_lost: false,
+            core_dumped: false,
+            restarts: reg.restarts,
+            crash_loop: None,
+        },
+    );
 }
 
 /// A stop that left processes of the instance (`survivors_gone` false), or its port listening: what is left, and how
