@@ -289,17 +289,16 @@ fn restarted_detail(reg: &Registration, last: Option<&LastExit>) -> String {
 fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
     let nothing_installed =
         state == State::Stopped && s.pinned_version.is_none() && !engine::has_command_override(ctx);
+    let dead = matches!(state, State::Crashed | State::Errored);
     let mut line = format!("engine: {}", state.name());
     if nothing_installed {
         line.push_str(" (no engine is installed)");
     }
-    if let (Some(url), Some(pid)) = (&s.url, s.pid) {
-        if !matches!(state, State::Crashed | State::Errored) {
-            line.push_str(&format!(
-                " at {url} (pid {pid}, supervisor {})",
-                s.supervisor_pid.unwrap_or(0)
-            ));
-        }
+    if let (Some(url), Some(pid), false) = (&s.url, s.pid, dead) {
+        line.push_str(&format!(
+            " at {url} (pid {pid}, supervisor {})",
+            s.supervisor_pid.unwrap_or(0)
+        ));
     }
     ctx.printer.result(&line);
     let mut details = Vec::new();
@@ -309,42 +308,10 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
             s.protocol_version.as_deref().unwrap_or("?")
         ));
     }
-    if let (Some(u), true) = (
-        s.uptime_s,
-        !matches!(state, State::Crashed | State::Errored),
-    ) {
+    if let (Some(u), false) = (s.uptime_s, dead) {
         details.push(format!("  uptime {}", crash::human_duration(u)));
     }
-    if let Some(r) = &s.ray {
-        let mut live = Vec::new();
-        // `/ready`'s state, unless it only repeats the mode ("off").
-        if let Some(st) = r.state.as_ref().filter(|st| **st != r.mode) {
-            live.push(st.clone());
-        }
-        if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
-            live.push(format!("{n} node{}", if n == 1 { "" } else { "s" }));
-        }
-        if let Some(e) = &r.error {
-            live.push(e.clone());
-        }
-        details.push(format!(
-            "  ray: {}{}{}{}",
-            r.mode,
-            r.start
-                .as_ref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default(),
-            r.address
-                .as_ref()
-                .map(|a| format!(" {a}"))
-                .unwrap_or_default(),
-            if live.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", live.join(", "))
-            }
-        ));
-    }
+    details.extend(s.ray.as_ref().map(ray_line));
     if let Some(d) = &s.detail {
         details.push(format!("  {d}"));
     }
@@ -356,22 +323,54 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
     if std::path::Path::new(&s.log_path).exists() {
         details.push(format!("  log: {}", s.log_path));
     }
-    match state {
-        State::Errored => details.push(
-            "  next: breadboard engine logs -n 200, then breadboard engine start (starts afresh)"
-                .into(),
-        ),
-        State::Crashed => details.push(
-            "  next: breadboard engine start (breadboard engine logs -n 200 shows why it ended)"
-                .into(),
-        ),
-        State::Stopped if nothing_installed => {
-            details.push("  next: breadboard engine install".into())
-        }
-        State::Stopped => details.push("  next: breadboard engine start".into()),
-        _ => {}
-    }
+    details.extend(next_step(state, nothing_installed).map(|n| format!("  next: {n}")));
     if !details.is_empty() {
         ctx.printer.info(&details.join("\n"));
+    }
+}
+
+/// Ray's mode, how it starts, its cluster, and what the engine says of it.
+fn ray_line(r: &RayJson) -> String {
+    let mut live = Vec::new();
+    // `/ready`'s state, unless it only repeats the mode ("off").
+    if let Some(st) = r.state.as_ref().filter(|st| **st != r.mode) {
+        live.push(st.clone());
+    }
+    if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
+        live.push(format!("{n} node{}", if n == 1 { "" } else { "s" }));
+    }
+    if let Some(e) = &r.error {
+        live.push(e.clone());
+    }
+    format!(
+        "  ray: {}{}{}{}",
+        r.mode,
+        r.start
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        r.address
+            .as_ref()
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default(),
+        if live.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", live.join(", "))
+        }
+    )
+}
+
+fn next_step(state: State, nothing_installed: bool) -> Option<&'static str> {
+    match state {
+        State::Errored => {
+            Some("breadboard engine logs -n 200, then breadboard engine start (starts afresh)")
+        }
+        State::Crashed => {
+            Some("breadboard engine start (breadboard engine logs -n 200 shows why it ended)")
+        }
+        State::Stopped if nothing_installed => Some("breadboard engine install"),
+        State::Stopped => Some("breadboard engine start"),
+        _ => None,
     }
 }

@@ -12,6 +12,7 @@ use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::procfs;
 use crate::registration::{self, Registration};
+use crate::sys;
 
 use super::*;
 
@@ -270,6 +271,45 @@ fn record_requested_exit(paths: &Paths, reg: &Registration) {
 /// A stop that left processes of the instance (`survivors_gone` false), or its port listening: what is left, and how
 /// to end it.
 pub(super) fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::Error {
+    let (what, pids) = what_is_left(reg, survivors_gone);
+    let pid_list = pids
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let hint = match (survivors_gone, pid_list.is_empty()) {
+        (false, true) => "retry with: breadboard engine stop --force".to_owned(),
+        (false, false) => format!(
+            "retry with `breadboard engine stop --force`, or end them by hand: kill -9 {pid_list}"
+        ),
+        (true, true) => format!(
+            "find the holder with `ss -ltnp 'sport = :{}'`, or start the engine on another port (--port auto)",
+            reg.port
+        ),
+        (true, false) => format!(
+            "end it (kill {pid_list}; kill -9 {pid_list} if it ignores that), or start the engine on another port (--port auto)"
+        ),
+    };
+    let outcome = if survivors_gone {
+        "every process of the engine ended, but its port was not freed"
+    } else {
+        "its registration is kept, so `engine stop` can retry"
+    };
+    CliError::new(
+        ErrorKind::Failure,
+        format!(
+            "the engine (instance {}) did not stop completely: {}; {outcome}",
+            reg.instance_id,
+            what.join("; ")
+        ),
+    )
+    .hint(hint)
+    .into()
+}
+
+/// What a stop left: the instance's surviving processes (unless `survivors_gone`) and the holder of its port, said,
+/// and the pids to end.
+fn what_is_left(reg: &Registration, survivors_gone: bool) -> (Vec<String>, Vec<sys::Pid>) {
     let mut what = Vec::new();
     let mut pids = Vec::new();
     if !survivors_gone {
@@ -305,36 +345,5 @@ pub(super) fn stop_failed(reg: &Registration, survivors_gone: bool) -> anyhow::E
             )),
         }
     }
-    let pid_list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-    let hint = match (survivors_gone, pid_list.is_empty()) {
-        (false, true) => "retry with: breadboard engine stop --force".to_owned(),
-        (false, false) => format!(
-            "retry with `breadboard engine stop --force`, or end them by hand: kill -9 {}",
-            pid_list.join(" ")
-        ),
-        (true, true) => format!(
-            "find the holder with `ss -ltnp 'sport = :{}'`, or start the engine on another port (--port auto)",
-            reg.port
-        ),
-        (true, false) => format!(
-            "end it (kill {}; kill -9 {} if it ignores that), or start the engine on another port (--port auto)",
-            pid_list.join(" "),
-            pid_list.join(" ")
-        ),
-    };
-    let outcome = if survivors_gone {
-        "every process of the engine ended, but its port was not freed"
-    } else {
-        "its registration is kept, so `engine stop` can retry"
-    };
-    CliError::new(
-        ErrorKind::Failure,
-        format!(
-            "the engine (instance {}) did not stop completely: {}; {outcome}",
-            reg.instance_id,
-            what.join("; ")
-        ),
-    )
-    .hint(hint)
-    .into()
+    (what, pids)
 }
