@@ -42,6 +42,7 @@ pub(crate) fn warn_if_running_another(paths: &Paths, printer: &Printer, current:
     ));
 }
 
+/// Polls `cond` every 20 ms: true as soon as it holds, false once `timeout` has passed without it.
 pub(super) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
