@@ -8,8 +8,10 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::crash::{self, LastExit};
-use crate::engine::{self, Probe, State};
+use crate::engine::{self, Answer, Diagnosis, Live, Pending, State};
 use crate::fsutil;
+use crate::paths::Paths;
+use crate::registration::Registration;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -55,172 +57,27 @@ struct RayJson {
 
 pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     let paths = &ctx.paths;
-    let mut out = StatusJson {
-        log_path: paths.engine_log().display().to_string(),
-        pinned_version: engine::pinned_version(paths),
-        ..Default::default()
-    };
-    let mut crash_info = None;
-    let state = match engine::probe(paths, Some(ctx.printer), false)? {
-        Probe::Down { stale, crash } => match crash {
-            Some(exit) => {
-                let state = match &exit.crash_loop {
-                    Some(cl) => {
-                        out.detail = Some(format!(
-                            "{}; the last one: {}",
-                            cl.summary(exit.restarts),
-                            exit.how()
-                        ));
-                        State::Errored
-                    }
-                    None => {
-                        out.detail = Some(format!("died without a stop request: {}", exit.how()));
-                        State::Crashed
-                    }
-                };
-                out.last_exit = Some(exit.clone());
-                if let Some(r) = &stale {
-                    fill(&mut out, r);
-                    out.uptime_s = None;
-                }
-                crash_info = Some((stale, exit));
-                state
-            }
-            None => State::Stopped,
-        },
-        Probe::Live { reg: None, .. } => {
-            // Normally for an instant while a supervisor starts; if it lasts, the registration was lost or
-            // corrupted under a running engine, and `stop` ends that supervisor by signal.
-            let who = engine::unregistered_supervisor(paths).map_or_else(
-                || "the supervisor".to_owned(),
-                |p| format!("supervisor pid {p}"),
-            );
-            out.detail = Some(format!(
-                "{who} holds the instance lock but {} is missing or unreadable (it is still starting, or its \
-                 registration was lost: `breadboard engine stop` stops it)",
-                paths.registration().display()
-            ));
-            State::Starting
-        }
-        Probe::Live {
-            reg: Some(reg),
-            health,
-        } => {
-            fill(&mut out, &reg);
-            if reg.restarts > 0 {
-                // How the engine last crashed (it was restarted since).
-                out.last_exit = crash::read(paths).filter(|e| e.instance_id == reg.instance_id);
-            }
-            // Busy (connected, no answer in 500 ms): give it a little longer before judging.
-            let health = engine::health_patiently(&reg, health, Duration::from_secs(2));
-            let answer = engine::answer(paths, &reg, health);
-            if let engine::Answer::Ready(h) | engine::Answer::Incompatible(h, _) = &answer {
-                out.engine_version = Some(h.engine_version.clone());
-                out.protocol_version = Some(h.protocol_version.clone());
-                fill_ray_state(&mut out, &reg);
-            }
-            match (answer, &reg.restart_pending) {
-                (engine::Answer::Ready(_), _) => {
-                    if reg.restarts > 0 {
-                        out.detail = Some(restarted_detail(&reg, out.last_exit.as_ref()));
-                    }
-                    State::Running
-                }
-                (engine::Answer::Incompatible(_, problems), _) => {
-                    out.detail = Some(problems.join("; "));
-                    State::Incompatible
-                }
-                (failed, Some(p)) if failed.error().is_some() => {
-                    let e = failed.error().map(ToString::to_string).unwrap_or_default();
-                    let wait = (p.at_unix - fsutil::unix_now()).max(0.0);
-                    out.detail = Some(format!(
-                        "the engine crashed ({}); the supervisor restarts it in {wait:.1}s (restart = \"on-failure\", {} restart{} so far; {e})",
-                        p.after,
-                        reg.restarts,
-                        if reg.restarts == 1 { "" } else { "s" }
-                    ));
-                    State::Starting
-                }
-                (engine::Answer::Stranger(h), _) => {
-                    out.detail = Some(format!(
-                        "{} answers as pid {} instance {}, not the registered engine",
-                        reg.url, h.pid, h.instance_id
-                    ));
-                    State::Unhealthy
-                }
-                (failed, _) if failed.error().is_some() && reg.ready_at.is_none() => {
-                    let e = failed.error().map(ToString::to_string).unwrap_or_default();
-                    out.detail = Some(format!("waiting for the handshake ({e})"));
-                    State::Starting
-                }
-                (engine::Answer::TokenRefused(_), _) => {
-                    // Our token is what it refuses: say which file, since that is what changed.
-                    out.detail = Some(match crate::registration::token(&reg) {
-                        None => format!(
-                            "it refuses requests without its token, and {} is missing or empty; \
-                             `breadboard engine restart` issues a new one",
-                            reg.token_file.display()
-                        ),
-                        Some(_) => format!(
-                            "it refuses the token in {} (was the file replaced?); \
-                             `breadboard engine restart` issues a new one",
-                            reg.token_file.display()
-                        ),
-                    });
-                    State::Unhealthy
-                }
-                (engine::Answer::Busy(e), _) => {
-                    out.detail = Some(format!("alive but busy: {e}"));
-                    State::Unhealthy
-                }
-                (engine::Answer::NotAnswering(e), _) => {
-                    out.detail = Some(format!("alive but not answering: {e}"));
-                    State::Unhealthy
-                }
-                (engine::Answer::NoAddress, _) => State::Unhealthy,
-            }
-        }
-    };
-    out.state = state.name().to_owned();
-    out.exit_code = state.exit_code();
+    // Busy (connected, no answer in 500 ms): give it a little longer before judging.
+    let diagnosis =
+        engine::diagnose(paths, Some(ctx.printer), false)?.patiently(paths, Duration::from_secs(2));
+    let state = diagnosis.state();
+    let out = status_json(ctx, &diagnosis, state);
     if args.json {
         ctx.printer.json(&out);
     } else {
         // The crash report shown below (once) has its own log and next lines.
-        let report_follows = crash_info
-            .as_ref()
-            .is_some_and(|(_, exit)| !crash::acknowledged(paths, &exit.instance_id));
+        let report_follows = diagnosis
+            .crash()
+            .is_some_and(|exit| !crash::acknowledged(paths, &exit.instance_id));
         print_human(ctx, &out, state, report_follows);
     }
-    if let Some((stale, exit)) = crash_info {
-        if engine::report_crash_once(paths, ctx.printer, stale.as_ref(), &exit)
+    if let (Some(stale), Some(exit)) = (diagnosis.stale(), diagnosis.crash()) {
+        if engine::report_crash_once(paths, ctx.printer, Some(stale), exit)
             && ctx.printer.interactive()
             && !args.json
         {
             if ctx.printer.confirm_default_yes("Restart the engine now?") {
-                let start = super::engine_start::StartArgs {
-                    port: stale.as_ref().map(|r| engine::PortSpec::Fixed(r.port)),
-                    host: stale
-                        .as_ref()
-                        .map_or_else(|| "127.0.0.1".to_owned(), |r| r.host.clone()),
-                    ray_address: stale.as_ref().and_then(|r| r.ray_address.clone()),
-                    foreground: false,
-                    timeout: 60.0,
-                    protocol: None,
-                    allow_remote: stale
-                        .as_ref()
-                        .is_some_and(|r| !engine::is_loopback(&r.host)),
-                    ssl_certfile: stale
-                        .as_ref()
-                        .and_then(|r| r.tls.as_ref())
-                        .map(|t| t.certfile.clone()),
-                    ssl_keyfile: stale
-                        .as_ref()
-                        .and_then(|r| r.tls.as_ref())
-                        .map(|t| t.keyfile.clone()),
-                    json: false,
-                };
-                return super::engine_start::run(ctx, &start);
+                return restart_as_before(ctx, stale);
             }
             ctx.printer
                 .info("not restarted; start it later with: breadboard engine start");
@@ -229,7 +86,135 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     Ok(state.exit_code())
 }
 
-fn fill(out: &mut StatusJson, r: &crate::registration::Registration) {
+/// What `--json` prints, and what the human output is made of.
+fn status_json(ctx: &Ctx, diagnosis: &Diagnosis, state: State) -> StatusJson {
+    let paths = &ctx.paths;
+    let mut out = StatusJson {
+        state: state.name().to_owned(),
+        exit_code: state.exit_code(),
+        log_path: paths.engine_log().display().to_string(),
+        pinned_version: engine::pinned_version(paths),
+        detail: detail(paths, diagnosis),
+        ..Default::default()
+    };
+    match diagnosis {
+        Diagnosis::Stopped | Diagnosis::Leftovers(_) | Diagnosis::Unregistered => {}
+        Diagnosis::Crashed(dead) | Diagnosis::Errored(dead) => {
+            fill(&mut out, &dead.reg);
+            out.uptime_s = None;
+            out.last_exit = Some(dead.exit.clone());
+        }
+        Diagnosis::Live(live) => {
+            fill(&mut out, &live.reg);
+            // How the engine last crashed (it was restarted since).
+            out.last_exit = live.last_exit.clone().filter(|_| live.reg.restarts > 0);
+            if let Answer::Ready(h) | Answer::Incompatible(h, _) = &live.answer {
+                out.engine_version = Some(h.engine_version.clone());
+                out.protocol_version = Some(h.protocol_version.clone());
+                fill_ray_state(&mut out, &live.reg);
+            }
+        }
+    }
+    out
+}
+
+/// The line under the state that says why.
+fn detail(paths: &Paths, diagnosis: &Diagnosis) -> Option<String> {
+    match diagnosis {
+        Diagnosis::Stopped | Diagnosis::Leftovers(_) => None,
+        Diagnosis::Crashed(dead) => {
+            Some(format!("died without a stop request: {}", dead.exit.how()))
+        }
+        Diagnosis::Errored(dead) => dead.exit.crash_loop.as_ref().map(|cl| {
+            format!(
+                "{}; the last one: {}",
+                cl.summary(dead.exit.restarts),
+                dead.exit.how()
+            )
+        }),
+        Diagnosis::Unregistered => {
+            // Normally for an instant while a supervisor starts; if it lasts, the registration was lost or
+            // corrupted under a running engine, and `stop` ends that supervisor by signal.
+            let who = engine::unregistered_supervisor(paths).map_or_else(
+                || "the supervisor".to_owned(),
+                |p| format!("supervisor pid {p}"),
+            );
+            Some(format!(
+                "{who} holds the instance lock but {} is missing or unreadable (it is still starting, or its \
+                 registration was lost: `breadboard engine stop` stops it)",
+                paths.registration().display()
+            ))
+        }
+        Diagnosis::Live(live) => live_detail(live),
+    }
+}
+
+fn live_detail(live: &Live) -> Option<String> {
+    let reg = &live.reg;
+    let error = || {
+        live.answer
+            .error()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    match (&live.answer, &live.pending) {
+        (Answer::Ready(_), _) => {
+            (reg.restarts > 0).then(|| restarted_detail(reg, live.last_exit.as_ref()))
+        }
+        (Answer::Incompatible(_, problems), _) => Some(problems.join("; ")),
+        (_, Some(Pending::Restart(p))) => {
+            let wait = (p.at_unix - fsutil::unix_now()).max(0.0);
+            Some(format!(
+                "the engine crashed ({}); the supervisor restarts it in {wait:.1}s (restart = \"on-failure\", {} restart{} so far; {})",
+                p.after,
+                reg.restarts,
+                if reg.restarts == 1 { "" } else { "s" },
+                error()
+            ))
+        }
+        (_, Some(Pending::Handshake)) => Some(format!("waiting for the handshake ({})", error())),
+        (Answer::Stranger(h), None) => Some(format!(
+            "{} answers as pid {} instance {}, not the registered engine",
+            reg.url, h.pid, h.instance_id
+        )),
+        // Our token is what it refuses: say which file, since that is what changed.
+        (Answer::TokenRefused(_), None) => Some(match crate::registration::token(reg) {
+            None => format!(
+                "it refuses requests without its token, and {} is missing or empty; \
+                 `breadboard engine restart` issues a new one",
+                reg.token_file.display()
+            ),
+            Some(_) => format!(
+                "it refuses the token in {} (was the file replaced?); \
+                 `breadboard engine restart` issues a new one",
+                reg.token_file.display()
+            ),
+        }),
+        (Answer::Busy(e), None) => Some(format!("alive but busy: {e}")),
+        (Answer::NotAnswering(e), None) => Some(format!("alive but not answering: {e}")),
+        (Answer::NoAddress, None) => None,
+    }
+}
+
+/// `engine start` where and how the engine that crashed served.
+fn restart_as_before(ctx: &Ctx, stale: &Registration) -> anyhow::Result<u8> {
+    let tls = stale.tls.as_ref();
+    let start = super::engine_start::StartArgs {
+        port: Some(engine::PortSpec::Fixed(stale.port)),
+        host: stale.host.clone(),
+        ray_address: stale.ray_address.clone(),
+        foreground: false,
+        timeout: 60.0,
+        protocol: None,
+        allow_remote: !engine::is_loopback(&stale.host),
+        ssl_certfile: tls.map(|t| t.certfile.clone()),
+        ssl_keyfile: tls.map(|t| t.keyfile.clone()),
+        json: false,
+    };
+    super::engine_start::run(ctx, &start)
+}
+
+fn fill(out: &mut StatusJson, r: &Registration) {
     out.url = Some(r.url.clone());
     out.pid = Some(r.pid);
     out.supervisor_pid = Some(r.supervisor_pid);
@@ -258,7 +243,7 @@ fn fill(out: &mut StatusJson, r: &crate::registration::Registration) {
 
 /// Ray as the engine reports it (`GET /ready`: mode, address, state, nodes). One more loopback request, made only
 /// when the engine answered `/health`; an engine without `/ready` (a command override) keeps the registration's view.
-fn fill_ray_state(out: &mut StatusJson, reg: &crate::registration::Registration) {
+fn fill_ray_state(out: &mut StatusJson, reg: &Registration) {
     let Some(client) = engine::client_for(reg, std::time::Duration::from_millis(300)) else {
         return;
     };
@@ -284,7 +269,7 @@ fn fill_ray_state(out: &mut StatusJson, reg: &crate::registration::Registration)
     r.error = text("error");
 }
 
-fn restarted_detail(reg: &crate::registration::Registration, last: Option<&LastExit>) -> String {
+fn restarted_detail(reg: &Registration, last: Option<&LastExit>) -> String {
     let n = reg.restarts;
     let mut d = format!(
         "restarted {n} time{} after crashes (restart = \"on-failure\")",
@@ -304,17 +289,16 @@ fn restarted_detail(reg: &crate::registration::Registration, last: Option<&LastE
 fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
     let nothing_installed =
         state == State::Stopped && s.pinned_version.is_none() && !engine::has_command_override(ctx);
+    let dead = matches!(state, State::Crashed | State::Errored);
     let mut line = format!("engine: {}", state.name());
     if nothing_installed {
         line.push_str(" (no engine is installed)");
     }
-    if let (Some(url), Some(pid)) = (&s.url, s.pid) {
-        if !matches!(state, State::Crashed | State::Errored) {
-            line.push_str(&format!(
-                " at {url} (pid {pid}, supervisor {})",
-                s.supervisor_pid.unwrap_or(0)
-            ));
-        }
+    if let (Some(url), Some(pid), false) = (&s.url, s.pid, dead) {
+        line.push_str(&format!(
+            " at {url} (pid {pid}, supervisor {})",
+            s.supervisor_pid.unwrap_or(0)
+        ));
     }
     ctx.printer.result(&line);
     let mut details = Vec::new();
@@ -324,42 +308,10 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
             s.protocol_version.as_deref().unwrap_or("?")
         ));
     }
-    if let (Some(u), true) = (
-        s.uptime_s,
-        !matches!(state, State::Crashed | State::Errored),
-    ) {
+    if let (Some(u), false) = (s.uptime_s, dead) {
         details.push(format!("  uptime {}", crash::human_duration(u)));
     }
-    if let Some(r) = &s.ray {
-        let mut live = Vec::new();
-        // `/ready`'s state, unless it only repeats the mode ("off").
-        if let Some(st) = r.state.as_ref().filter(|st| **st != r.mode) {
-            live.push(st.clone());
-        }
-        if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
-            live.push(format!("{n} node{}", if n == 1 { "" } else { "s" }));
-        }
-        if let Some(e) = &r.error {
-            live.push(e.clone());
-        }
-        details.push(format!(
-            "  ray: {}{}{}{}",
-            r.mode,
-            r.start
-                .as_ref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default(),
-            r.address
-                .as_ref()
-                .map(|a| format!(" {a}"))
-                .unwrap_or_default(),
-            if live.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", live.join(", "))
-            }
-        ));
-    }
+    details.extend(s.ray.as_ref().map(ray_line));
     if let Some(d) = &s.detail {
         details.push(format!("  {d}"));
     }
@@ -371,22 +323,54 @@ fn print_human(ctx: &Ctx, s: &StatusJson, state: State, report_follows: bool) {
     if std::path::Path::new(&s.log_path).exists() {
         details.push(format!("  log: {}", s.log_path));
     }
-    match state {
-        State::Errored => details.push(
-            "  next: breadboard engine logs -n 200, then breadboard engine start (starts afresh)"
-                .into(),
-        ),
-        State::Crashed => details.push(
-            "  next: breadboard engine start (breadboard engine logs -n 200 shows why it ended)"
-                .into(),
-        ),
-        State::Stopped if nothing_installed => {
-            details.push("  next: breadboard engine install".into())
-        }
-        State::Stopped => details.push("  next: breadboard engine start".into()),
-        _ => {}
-    }
+    details.extend(next_step(state, nothing_installed).map(|n| format!("  next: {n}")));
     if !details.is_empty() {
         ctx.printer.info(&details.join("\n"));
+    }
+}
+
+/// Ray's mode, how it starts, its cluster, and what the engine says of it.
+fn ray_line(r: &RayJson) -> String {
+    let mut live = Vec::new();
+    // `/ready`'s state, unless it only repeats the mode ("off").
+    if let Some(st) = r.state.as_ref().filter(|st| **st != r.mode) {
+        live.push(st.clone());
+    }
+    if let Some(n) = r.nodes.filter(|_| r.state.as_deref() == Some("connected")) {
+        live.push(format!("{n} node{}", if n == 1 { "" } else { "s" }));
+    }
+    if let Some(e) = &r.error {
+        live.push(e.clone());
+    }
+    format!(
+        "  ray: {}{}{}{}",
+        r.mode,
+        r.start
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        r.address
+            .as_ref()
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default(),
+        if live.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", live.join(", "))
+        }
+    )
+}
+
+fn next_step(state: State, nothing_installed: bool) -> Option<&'static str> {
+    match state {
+        State::Errored => {
+            Some("breadboard engine logs -n 200, then breadboard engine start (starts afresh)")
+        }
+        State::Crashed => {
+            Some("breadboard engine start (breadboard engine logs -n 200 shows why it ended)")
+        }
+        State::Stopped if nothing_installed => Some("breadboard engine install"),
+        State::Stopped => Some("breadboard engine start"),
+        _ => None,
     }
 }

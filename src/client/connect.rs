@@ -10,7 +10,7 @@ use super::{http_client, Client, Endpoint};
 use crate::config;
 use crate::context::Ctx;
 use crate::crash::LastExit;
-use crate::engine::{self, Probe, ProtocolMode};
+use crate::engine::{self, Answer, Diagnosis, Pending, ProtocolMode};
 use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
 use crate::error::{CliError, ErrorKind};
 use crate::registration::{self, Registration};
@@ -153,50 +153,54 @@ pub(crate) enum LocalState {
 }
 
 pub(crate) fn local_state(ctx: &Ctx) -> anyhow::Result<LocalState> {
-    Ok(match engine::probe(&ctx.paths, None, false)? {
-        Probe::Down { stale, crash } => LocalState::Down {
-            stale: stale.map(Box::new),
-            crash: crash.map(Box::new),
+    Ok(match engine::diagnose(&ctx.paths, None, false)? {
+        Diagnosis::Stopped => LocalState::Down {
+            stale: None,
+            crash: None,
         },
-        Probe::Live { reg: None, .. } => {
+        Diagnosis::Leftovers(reg) => LocalState::Down {
+            stale: Some(reg),
+            crash: None,
+        },
+        Diagnosis::Crashed(dead) | Diagnosis::Errored(dead) => LocalState::Down {
+            stale: Some(Box::new(dead.reg)),
+            crash: Some(Box::new(dead.exit)),
+        },
+        Diagnosis::Unregistered => {
             LocalState::Waiting("its supervisor is starting it".to_owned(), None)
         }
-        Probe::Live {
-            reg: Some(reg),
-            health,
-        } => match engine::answer(&ctx.paths, &reg, health) {
-            // The handshake is checked by the caller, in the command's protocol mode.
-            engine::Answer::Ready(h) | engine::Answer::Incompatible(h, _) => {
-                LocalState::Ready(Box::new(reg), h)
-            }
-            engine::Answer::Stranger(_) => LocalState::Waiting(
-                format!(
-                    "{} answers with another identity than its registration",
-                    reg.url
-                ),
-                None,
-            ),
-            engine::Answer::TokenRefused(_) => LocalState::Refused(Box::new(reg)),
-            engine::Answer::Busy(e) | engine::Answer::NotAnswering(e) => match &reg.restart_pending
-            {
-                Some(p) => {
-                    let why = format!(
-                        "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
-                        p.after
-                    );
-                    let exit = crate::crash::read(&ctx.paths)
-                        .filter(|x| x.instance_id == reg.instance_id && !x.stop_requested);
-                    LocalState::Waiting(why, exit.map(|x| Box::new((reg, x))))
-                }
-                None => {
-                    LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None)
-                }
-            },
-            engine::Answer::NoAddress => {
-                LocalState::Waiting("its registration has no valid address".to_owned(), None)
-            }
-        },
+        Diagnosis::Live(live) => live_state(*live),
     })
+}
+
+/// A live instance as the client sees it. The handshake is checked by the caller, in the command's protocol mode.
+fn live_state(live: engine::Live) -> LocalState {
+    let reg = live.reg;
+    match live.answer {
+        Answer::Ready(h) | Answer::Incompatible(h, _) => LocalState::Ready(Box::new(reg), h),
+        Answer::Stranger(_) => LocalState::Waiting(
+            format!(
+                "{} answers with another identity than its registration",
+                reg.url
+            ),
+            None,
+        ),
+        Answer::TokenRefused(_) => LocalState::Refused(Box::new(reg)),
+        Answer::Busy(e) | Answer::NotAnswering(e) => match live.pending {
+            Some(Pending::Restart(p)) => {
+                let why = format!(
+                    "the engine crashed ({}); its supervisor restarts it (restart = \"on-failure\")",
+                    p.after
+                );
+                let exit = live.last_exit.filter(|x| !x.stop_requested);
+                LocalState::Waiting(why, exit.map(|x| Box::new((reg, x))))
+            }
+            _ => LocalState::Waiting(format!("{} is not answering yet ({e})", reg.url), None),
+        },
+        Answer::NoAddress => {
+            LocalState::Waiting("its registration has no valid address".to_owned(), None)
+        }
+    }
 }
 
 pub(crate) fn endpoint_of(reg: &Registration) -> Endpoint {

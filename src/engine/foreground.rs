@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::context::Ctx;
-use crate::crash::{self};
+use crate::crash;
+use crate::engine_client::Health;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::registration::{self, Registration};
@@ -29,17 +30,7 @@ pub(crate) fn run_foreground(
     let Some(plan) = foreground else {
         return Ok(0);
     };
-    let ForegroundPlan {
-        argv,
-        listener,
-        listen_fd,
-        restart,
-        env,
-        opts,
-        instance_lock,
-    } = plan;
-    let opts = &opts;
-    let instance_lock = match instance_lock {
+    let instance_lock = match plan.instance_lock {
         Some(lock) => lock,
         None => supervisor::take_instance_lock(&ctx.paths)
             .map_err(|why| CliError::new(ErrorKind::Failure, why))?,
@@ -48,105 +39,133 @@ pub(crate) fn run_foreground(
     for k in super::start::NOT_INHERITED {
         std::env::remove_var(k);
     }
-    for (k, v) in &env {
+    for (k, v) in &plan.env {
         std::env::set_var(k, v);
     }
-    let printer = ctx.printer;
-    let pinned = version.clone();
-    let strict = opts.protocol == ProtocolMode::Strict;
-    let paths = ctx.paths.clone();
-    // The handshake deadline runs from each engine's spawn (restart = "on-failure" spawns new ones).
-    let mut deadline = Instant::now() + opts.timeout;
-    let mut deadline_pid = 0;
-    let mut announced = false;
-    // Why this process stopped the engine itself (a failed handshake): that, not the engine's exit, is the error.
-    let mut failure: Option<anyhow::Error> = None;
-    // A stop this process decides on is a requested stop: record the intent before the signal, as `engine stop`
-    // does, so the supervisor loop neither restarts the engine nor records a crash.
-    let stop_engine = |r: &Registration| {
-        let _ = registration::request_stop(&paths, &r.instance_id);
-        let _ = sys::killpg(r.pgid, libc::SIGTERM);
+    let mut watch = Watch {
+        ctx,
+        pinned: version,
+        opts: &plan.opts,
+        deadline: Instant::now() + plan.opts.timeout,
+        deadline_pid: 0,
+        announced: false,
+        failure: None,
+        on_ready,
     };
-    let mut hook = |r: &Registration| -> bool {
-        if r.pid != deadline_pid {
-            deadline_pid = r.pid;
-            deadline = Instant::now() + opts.timeout;
+    let code = supervisor::supervise(
+        &ctx.paths,
+        reg.clone(),
+        &plan.argv,
+        plan.listen_fd,
+        plan.restart,
+        supervisor::Sink::Stderr,
+        Some(supervisor::Attached {
+            ready_hook: &mut |r: &Registration| watch.poll(r),
+            instance_lock,
+        }),
+    );
+    drop(plan.listener);
+    registration::clear_stop_request(&ctx.paths, &reg.instance_id);
+    if let Some(e) = watch.failure {
+        // The supervisor recorded a requested stop: nothing to report as a crash.
+        return Err(e);
+    }
+    outcome(ctx, &reg, code)
+}
+
+/// The supervisor loop's view of each engine it spawns until that one passes its handshake.
+struct Watch<'a, 'r> {
+    ctx: &'a Ctx<'a>,
+    pinned: Option<String>,
+    opts: &'a StartOpts,
+    /// The handshake deadline runs from each engine's spawn (restart = "on-failure" spawns new ones).
+    deadline: Instant,
+    deadline_pid: i32,
+    announced: bool,
+    /// Why this process stopped the engine itself (a failed handshake): that, not the engine's exit, is the error.
+    failure: Option<anyhow::Error>,
+    on_ready: &'r mut dyn FnMut(&Registration),
+}
+
+impl Watch<'_, '_> {
+    /// Whether the engine `r` is done with: ready, or stopped by this process.
+    fn poll(&mut self, r: &Registration) -> bool {
+        if r.pid != self.deadline_pid {
+            self.deadline_pid = r.pid;
+            self.deadline = Instant::now() + self.opts.timeout;
         }
         let Some(client) = client_for(r, Duration::from_millis(300)) else {
             return true;
         };
         match client.health() {
-            Ok(h) if identity_ok(&h, r) => {
-                let problems = handshake_problems(&h, pinned.as_deref());
-                if !problems.is_empty() {
-                    if strict {
-                        printer.warn(&format!(
-                            "handshake failed (strict protocol mode): {}; stopping the engine",
-                            problems.join("; ")
-                        ));
-                        failure = Some(handshake_error(&problems, pinned.as_deref(), None));
-                        stop_engine(r);
-                        return true;
-                    }
-                    for p in &problems {
-                        printer.warn(&format!("{p} (continuing: protocol mode soft)"));
-                    }
-                }
-                let mut done = r.clone();
-                done.ready_at = Some(fsutil::now_rfc3339());
-                let _ = registration::write(&paths, &done);
-                printer.info(&format!(
-                    "engine ready at {} (pid {}); Ctrl-C stops it",
-                    r.url, r.pid
-                ));
-                if !announced {
-                    announced = true;
-                    on_ready(&done);
-                }
+            Ok(h) if identity_ok(&h, r) => self.answered(r, &h),
+            _ if Instant::now() > self.deadline => {
+                self.overdue(r);
                 true
             }
-            _ => {
-                if Instant::now() > deadline {
-                    printer.warn(&format!(
-                        "the engine did not answer its handshake within {}s: stopping it",
-                        opts.timeout.as_secs_f64()
-                    ));
-                    failure = Some(
-                        CliError::new(
-                            ErrorKind::Failure,
-                            format!(
-                                "the engine did not answer its handshake within {}s; it was stopped",
-                                opts.timeout.as_secs_f64()
-                            ),
-                        )
-                        .hint("see the engine's output above, or raise --timeout")
-                        .into(),
-                    );
-                    stop_engine(r);
-                    return true;
-                }
-                false
+            _ => false,
+        }
+    }
+
+    /// It answers as itself: strict handshake failures stop it, soft ones are warned about; else it is ready.
+    fn answered(&mut self, r: &Registration, h: &Health) -> bool {
+        let printer = self.ctx.printer;
+        let problems = handshake_problems(h, self.pinned.as_deref());
+        if !problems.is_empty() {
+            if self.opts.protocol == ProtocolMode::Strict {
+                printer.warn(&format!(
+                    "handshake failed (strict protocol mode): {}; stopping the engine",
+                    problems.join("; ")
+                ));
+                self.failure = Some(handshake_error(&problems, self.pinned.as_deref(), None));
+                self.stop_engine(r);
+                return true;
+            }
+            for p in &problems {
+                printer.warn(&format!("{p} (continuing: protocol mode soft)"));
             }
         }
-    };
-    let code = supervisor::supervise(
-        &ctx.paths,
-        reg.clone(),
-        &argv,
-        listen_fd,
-        restart,
-        supervisor::Sink::Stderr,
-        Some(supervisor::Attached {
-            ready_hook: &mut hook,
-            instance_lock,
-        }),
-    );
-    drop(listener);
-    registration::clear_stop_request(&ctx.paths, &reg.instance_id);
-    if let Some(e) = failure {
-        // The supervisor recorded a requested stop: nothing to report as a crash.
-        return Err(e);
+        let mut done = r.clone();
+        done.ready_at = Some(fsutil::now_rfc3339());
+        let _ = registration::write(&self.ctx.paths, &done);
+        printer.info(&format!(
+            "engine ready at {} (pid {}); Ctrl-C stops it",
+            r.url, r.pid
+        ));
+        if !self.announced {
+            self.announced = true;
+            (self.on_ready)(&done);
+        }
+        true
     }
+
+    /// No handshake within `--timeout`: the engine is stopped, and that is the error.
+    fn overdue(&mut self, r: &Registration) {
+        let secs = self.opts.timeout.as_secs_f64();
+        self.ctx.printer.warn(&format!(
+            "the engine did not answer its handshake within {secs}s: stopping it"
+        ));
+        self.failure = Some(
+            CliError::new(
+                ErrorKind::Failure,
+                format!("the engine did not answer its handshake within {secs}s; it was stopped"),
+            )
+            .hint("see the engine's output above, or raise --timeout")
+            .into(),
+        );
+        self.stop_engine(r);
+    }
+
+    /// A stop this process decides on is a requested stop: the intent is recorded before the signal, as `engine stop`
+    /// does, so the supervisor loop neither restarts the engine nor records a crash.
+    fn stop_engine(&self, r: &Registration) {
+        let _ = registration::request_stop(&self.ctx.paths, &r.instance_id);
+        let _ = sys::killpg(r.pgid, libc::SIGTERM);
+    }
+}
+
+/// What the supervisor loop's exit `code` means for `engine start --foreground`.
+fn outcome(ctx: &Ctx, reg: &Registration, code: u8) -> anyhow::Result<u8> {
     if code == supervisor::EXIT_LOCK_BUSY {
         return Err(CliError::new(
             ErrorKind::Failure,
@@ -158,27 +177,25 @@ pub(crate) fn run_foreground(
         .hint("breadboard engine status")
         .into());
     }
-    if code != 0 {
-        if let Some(exit) = crash::read(&ctx.paths).filter(|e| e.instance_id == reg.instance_id) {
-            crash::acknowledge(&ctx.paths, &exit.instance_id);
-            let what = match &exit.crash_loop {
-                Some(cl) => format!(
-                    "{}; the last one: {}",
-                    cl.summary(exit.restarts),
-                    exit.how()
-                ),
-                None => exit.how(),
-            };
-            return Err(
-                CliError::new(ErrorKind::Failure, format!("the engine exited: {what}"))
-                    .hint(
-                        "see the engine's output above; then: breadboard engine start --foreground",
-                    )
-                    .into(),
-            );
-        }
-        return Err(CliError::new(ErrorKind::Failure, "the engine exited").into());
+    if code == 0 {
+        ctx.printer.info("engine stopped");
+        return Ok(0);
     }
-    printer.info("engine stopped");
-    Ok(0)
+    let Some(exit) = crash::read(&ctx.paths).filter(|e| e.instance_id == reg.instance_id) else {
+        return Err(CliError::new(ErrorKind::Failure, "the engine exited").into());
+    };
+    crash::acknowledge(&ctx.paths, &exit.instance_id);
+    let what = match &exit.crash_loop {
+        Some(cl) => format!(
+            "{}; the last one: {}",
+            cl.summary(exit.restarts),
+            exit.how()
+        ),
+        None => exit.how(),
+    };
+    Err(
+        CliError::new(ErrorKind::Failure, format!("the engine exited: {what}"))
+            .hint("see the engine's output above; then: breadboard engine start --foreground")
+            .into(),
+    )
 }

@@ -1,7 +1,7 @@
 //! What outlives a dead instance: its session, its process group and the processes carrying its mark; and the
 //! crash report, shown once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::crash::{self, LastExit};
 use crate::env_vars;
@@ -14,50 +14,18 @@ use crate::sys;
 
 use super::*;
 
-/// Kills what is left of a dead instance's session (its supervisor is gone: lock free). Only processes of our uid,
-/// in the recorded session, started after the supervisor, on this boot — and only if the session leader itself is
-/// gone (a live process with that pid is someone else, so that session is not ours).
+/// Kills what is left of a dead instance (its supervisor is gone: lock free): its session and its engine's process
+/// group, then the processes carrying this home's mark; records how it ended if nothing did, and removes its token
+/// and registration.
 pub(crate) fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: &Printer) {
     if let Some(r) = stale {
-        let same_boot = r.boot_id == procfs::boot_id();
-        let mut members: Vec<sys::Pid> = Vec::new();
-        if let Some(sid) = r.sid {
-            if same_boot && !procfs::alive(sid) && sid == r.supervisor_pid {
-                members = procfs::session_members(sid, &[])
-                    .into_iter()
-                    .filter(|p| {
-                        procfs::start_ticks(*p).is_some_and(|t| t >= r.supervisor_start_ticks)
-                    })
-                    .collect();
+        let mut members = session_leftovers(r);
+        for p in group_leftovers(r) {
+            if !members.contains(&p) {
+                members.push(p);
             }
         }
-        // The engine's own process group, led by the engine: what a foreground engine (whose session is the
-        // terminal's) left, or what escaped the session without a child subreaper to catch it (macOS). Its leader is
-        // the registered engine itself (outliving its supervisor where there is no parent-death signal) or gone: a
-        // group id is not reused while the group has members. Only processes started after the engine count.
-        let leader_ours = !procfs::alive(r.pgid) || procfs::same_process(r.pid, r.pid_start_ticks);
-        if same_boot && r.pgid > 1 && r.pgid == r.pid && leader_ours {
-            for p in procfs::group_members(r.pgid) {
-                if !members.contains(&p)
-                    && procfs::start_ticks(p).is_some_and(|t| t >= r.pid_start_ticks)
-                {
-                    members.push(p);
-                }
-            }
-        }
-        if !members.is_empty() {
-            printer.info(&format!(
-                "ending {} leftover process(es) of the dead engine: {members:?}",
-                members.len()
-            ));
-            for p in &members {
-                let _ = sys::kill(*p, libc::SIGKILL);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && members.iter().any(|p| procfs::alive(*p)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        end_leftovers(printer, &members);
         if !registration::stop_requested(paths, &r.instance_id)
             && crash::read(paths).is_none_or(|e| e.instance_id != r.instance_id)
         {
@@ -81,6 +49,54 @@ pub(crate) fn clean_stale(paths: &Paths, stale: Option<&Registration>, printer: 
     // whose registration was lost (only ever our own file, whatever a record says).
     let _ = fsutil::remove_file_if_exists(&paths.token_file());
     let _ = registration::remove(paths);
+}
+
+/// What is left of a dead instance's session: only processes of our uid, in the recorded session, started after the
+/// supervisor, on this boot — and only if the session leader itself is gone (a live process with that pid is someone
+/// else, so that session is not ours).
+pub(crate) fn session_leftovers(r: &Registration) -> Vec<sys::Pid> {
+    let Some(sid) = r.sid else {
+        return Vec::new();
+    };
+    if r.boot_id != procfs::boot_id() || procfs::alive(sid) || sid != r.supervisor_pid {
+        return Vec::new();
+    }
+    procfs::session_members(sid, &[])
+        .into_iter()
+        .filter(|p| procfs::start_ticks(*p).is_some_and(|t| t >= r.supervisor_start_ticks))
+        .collect()
+}
+
+/// The engine's own process group, led by the engine: what a foreground engine (whose session is the terminal's)
+/// left, or what escaped the session without a child subreaper to catch it (macOS). Its leader is the registered
+/// engine itself (outliving its supervisor where there is no parent-death signal) or gone: a group id is not reused
+/// while the group has members. Only processes started after the engine count.
+fn group_leftovers(r: &Registration) -> Vec<sys::Pid> {
+    let leader_ours = !procfs::alive(r.pgid) || procfs::same_process(r.pid, r.pid_start_ticks);
+    if r.boot_id != procfs::boot_id() || r.pgid <= 1 || r.pgid != r.pid || !leader_ours {
+        return Vec::new();
+    }
+    procfs::group_members(r.pgid)
+        .into_iter()
+        .filter(|p| procfs::start_ticks(*p).is_some_and(|t| t >= r.pid_start_ticks))
+        .collect()
+}
+
+/// SIGKILL to `members`, saying so, and a short wait for them to go.
+fn end_leftovers(printer: &Printer, members: &[sys::Pid]) {
+    if members.is_empty() {
+        return;
+    }
+    printer.info(&format!(
+        "ending {} leftover process(es) of the dead engine: {members:?}",
+        members.len()
+    ));
+    for p in members {
+        let _ = sys::kill(*p, libc::SIGKILL);
+    }
+    wait_until(Duration::from_secs(3), || {
+        members.iter().all(|p| !procfs::alive(*p))
+    });
 }
 
 /// Processes an engine of this home started that outlived it, found by the mark the supervisor gives every engine

@@ -1,11 +1,16 @@
 //! The engine instance as the CLI sees it: probing its state (instance lock, registration, health), the handshake,
 //! and the start and stop sequences shared by `engine start|stop|restart|status` and `engine upgrade`.
 //!
-//! One file a part: [`probe`] (what runs), [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what
-//! runs as the engine), [`start`], [`ready`] (the wait for its handshake), [`foreground`], [`stop`], [`leftovers`] (what a dead instance left).
+//! One file a part: [`probe`] (what runs), [`diagnosis`] (what it is: one [`Diagnosis`] for every caller),
+//! [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what runs as the engine), [`start`],
+//! [`ready`] (the wait for its handshake), [`foreground`], [`stop`] (verify, record the intent, run the [`ladder`],
+//! say what is true), [`unregistered`] (a supervisor without its registration), [`leftovers`] (what a dead instance
+//! left).
 
+mod diagnosis;
 mod foreground;
 mod handshake;
+mod ladder;
 mod launch;
 mod leftovers;
 mod options;
@@ -13,9 +18,12 @@ mod probe;
 mod ready;
 mod start;
 mod stop;
+mod unregistered;
 
+pub(crate) use diagnosis::*;
 pub(crate) use foreground::*;
 pub(crate) use handshake::*;
+use ladder::*;
 pub(crate) use launch::*;
 pub(crate) use leftovers::*;
 pub(crate) use options::*;
@@ -23,6 +31,7 @@ pub(crate) use probe::*;
 use ready::*;
 pub(crate) use start::*;
 pub(crate) use stop::*;
+pub(crate) use unregistered::*;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,7 @@
 //! Probing the instance: the instance lock (busy = alive), the registration and `/health`, and whether what
-//! answers is this instance.
+//! answers is this instance. [`super::diagnose`] turns what a probe found into the one [`super::Diagnosis`].
 
 use std::time::Duration;
-
-use serde::Serialize;
 
 use crate::crash::{self, LastExit};
 use crate::engine_client::{ClientError, EngineClient, Health};
@@ -15,45 +13,6 @@ use crate::registration::{self, Registration};
 use crate::sys;
 
 use super::handshake::{handshake_problems, pinned_version};
-
-/// `engine status` states and their exit codes (docs/cli.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum State {
-    Running,
-    Stopped,
-    Starting,
-    Unhealthy,
-    Incompatible,
-    Crashed,
-    /// `restart = "on-failure"` gave up: the engine crashed 3 times within 60 s.
-    Errored,
-}
-
-impl State {
-    pub(crate) fn exit_code(self) -> u8 {
-        match self {
-            State::Running => 0,
-            State::Stopped => 10,
-            State::Starting => 11,
-            State::Unhealthy => 12,
-            State::Incompatible => 13,
-            State::Crashed => 14,
-            State::Errored => 15,
-        }
-    }
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Stopped => "stopped",
-            State::Starting => "starting",
-            State::Unhealthy => "unhealthy",
-            State::Incompatible => "incompatible",
-            State::Crashed => "crashed",
-            State::Errored => "errored",
-        }
-    }
-}
 
 /// What a probe found.
 pub(crate) enum Probe {

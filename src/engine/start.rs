@@ -60,50 +60,91 @@ pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Starte
     check_host(&opts.host, opts.allow_remote)?;
     let restart_policy = restart_policy(&ctx.config)?;
     paths.ensure_private(printer)?;
-    match probe(paths, Some(printer), true)? {
-        Probe::Live { reg, health } => {
-            return already_live(paths, printer, reg, health, opts.timeout)
-        }
-        Probe::Down { stale, crash } => {
-            if let Some(exit) = &crash {
-                report_crash_once(paths, printer, stale.as_ref(), exit);
-                printer.info("starting a new engine");
-            }
-            clean_stale(paths, stale.as_ref(), printer);
-        }
+    let diagnosis = diagnose(paths, Some(printer), true)?;
+    if diagnosis.is_live() {
+        return already_live(paths, printer, diagnosis, opts.timeout);
     }
+    if let Some(exit) = diagnosis.crash() {
+        report_crash_once(paths, printer, diagnosis.stale(), exit);
+        printer.info("starting a new engine");
+    }
+    clean_stale(paths, diagnosis.stale(), printer);
     // `--foreground`: this process becomes the supervisor. It takes the instance lock now, under the control lock,
     // so no other start can slip in between the caller releasing the control lock and the supervisor loop starting.
     let instance_lock = if opts.foreground {
-        Some(supervisor::take_instance_lock(paths).map_err(|why| {
-            CliError::new(ErrorKind::Failure, why).hint(format!(
-                "breadboard engine status; find the holder with: fuser -v {}",
-                paths.engine_lock().display()
-            ))
-        })?)
+        Some(take_instance_lock(paths)?)
     } else {
         None
     };
     let launch = resolve_launch(ctx)?;
     let listener = bind(&opts.host, &opts.port)?;
-    let local = listener.local_addr()?;
-    let port = local.port();
-    // The registration (and so every client, and an override engine's BREADBOARD_CLI_HOST) names the address the
-    // socket is bound to, never a name: `localhost` may resolve to ::1 first while the engine listens on 127.0.0.1.
-    let host = local.ip().to_string();
-    let instance_id = fsutil::uuid4()?;
-    let token = fsutil::random_hex(32)?;
-    let token_file = paths.token_file();
-    fsutil::write_private(&token_file, token.as_bytes())?;
-    let url_host = if local.is_ipv6() {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
-    let log_path = paths.engine_log();
-    paths.ensure_logs_dir()?;
-    supervisor::rotate(&log_path);
+    let plan = prepare(paths, printer, opts, &launch, &listener)?;
+    if opts.foreground {
+        return Ok(Started {
+            reg: plan.reg,
+            already_running: false,
+            version: launch.version,
+            foreground: Some(ForegroundPlan {
+                argv: plan.argv,
+                listener: (!launch.port_by_env).then_some(listener),
+                listen_fd: plan.listen_fd,
+                restart: restart_policy,
+                env: plan.env,
+                opts: opts.clone(),
+                instance_lock,
+            }),
+        });
+    }
+    // With the port passed by env, the listener is freed just before the spawn (the override engine binds it itself).
+    let listener = (!launch.port_by_env).then_some(listener);
+    let reg = spawn_and_wait(
+        ctx,
+        opts,
+        restart_policy,
+        &plan,
+        listener,
+        launch.version.as_deref(),
+    )?;
+    Ok(Started {
+        reg,
+        already_running: false,
+        version: launch.version,
+        foreground: None,
+    })
+}
 
+fn take_instance_lock(paths: &Paths) -> anyhow::Result<std::fs::File> {
+    supervisor::take_instance_lock(paths).map_err(|why| {
+        CliError::new(ErrorKind::Failure, why)
+            .hint(format!(
+                "breadboard engine status; find the holder with: fuser -v {}",
+                paths.engine_lock().display()
+            ))
+            .into()
+    })
+}
+
+/// What a start hands its supervisor (or, `--foreground`, this process): the registration it will write, the
+/// engine's argv and environment, and the fd of the socket the engine inherits.
+struct Plan {
+    reg: Registration,
+    argv: Vec<String>,
+    listen_fd: Option<i32>,
+    env: Vec<(String, String)>,
+}
+
+/// The new instance: its id and token (written 0600), its address as bound, its log (rotated), argv and environment.
+fn prepare(
+    paths: &Paths,
+    printer: &Printer,
+    opts: &StartOpts,
+    launch: &Launch,
+    listener: &TcpListener,
+) -> anyhow::Result<Plan> {
+    let token = fsutil::random_hex(32)?;
+    fsutil::write_private(&paths.token_file(), token.as_bytes())?;
+    paths.ensure_logs_dir()?;
+    supervisor::rotate(&paths.engine_log());
     let mut argv = launch.argv.clone();
     let listen_fd = if launch.port_by_env {
         None
@@ -115,95 +156,104 @@ pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Starte
         Some(fd)
     };
     let (ray_start, ray_start_override) = ray_start_mode(opts, printer);
-    let reg = Registration {
-        schema: registration::SCHEMA,
-        instance_id: instance_id.clone(),
-        host: host.clone(),
-        port,
-        url: format!(
-            "{}://{url_host}:{port}",
-            if opts.tls.is_some() { "https" } else { "http" }
-        ),
-        tls: opts.tls.clone(),
-        token_file: token_file.clone(),
-        engine_version: launch.version.clone(),
-        protocol_version: compat::PROTOCOL_VERSION.to_owned(),
-        venv: launch.venv.clone(),
-        command: argv.clone(),
-        log_path: log_path.clone(),
-        ray_address: opts.ray_address.clone(),
-        ray_start: Some(ray_start),
-        foreground: opts.foreground,
-        cli_version: crate::build_info::VERSION.to_owned(),
-        ..Default::default()
-    };
+    let mut reg = registration_for(paths, opts, launch, listener.local_addr()?)?;
+    reg.command = argv.clone();
+    reg.ray_start = Some(ray_start);
     let env = engine_env(
         paths,
         &reg,
         launch.port_by_env.then_some(token.as_str()),
         ray_start_override,
     );
-    if opts.foreground {
-        return Ok(Started {
-            reg,
-            already_running: false,
-            version: launch.version,
-            foreground: Some(ForegroundPlan {
-                argv,
-                listener: (!launch.port_by_env).then_some(listener),
-                listen_fd,
-                restart: restart_policy,
-                env,
-                opts: opts.clone(),
-                instance_lock,
-            }),
-        });
-    }
+    Ok(Plan {
+        reg,
+        argv,
+        listen_fd,
+        env,
+    })
+}
 
-    let log = supervisor::open_log(&log_path)?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+/// The registration of a new instance bound to `local`, as the supervisor will write it.
+fn registration_for(
+    paths: &Paths,
+    opts: &StartOpts,
+    launch: &Launch,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<Registration> {
+    let port = local.port();
+    // The registration (and so every client, and an override engine's BREADBOARD_CLI_HOST) names the address the
+    // socket is bound to, never a name: `localhost` may resolve to ::1 first while the engine listens on 127.0.0.1.
+    let host = local.ip().to_string();
+    let url_host = if local.is_ipv6() {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    Ok(Registration {
+        schema: registration::SCHEMA,
+        instance_id: fsutil::uuid4()?,
+        url: format!(
+            "{}://{url_host}:{port}",
+            if opts.tls.is_some() { "https" } else { "http" }
+        ),
+        host,
+        port,
+        tls: opts.tls.clone(),
+        token_file: paths.token_file(),
+        engine_version: launch.version.clone(),
+        protocol_version: compat::PROTOCOL_VERSION.to_owned(),
+        venv: launch.venv.clone(),
+        log_path: paths.engine_log(),
+        ray_address: opts.ray_address.clone(),
+        foreground: opts.foreground,
+        cli_version: crate::build_info::VERSION.to_owned(),
+        ..Default::default()
+    })
+}
+
+/// Spawns `breadboard __supervise` in a new session with the engine's socket, then waits for the handshake.
+fn spawn_and_wait(
+    ctx: &Ctx,
+    opts: &StartOpts,
+    restart_policy: &str,
+    plan: &Plan,
+    listener: Option<TcpListener>,
+    pinned: Option<&str>,
+) -> anyhow::Result<Registration> {
+    let paths = &ctx.paths;
+    let log = supervisor::open_log(&plan.reg.log_path)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("__supervise").arg("--restart").arg(restart_policy);
-    if let Some(fd) = listen_fd {
+    if let Some(fd) = plan.listen_fd {
         cmd.arg("--listen-fd").arg(fd.to_string());
     }
-    cmd.arg("--").args(&argv);
-    apply_engine_env(&mut cmd, &env);
-    cmd.env(supervisor::SPEC_ENV, serde_json::to_string(&reg)?)
+    cmd.arg("--").args(&plan.argv);
+    apply_engine_env(&mut cmd, &plan.env);
+    cmd.env(supervisor::SPEC_ENV, serde_json::to_string(&plan.reg)?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .current_dir(&paths.home);
     sys::pre_exec_setsid(&mut cmd);
-    // With the port passed by env, free it just before the spawn (the override engine binds it itself).
-    let listener = (!launch.port_by_env).then_some(listener);
     let spawn_at = Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("could not spawn the supervisor: {e}"))?;
     drop(cmd);
     drop(listener);
-    let mut steps = printer.steps(3);
+    let mut steps = ctx.printer.steps(3);
     steps.step("starting the engine");
     let ready = wait_ready(
         ctx,
-        &instance_id,
-        launch.version.as_deref(),
+        &plan.reg.instance_id,
+        pinned,
         opts,
         &mut child,
         spawn_at,
         &mut steps,
     );
     steps.finish();
-    match ready {
-        Ok(reg) => Ok(Started {
-            reg,
-            already_running: false,
-            version: launch.version,
-            foreground: None,
-        }),
-        Err(e) => Err(e),
-    }
+    ready
 }
 
 /// The engine's Ray start mode (background | lazy | off, env BREADBOARD_RAY_START), and the value to pass when it is
