@@ -266,20 +266,6 @@ pub(crate) fn remember_source(
     )
 }
 
-/// The requested interpreter: flag > BREADBOARD_PYTHON > `[python] path`; `None` means discover.
-pub(crate) fn resolve_python(flag: Option<&Path>, config: &Config) -> Option<Sourced<PathBuf>> {
-    let flags = crate::settings::Flags {
-        python: flag.map(Path::to_owned),
-        ..Default::default()
-    };
-    let python = crate::settings::python(
-        &flags,
-        &crate::settings::Env::process(),
-        ConfigSource::unnamed(config),
-    );
-    sourced_python(&python)
-}
-
 /// A resolved interpreter setting as the installer's messages name it.
 pub(crate) fn sourced_python(
     python: &crate::settings::Value<Option<PathBuf>>,
@@ -343,23 +329,8 @@ pub(crate) fn check_engine_url(url: &str, origin: &str) -> Result<String, CliErr
     }
 }
 
-/// The remote engine of `[client] url`, checked; `None` when unset or empty. An invalid one is a config error (the
-/// same check `--url` gets, exit 3 here since the file is at fault).
-pub(crate) fn client_url(config: &Config) -> anyhow::Result<Option<String>> {
-    Ok(crate::settings::configured_client_url(config)?)
-}
-
 /// How `[client] url` is named in messages.
 pub(crate) const CLIENT_URL_ORIGIN: &str = "[client] url in config.toml";
-
-/// `[client] token_file`, a relative path taken from the directory of `config_file`; `None` when unset or empty.
-pub(crate) fn client_token_file(config: &Config, config_file: &Path) -> Option<PathBuf> {
-    ConfigSource {
-        config,
-        file: config_file,
-    }
-    .path(&config.client.token_file)
-}
 
 #[cfg(test)]
 mod tests {
@@ -390,13 +361,10 @@ mod tests {
         )
         .unwrap();
         assert!(config.unknown_keys().is_empty());
+        // Resolving `[client]` (with the environment and flags) is the settings' (settings/tests.rs).
         assert_eq!(
-            client_url(&config).unwrap().as_deref(),
-            Some("https://engine.example:8443")
-        );
-        assert_eq!(
-            client_token_file(&config, Path::new("/h/config.toml")),
-            Some(PathBuf::from("/h/tok"))
+            check_engine_url("https://engine.example:8443/", "--url").unwrap(),
+            "https://engine.example:8443"
         );
         for bad in ["engine:8443", "http://", "http://h:1/?t=x", "ftp://h"] {
             assert!(check_engine_url(bad, "--url").is_err(), "{bad}");
@@ -410,11 +378,6 @@ mod tests {
         );
         assert!(check_engine_url("https://h:1/path@x", "--url").is_ok());
         let bad: Config = toml::from_str("[client]\nurl = \"h:1\"\nuser = 1\n").unwrap();
-        let err = client_url(&bad)
-            .unwrap_err()
-            .downcast::<CliError>()
-            .unwrap();
-        assert_eq!(err.kind, ErrorKind::Config);
         assert_eq!(bad.unknown_keys(), ["client.user"]);
     }
 

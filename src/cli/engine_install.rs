@@ -135,24 +135,9 @@ pub(crate) fn source_from_flags(args: &SourceArgs) -> anyhow::Result<EngineSourc
     })
 }
 
-/// flags > env > config > the current engine's receipt > PyPI.
-pub(crate) fn resolve_source(
-    ctx: &Ctx,
-    flags: &EngineSource,
-    store: &Store,
-) -> (EngineSource, &'static str) {
-    let file = ctx.paths.config_file();
-    let config = settings::ConfigSource {
-        config: &ctx.config,
-        file: &file,
-    };
-    let source = settings::engine_source(flags, &settings::Env::process(), config);
-    source_or_receipt(ctx, &source, store)
-}
-
-/// A resolved source, else (none set) the current engine's receipt's, else PyPI; with how its origin is named
-/// (`flags` are remembered in config.toml).
-fn source_or_receipt(
+/// The resolved source (`ctx.settings.source`: flags > env > config), else (none set) the current engine's receipt's,
+/// else PyPI; with how its origin is named (`flags` are remembered in config.toml).
+pub(crate) fn source_or_receipt(
     ctx: &Ctx,
     source: &settings::Value<EngineSource>,
     store: &Store,

@@ -59,7 +59,9 @@ pub struct StartJson<'a> {
     pub log_path: String,
 }
 
-/// The start options; every usage error (exit 2) is found here, before any lock is taken or anything changes.
+/// The start options; every usage error (exit 2) is found here, before any lock is taken or anything changes. A value
+/// `args` gives wins, else the command's settings say: `args` are the command's own flags for `engine start|restart`,
+/// and where the crashed engine served for `engine status` (whose settings have no start flags).
 pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(CliError::new(
@@ -69,21 +71,24 @@ pub fn opts(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<StartOpts> {
         .into());
     }
     engine::check_host(&args.host, args.allow_remote)?;
-    engine::restart_policy(&ctx.config)?;
+    let settings = &ctx.settings;
+    settings.restart.get()?;
     Ok(StartOpts {
         port: match &args.port {
             Some(port) => port.clone(),
-            None => PortSpec::Fixed(engine::configured_port(&ctx.config)?),
+            None => settings.port.get()?.clone(),
         },
         host: args.host.clone(),
-        ray_address: args
-            .ray_address
-            .clone()
-            .or_else(|| ctx.config.ray.address.clone())
-            .filter(|a| !a.is_empty()),
+        ray_address: match &args.ray_address {
+            Some(a) => Some(a.clone()).filter(|a| !a.is_empty()),
+            None => settings.ray_address.get()?.clone(),
+        },
         timeout: Duration::from_secs_f64(args.timeout),
         foreground: args.foreground,
-        protocol: engine::protocol_mode(args.protocol, &ctx.config)?,
+        protocol: match args.protocol {
+            Some(mode) => mode,
+            None => *settings.protocol.get()?,
+        },
         allow_remote: args.allow_remote,
         tls: engine::tls_files(ctx, args.ssl_certfile.clone(), args.ssl_keyfile.clone())?,
     })

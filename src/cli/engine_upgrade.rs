@@ -9,7 +9,7 @@ use semver::Version;
 use serde::Serialize;
 
 use super::engine_install::{self, Plan};
-use super::{Ctx, SourceArgs};
+use super::Ctx;
 use crate::compat::{self, SUPPORTED_ENGINE};
 use crate::config;
 use crate::engine::{self, PortSpec, ProtocolMode, StartOpts};
@@ -53,11 +53,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine upgrade", ctx.printer)?;
     store.clean_leftovers(ctx.printer)?;
     let current = current_or_error(&store)?;
-    let (source, _) = engine_install::resolve_source(
-        ctx,
-        &engine_install::source_from_flags(&SourceArgs::default())?,
-        &store,
-    );
+    let (source, _) = engine_install::source_or_receipt(ctx, &ctx.settings.source, &store);
     let requested = match &args.version {
         Some(v) => Some(compat::parse_engine_version(v).ok_or_else(|| {
             CliError::new(
@@ -106,8 +102,8 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
         requested,
         source,
         remember_source: false,
-        python: config::resolve_python(args.python.as_deref(), &ctx.config),
-        installer: config::resolve_installer(args.installer, &ctx.config)?,
+        python: config::sourced_python(&ctx.settings.python),
+        installer: *ctx.settings.installer.get()?,
         force: false,
     };
     // A running engine is restarted onto the new version (and rolled back if that fails its handshake), with the
@@ -118,7 +114,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let protocol = match &running {
-        Some(reg) if !reg.foreground => Some(engine::protocol_mode(None, &ctx.config)?),
+        Some(reg) if !reg.foreground => Some(*ctx.settings.protocol.get()?),
         _ => None,
     };
     let outcome = engine_install::install_locked(ctx, &store, plan)?;
@@ -202,7 +198,7 @@ fn restart_onto_new(
 
 fn check(ctx: &Ctx, store: &Store, json: bool) -> anyhow::Result<u8> {
     let current = current_or_error(store)?;
-    let (source, _) = engine_install::resolve_source(ctx, &Default::default(), store);
+    let (source, _) = engine_install::source_or_receipt(ctx, &ctx.settings.source, store);
     let offered = package_index::available_versions(&source)?;
     let latest = newest_in_range(&offered);
     let available = match (&latest, compat::parse_engine_version(&current)) {

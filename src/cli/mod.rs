@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::context::Ctx;
 use crate::paths::Paths;
 use crate::printer::{ColorChoice, Printer, Verbosity};
-use crate::settings::Flags;
+use crate::settings::{Flags, Settings};
 
 pub mod ask;
 pub mod completions;
@@ -166,13 +166,8 @@ impl ConnectArgs {
         start: crate::client::StartPolicy,
         wait: std::time::Duration,
     ) -> crate::client::Connect {
-        crate::client::Connect {
-            url: self.url.clone(),
-            token_file: self.token_file.clone(),
-            protocol: self.protocol,
-            start,
-            wait,
-        }
+        // The connection flags themselves are settings (`ctx.settings`): see `Command::setting_flags`.
+        crate::client::Connect { start, wait }
     }
 }
 
@@ -231,10 +226,10 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             }
         }
         Command::Upgrade(args) => {
-            if let Ok(paths) = Paths::from_env() {
-                print_settings(&paths, printer);
-            }
-            upgrade::run(printer, &cli.global, &args)
+            let paths = Paths::from_env()?;
+            let settings = settings_without_ctx(&paths);
+            settings.print_verbose(printer);
+            upgrade::run(printer, &paths, &settings, &cli.global, &args)
         }
         Command::Completions(args) => completions::run(&args),
         Command::Man(args) => completions::run_man(printer, &args),
@@ -242,13 +237,17 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
     }
 }
 
-/// With `-v`, the settings of a command that builds no [`Ctx`] (doctor, upgrade), printed as a [`Ctx`] prints them;
-/// a config that does not parse is left to the command to report, and its values to the defaults here.
+/// The settings of a command that builds no [`Ctx`] (doctor, upgrade): a config that does not parse is left to the
+/// command to report, and its values to the defaults here.
+fn settings_without_ctx(paths: &Paths) -> Settings {
+    let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
+    Settings::without_command(paths, config.as_ref())
+}
+
+/// With `-v`, the settings of a command that builds no [`Ctx`], printed as a [`Ctx`] prints them.
 fn print_settings(paths: &Paths, printer: &Printer) {
     if printer.verbose() {
-        let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
-        let entries = crate::settings::Settings::report(paths, config.as_ref());
-        crate::settings::print_entries(printer, &entries);
+        settings_without_ctx(paths).print_verbose(printer);
     }
 }
 

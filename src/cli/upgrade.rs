@@ -12,6 +12,7 @@ use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
 use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::selfupdate::{self, Action, Change, EngineOutcome, EngineStep, Request};
+use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {
@@ -72,8 +73,13 @@ struct CliCheckJson {
     upgrade_available: bool,
 }
 
-pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow::Result<u8> {
-    let paths = Paths::from_env()?;
+pub(crate) fn run(
+    printer: &Printer,
+    paths: &Paths,
+    settings: &Settings,
+    global: &GlobalArgs,
+    args: &UpgradeArgs,
+) -> anyhow::Result<u8> {
     let exe = selfupdate::running_exe()?;
     let request = Request {
         version: args
@@ -85,11 +91,11 @@ pub fn run(printer: &Printer, global: &GlobalArgs, args: &UpgradeArgs) -> anyhow
         rollback: args.rollback,
         yes: args.yes,
     };
-    let engine = EngineStep::new(&paths, engine_flags(global), args.json);
+    let engine = EngineStep::new(paths, engine_flags(global), args.json);
     if args.engine_only {
         return engine_only(printer, &engine, &exe, args);
     }
-    let (cli, action) = match selfupdate::update_binary(printer, &paths, &exe, &request)? {
+    let (cli, action) = match selfupdate::update_binary(printer, paths, settings, &exe, &request)? {
         Change::Checked { latest, action } => {
             return check(printer, &engine, &exe, args, &latest, action)
         }

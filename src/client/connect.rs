@@ -2,18 +2,18 @@
 //! environment, else the local one from its registration under BREADBOARD_HOME, started through `engine start`'s
 //! own code path when the command may start it. The handshake (protocol, engine version) applies to both.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::wire::Health;
 use super::{http_client, Client, Endpoint};
-use crate::config;
 use crate::context::Ctx;
 use crate::crash::LastExit;
 use crate::engine::{self, Answer, Diagnosis, Pending, ProtocolMode};
-use crate::env_vars::{self, BREADBOARD_API_TOKEN, BREADBOARD_API_TOKEN_FILE, BREADBOARD_URL};
+use crate::env_vars::{self, BREADBOARD_API_TOKEN};
 use crate::error::{CliError, ErrorKind};
 use crate::registration::{self, Registration};
+use crate::settings::{self, Origin, TokenSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPolicy {
@@ -35,27 +35,19 @@ impl StartPolicy {
     }
 }
 
-/// How a command reaches the engine.
+/// How a command reaches the engine. Which engine, its token and the protocol mode are settings
+/// (`ctx.settings.client_url`, `client_token`, `protocol`: `--url`, `--token-file`, `--protocol`, env, config).
 #[derive(Debug, Clone, Default)]
 pub struct Connect {
-    pub url: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub protocol: Option<ProtocolMode>,
     pub start: StartPolicy,
     /// How long to wait for a local engine that is starting or being restarted by its supervisor.
     pub wait: Duration,
 }
 
 pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Client<'a>> {
-    let mode = engine::protocol_mode(target.protocol, &ctx.config)?;
-    // flag > environment > config, as for every setting.
-    let base = match (&target.url, env_vars::get(BREADBOARD_URL)) {
-        (Some(u), _) => Some(config::check_engine_url(u, "--url")?),
-        (None, Some(u)) => Some(config::check_engine_url(&u, BREADBOARD_URL)?),
-        (None, None) => config::client_url(&ctx.config)?,
-    };
-    if let Some(base) = base {
-        let (token, token_origin) = remote_token(ctx, &target)?;
+    let mode = *ctx.settings.protocol.get()?;
+    if let Some(base) = ctx.settings.client_url.get()?.clone() {
+        let (token, token_origin) = remote_token(ctx)?;
         let endpoint = Endpoint {
             base,
             token,
@@ -83,58 +75,58 @@ pub async fn connect<'a>(ctx: &'a Ctx<'a>, target: Connect) -> anyhow::Result<Cl
     })
 }
 
-/// `--token-file` > BREADBOARD_API_TOKEN_FILE > BREADBOARD_API_TOKEN > `[client] token_file`; never from argv.
-fn remote_token(ctx: &Ctx, target: &Connect) -> anyhow::Result<(Option<String>, Option<String>)> {
-    let from_file = |path: &PathBuf, origin: String, kind: ErrorKind| {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::new(kind, format!("could not read {origin}: {e}"))
-                .hint("point it at a readable file that holds the engine's token")
-        })?;
-        let token = text.trim().to_owned();
-        if token.is_empty() {
-            return Err(anyhow::Error::from(CliError::new(
-                kind,
-                format!("{origin} is empty"),
-            )));
-        }
-        Ok::<_, anyhow::Error>((Some(token), Some(origin)))
-    };
-    if let Some(p) = &target.token_file {
-        return from_file(
-            p,
-            format!("the token file {} (--token-file)", p.display()),
-            ErrorKind::Usage,
-        );
-    }
-    if let Some(p) = env_vars::get(BREADBOARD_API_TOKEN_FILE) {
-        let p = PathBuf::from(p);
-        let origin = format!(
-            "the token file {} ({BREADBOARD_API_TOKEN_FILE})",
-            p.display()
-        );
-        return from_file(&p, origin, ErrorKind::Config);
-    }
-    match env_vars::get(BREADBOARD_API_TOKEN) {
-        // An empty value is a variable left set by mistake: sending an empty bearer token would only earn a 401.
-        Some(t) if t.trim().is_empty() => ctx.printer.warn(&format!(
+/// The remote engine's token and where it came from (for messages; the token itself is never shown), as the setting
+/// says: `--token-file` > BREADBOARD_API_TOKEN_FILE > BREADBOARD_API_TOKEN > `[client] token_file`; never from argv.
+fn remote_token(ctx: &Ctx) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let setting = &ctx.settings.client_token;
+    let source = setting.get()?;
+    // Below the variable in precedence: the token would have been its value. An empty value is a variable left set
+    // by mistake: sending an empty bearer token would only earn a 401.
+    let below_variable = matches!(setting.origin, Origin::Config { .. } | Origin::Default);
+    if ctx.settings.api_token_blank && below_variable {
+        ctx.printer.warn(&format!(
             "{BREADBOARD_API_TOKEN} is set but empty; ignoring it"
-        )),
-        Some(t) => {
-            return Ok((
-                Some(t.trim().to_owned()),
+        ));
+    }
+    match source {
+        TokenSource::None => Ok((None, None)),
+        TokenSource::Variable => {
+            let token = env_vars::get(BREADBOARD_API_TOKEN).unwrap_or_default();
+            Ok((
+                Some(token.trim().to_owned()),
                 Some(format!("the variable {BREADBOARD_API_TOKEN}")),
             ))
         }
-        None => {}
+        TokenSource::File(path) => {
+            let (named, kind) = match &setting.origin {
+                Origin::Flag(flag) => (flag.clone(), ErrorKind::Usage),
+                Origin::Env(name) => (name.clone(), ErrorKind::Config),
+                Origin::Config { .. } | Origin::Default => (
+                    "[client] token_file in config.toml".to_owned(),
+                    ErrorKind::Config,
+                ),
+            };
+            let origin = format!("the token file {} ({named})", path.display());
+            token_from_file(path, origin, kind)
+        }
     }
-    if let Some(p) = config::client_token_file(&ctx.config, &ctx.paths.config_file()) {
-        let origin = format!(
-            "the token file {} ([client] token_file in config.toml)",
-            p.display()
-        );
-        return from_file(&p, origin, ErrorKind::Config);
+}
+
+/// The token in `path` (trimmed), which must be readable and not empty; `origin` names the file in messages.
+fn token_from_file(
+    path: &Path,
+    origin: String,
+    kind: ErrorKind,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(kind, format!("could not read {origin}: {e}"))
+            .hint("point it at a readable file that holds the engine's token")
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(CliError::new(kind, format!("{origin} is empty")).into());
     }
-    Ok((None, None))
+    Ok((Some(token), Some(origin)))
 }
 
 /// The local engine as the registration, the instance lock and `/health` show it.
@@ -304,14 +296,16 @@ pub(crate) fn start_local(
         return Err(not_installed(ctx));
     }
     ctx.printer.info(why);
-    // As `breadboard engine start` with no flags would, but where and how the engine that died served.
+    // As `breadboard engine start` with no flags would, but where and how the engine that died served. The client
+    // commands' settings hold no start flags, but `--protocol`: that one is the client's handshake, not the start's.
+    let settings = &ctx.settings;
     let opts = engine::StartOpts {
         port: match prev {
             Some(r) => engine::PortSpec::Fixed(r.port),
-            None => engine::PortSpec::Fixed(engine::configured_port(&ctx.config)?),
+            None => settings.port.get()?.clone(),
         },
-        host: "127.0.0.1".to_owned(),
-        ray_address: ctx.config.ray.address.clone().filter(|a| !a.is_empty()),
+        host: settings::DEFAULT_HOST.to_owned(),
+        ray_address: settings.ray_address.get()?.clone(),
         timeout: Duration::from_secs(60),
         foreground: false,
         protocol: engine::protocol_mode(None, &ctx.config)?,

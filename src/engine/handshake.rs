@@ -2,7 +2,6 @@
 
 use crate::compat;
 use crate::engine_client::Health;
-use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::paths::Paths;
 use crate::venv::store::Store;
@@ -59,44 +58,15 @@ pub enum ProtocolMode {
     Soft,
 }
 
-/// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict.
+/// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict, for the callers that have only a config
+/// (doctor); a command reads `ctx.settings.protocol`.
 pub(crate) fn protocol_mode(
     flag: Option<ProtocolMode>,
     config: &crate::config::Config,
 ) -> anyhow::Result<ProtocolMode> {
-    if let Some(m) = flag {
-        return Ok(m);
-    }
-    if let Some(v) = env_vars::get(env_vars::BREADBOARD_PROTOCOL_STRICT) {
-        return match v.as_str() {
-            "1" | "true" => Ok(ProtocolMode::Strict),
-            "0" | "false" => Ok(ProtocolMode::Soft),
-            _ => Err(CliError::new(
-                ErrorKind::Config,
-                format!(
-                    "{}={v:?}: expected 0 or 1",
-                    env_vars::BREADBOARD_PROTOCOL_STRICT
-                ),
-            )
-            .into()),
-        };
-    }
-    configured_protocol_mode(config)
-}
-
-/// `[protocol] mode` of config.toml.
-pub(super) fn configured_protocol_mode(
-    config: &crate::config::Config,
-) -> anyhow::Result<ProtocolMode> {
-    match config.protocol.mode.as_deref() {
-        None | Some("strict") => Ok(ProtocolMode::Strict),
-        Some("soft") => Ok(ProtocolMode::Soft),
-        Some(other) => Err(CliError::new(
-            ErrorKind::Config,
-            format!("protocol.mode = {other:?} in config.toml: expected \"strict\" or \"soft\""),
-        )
-        .hint("set [protocol] mode = \"strict\" or \"soft\"")
-        .into()),
+    match flag {
+        Some(m) => Ok(m),
+        None => Ok(*crate::settings::without_flags(config).protocol.get()?),
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::context::Ctx;
 use crate::engine_client::EngineClient;
-use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::procfs;
+use crate::settings::EngineCommand;
 use crate::venv::store::Store;
 
 use super::*;
@@ -65,47 +65,39 @@ pub(super) fn is_simple_command(command: &str) -> bool {
         && !command.contains("$(")
 }
 
-/// Whether an engine command override is set (`BREADBOARD_ENGINE_CMD` or config `engine.command`): then an engine
-/// can run without an installed venv.
+/// Whether an engine command override is set (`BREADBOARD_ENGINE_CMD` or config `engine.command`, even an invalid
+/// one): then an engine can run without an installed venv.
 pub(crate) fn has_command_override(ctx: &Ctx) -> bool {
-    env_vars::get(env_vars::BREADBOARD_ENGINE_CMD).is_some() || ctx.config.engine.command.is_some()
+    ctx.settings
+        .engine_command
+        .get()
+        .map_or(true, |command| command.is_some())
 }
 
+/// What runs as the engine: the command override when one is set, else the pinned venv.
 pub(super) fn resolve_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
-    let override_cmd: Option<Vec<String>> = match env_vars::get(env_vars::BREADBOARD_ENGINE_CMD) {
-        Some(cmd) => Some(shell_argv(&cmd)),
-        None => match &ctx.config.engine.command {
-            None => None,
-            Some(toml::Value::String(s)) => Some(shell_argv(s)),
-            Some(toml::Value::Array(a)) => Some(
-                a.iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<_>>>()
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| {
-                        CliError::new(
-                            ErrorKind::Config,
-                            "engine.command in config.toml must be a string or a list of strings",
-                        )
-                    })?,
-            ),
-            Some(_) => {
-                return Err(CliError::new(
-                    ErrorKind::Config,
-                    "engine.command in config.toml must be a string or a list of strings",
-                )
-                .into())
-            }
-        },
-    };
-    if let Some(argv) = override_cmd {
-        return Ok(Launch {
-            argv,
-            venv: None,
-            version: None,
-            port_by_env: true,
-        });
+    match ctx.settings.engine_command.get()? {
+        Some(command) => Ok(override_launch(command)),
+        None => installed_launch(ctx),
     }
+}
+
+/// A command override: no venv, no pinned version, the port by env.
+fn override_launch(command: &EngineCommand) -> Launch {
+    let argv = match command {
+        EngineCommand::Shell(s) => shell_argv(s),
+        EngineCommand::Argv(a) => a.clone(),
+    };
+    Launch {
+        argv,
+        venv: None,
+        version: None,
+        port_by_env: true,
+    }
+}
+
+/// The engine of `engine/current`, which must be installed and healthy.
+fn installed_launch(ctx: &Ctx) -> anyhow::Result<Launch> {
     let store = Store::new(&ctx.paths);
     let Some(cur) = store.current().filter(|c| store.is_complete(c)) else {
         return Err(CliError::new(ErrorKind::Failure, "no engine is installed")

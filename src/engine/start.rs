@@ -58,7 +58,7 @@ pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Starte
     // Before any side effect (callers check them in their option parsing too): a config error is said as such,
     // even when nothing could be started anyway.
     check_host(&opts.host, opts.allow_remote)?;
-    let restart_policy = restart_policy(&ctx.config)?;
+    let restart_policy = *ctx.settings.restart.get()?;
     paths.ensure_private(printer)?;
     let diagnosis = diagnose(paths, Some(printer), true)?;
     if diagnosis.is_live() {
@@ -78,7 +78,7 @@ pub(crate) fn start_locked(ctx: &Ctx, opts: &StartOpts) -> anyhow::Result<Starte
     };
     let launch = resolve_launch(ctx)?;
     let listener = bind(&opts.host, &opts.port)?;
-    let plan = prepare(paths, printer, opts, &launch, &listener)?;
+    let plan = prepare(ctx, opts, &launch, &listener)?;
     if opts.foreground {
         return Ok(Started {
             reg: plan.reg,
@@ -135,12 +135,12 @@ struct Plan {
 
 /// The new instance: its id and token (written 0600), its address as bound, its log (rotated), argv and environment.
 fn prepare(
-    paths: &Paths,
-    printer: &Printer,
+    ctx: &Ctx,
     opts: &StartOpts,
     launch: &Launch,
     listener: &TcpListener,
 ) -> anyhow::Result<Plan> {
+    let paths = &ctx.paths;
     let token = fsutil::random_hex(32)?;
     fsutil::write_private(&paths.token_file(), token.as_bytes())?;
     paths.ensure_logs_dir()?;
@@ -155,7 +155,8 @@ fn prepare(
         argv.push(fd.to_string());
         Some(fd)
     };
-    let (ray_start, ray_start_override) = ray_start_mode(opts, printer);
+    let ray_start = ctx.settings.ray_start.get()?.as_deref();
+    let (ray_start, ray_start_override) = ray_start_mode(opts, ray_start, ctx.printer);
     let mut reg = registration_for(paths, opts, launch, listener.local_addr()?)?;
     reg.command = argv.clone();
     reg.ray_start = Some(ray_start);
@@ -256,14 +257,15 @@ fn spawn_and_wait(
     ready
 }
 
-/// The engine's Ray start mode (background | lazy | off, env BREADBOARD_RAY_START), and the value to pass when it is
-/// not the environment's: joining a cluster needs Ray, so `off` would silently ignore the address; it gives way to
-/// `background`, with a warning.
-fn ray_start_mode(opts: &StartOpts, printer: &Printer) -> (String, Option<&'static str>) {
-    match (
-        &opts.ray_address,
-        env_vars::get("BREADBOARD_RAY_START").as_deref(),
-    ) {
+/// The engine's Ray start mode (background | lazy | off; `ray_start`: the setting, env BREADBOARD_RAY_START), and the
+/// value to pass when it is not the environment's: joining a cluster needs Ray, so `off` would silently ignore the
+/// address; it gives way to `background`, with a warning.
+fn ray_start_mode(
+    opts: &StartOpts,
+    ray_start: Option<&str>,
+    printer: &Printer,
+) -> (String, Option<&'static str>) {
+    match (&opts.ray_address, ray_start) {
         (Some(addr), Some("off")) => {
             printer.warn(&format!(
                 "BREADBOARD_RAY_START=off is ignored: the engine joins the Ray cluster at {addr} (--ray-address or ray.address)"

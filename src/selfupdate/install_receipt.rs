@@ -15,6 +15,7 @@ use super::release::GITHUB_RELEASES;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::paths::Paths;
+use crate::settings::Settings;
 
 pub(crate) const RECEIPT_FILE: &str = "install-receipt.json";
 
@@ -123,12 +124,21 @@ pub(crate) enum Foreign {
     BadReceipt { receipt_path: PathBuf, why: String },
 }
 
-/// Works out the install method from the environment and the filesystem only (no network).
-pub(crate) fn detect(paths: &Paths, exe: &Path) -> InstallMethod {
-    let manager = crate::env_vars::get(crate::env_vars::BREADBOARD_MANAGED_BY);
+/// Works out the install method from the settings (`BREADBOARD_MANAGED_BY`) and the filesystem only (no network).
+pub(crate) fn detect_with(settings: &Settings, paths: &Paths, exe: &Path) -> InstallMethod {
+    let manager = settings.managed_by.get().ok().and_then(Option::as_deref);
     let receipt_path = path(paths);
     let receipt = InstallReceipt::read(&receipt_path).map_err(|e| format!("{e:#}"));
-    classify(manager.as_deref(), exe, receipt_path, receipt)
+    classify(manager, exe, receipt_path, receipt)
+}
+
+/// [`detect_with`] this process's environment, for doctor, which has no settings of its own.
+pub(crate) fn detect(paths: &Paths, exe: &Path) -> InstallMethod {
+    detect_with(
+        &crate::settings::without_flags(&Default::default()),
+        paths,
+        exe,
+    )
 }
 
 /// The decision itself, separate from the environment so it can be tested as a table.

@@ -32,6 +32,7 @@ use release::ReleaseSource;
 use crate::build_info::VERSION;
 use crate::paths::Paths;
 use crate::printer::Printer;
+use crate::settings::Settings;
 
 /// What `breadboard upgrade` was asked to do with the binary.
 pub(crate) struct Request {
@@ -72,11 +73,12 @@ pub(crate) fn running_exe() -> anyhow::Result<PathBuf> {
 pub(crate) fn update_binary(
     printer: &Printer,
     paths: &Paths,
+    settings: &Settings,
     exe: &Path,
     request: &Request,
 ) -> anyhow::Result<Change> {
     let started_as = apply::file_id(exe);
-    let mut copy = match install_receipt::detect(paths, exe) {
+    let mut copy = match install_receipt::detect_with(settings, paths, exe) {
         InstallMethod::SelfManaged { receipt, exe } => apply::ThisCopy {
             exe,
             started_as,
@@ -95,13 +97,17 @@ pub(crate) fn update_binary(
                 refusal.message,
                 refusal.hint.as_deref().unwrap_or_default()
             ));
-            return check_only(printer, paths, request);
+            return check_only(printer, paths, settings, request);
         }
     };
     if request.rollback {
         return copy.roll_back(printer, &paths.home, request.yes);
     }
-    let source = ReleaseSource::resolve(copy.receipt.releases_url.as_deref(), &copy.receipt.path)?;
+    let source = ReleaseSource::resolve(
+        settings,
+        copy.receipt.releases_url.as_deref(),
+        &copy.receipt.path,
+    )?;
     if !request.check {
         // A read-only install dir fails here, before a byte is downloaded (rustup `self_update_permitted`).
         stage::preflight_writable(stage::dir_of(&copy.exe))?;
@@ -125,13 +131,18 @@ pub(crate) fn update_binary(
 
 /// `--check` for a copy this binary may not replace: from the receipt's release source when there is one (another
 /// copy's install), as install.sh would use it.
-fn check_only(printer: &Printer, paths: &Paths, request: &Request) -> anyhow::Result<Change> {
+fn check_only(
+    printer: &Printer,
+    paths: &Paths,
+    settings: &Settings,
+    request: &Request,
+) -> anyhow::Result<Change> {
     let receipt_path = install_receipt::path(paths);
     let receipt_url = InstallReceipt::read(&receipt_path)
         .ok()
         .flatten()
         .and_then(|r| r.releases_url);
-    let source = ReleaseSource::resolve(receipt_url.as_deref(), &receipt_path)?;
+    let source = ReleaseSource::resolve(settings, receipt_url.as_deref(), &receipt_path)?;
     let manifest = source.fetch(printer, &release::client()?, request.version.as_deref())?;
     let action = plan::plan(VERSION, &manifest.version, request.version.is_some());
     Ok(Change::Checked {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
+use crate::settings::Settings;
 
 /// This repository's GitHub releases (install.sh `BB_GITHUB_RELEASES`; the owner is a placeholder until the repository
 /// has its public home).
@@ -45,16 +46,17 @@ enum Layout {
 }
 
 impl ReleaseSource {
-    /// `BREADBOARD_DOWNLOAD_URL`, else `BREADBOARD_RELEASES_URL`, else the receipt's `releases_url` (what install.sh
-    /// used; `receipt` is the receipt file), else GitHub. Each URL is checked before any request (https, or http for
-    /// loopback only).
+    /// `BREADBOARD_DOWNLOAD_URL`, else `BREADBOARD_RELEASES_URL` (both from `settings`), else the receipt's
+    /// `releases_url` (what install.sh used; `receipt` is the receipt file), else GitHub. Each URL is checked before
+    /// any request (https, or http for loopback only).
     pub(crate) fn resolve(
+        settings: &Settings,
         receipt_url: Option<&str>,
         receipt: &Path,
     ) -> anyhow::Result<ReleaseSource> {
         Self::from_settings(
-            env_vars::get(env_vars::BREADBOARD_DOWNLOAD_URL).as_deref(),
-            env_vars::get(env_vars::BREADBOARD_RELEASES_URL).as_deref(),
+            settings.download_url.get()?.as_deref(),
+            settings.releases_url.get()?.as_deref(),
             receipt_url.map(|url| (url, receipt)),
         )
     }

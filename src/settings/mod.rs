@@ -280,6 +280,8 @@ pub(crate) struct Settings {
     /// The remote engine's token (`--token-file`, `BREADBOARD_API_TOKEN_FILE`, `BREADBOARD_API_TOKEN`,
     /// `client.token_file`).
     pub client_token: Value<TokenSource>,
+    /// `BREADBOARD_API_TOKEN` is set but blank, so it is no token source: the client warns when it would have been.
+    pub api_token_blank: bool,
     /// The supervisor's first restart delay (`BREADBOARD_RESTART_BACKOFF_MS`, 1 s).
     pub restart_backoff: Value<Duration>,
     /// Size at which the supervisor rotates the engine log (`BREADBOARD_LOG_MAX_BYTES`, 50 MB).
@@ -343,6 +345,9 @@ impl Settings {
             lock_timeout: lock_timeout(env),
             client_url: client_url(flags, env, config),
             client_token: client_token(flags, env, config),
+            api_token_blank: env
+                .get(ev::BREADBOARD_API_TOKEN)
+                .is_some_and(|t| t.trim().is_empty()),
             restart_backoff: restart_backoff(env),
             log_max_bytes: match env.get(ev::BREADBOARD_LOG_MAX_BYTES) {
                 Some(v) => match v.trim().parse() {
@@ -358,16 +363,19 @@ impl Settings {
         }
     }
 
-    /// The settings as `engine doctor` shows them: no flags, this process's environment, `config` (or the defaults
-    /// when the config does not parse) from `paths`.
-    pub(crate) fn report(paths: &crate::paths::Paths, config: Option<&Config>) -> Vec<Entry> {
+    /// The settings of a command that loads no config itself (`engine doctor`, `upgrade`): no flags, this process's
+    /// environment, `config` (or the defaults when the config does not parse) from `paths`.
+    pub(crate) fn without_command(
+        paths: &crate::paths::Paths,
+        config: Option<&Config>,
+    ) -> Settings {
         let default = Config::default();
         let file = paths.config_file();
         let source = ConfigSource {
             config: config.unwrap_or(&default),
             file: &file,
         };
-        Settings::resolve(&Flags::default(), &Env::process(), source, &paths.home).entries()
+        Settings::resolve(&Flags::default(), &Env::process(), source, &paths.home)
     }
 
     /// Every setting as `key`, its value (`invalid: why` for an invalid one) and where it came from. A token is
@@ -499,6 +507,4 @@ mod resolve;
 mod tests;
 
 use resolve::*;
-pub(crate) use resolve::{
-    configured_client_url, engine_source, installer, python, requested_home, tls_pair,
-};
+pub(crate) use resolve::{installer, requested_home, tls_pair};

@@ -195,7 +195,7 @@ pub(super) fn engine_command(env: &Env, config: ConfigSource<'_>) -> Value<Optio
     }
 }
 
-pub(crate) fn python(flags: &Flags, env: &Env, config: ConfigSource<'_>) -> Value<Option<PathBuf>> {
+pub(super) fn python(flags: &Flags, env: &Env, config: ConfigSource<'_>) -> Value<Option<PathBuf>> {
     if let Some(p) = &flags.python {
         return Value::ok(Some(p.clone()), flag("--python"));
     }
@@ -241,7 +241,7 @@ pub(crate) fn installer(
 
 /// The engine source: flags as a set, else env vars as a set, else config, else PyPI. A source is resolved as a unit
 /// (not key by key) so `--find-links DIR` alone means offline even when config remembers an index.
-pub(crate) fn engine_source(
+pub(super) fn engine_source(
     flags: &EngineSource,
     env: &Env,
     config: ConfigSource<'_>,
@@ -369,7 +369,7 @@ pub(super) fn client_url(
 
 /// The remote engine of `[client] url`, checked; `None` when unset or empty. An invalid one is a config error (the
 /// same check `--url` gets, exit 3 here since the file is at fault).
-pub(crate) fn configured_client_url(config: &Config) -> Result<Option<String>, CliError> {
+fn configured_client_url(config: &Config) -> Result<Option<String>, CliError> {
     match config.client.url.as_deref() {
         None | Some("") => Ok(None),
         Some(url) => crate::config::check_engine_url(url, crate::config::CLIENT_URL_ORIGIN)

@@ -256,8 +256,10 @@ fn a_token_is_never_shown_only_where_it_comes_from() {
     assert_eq!(s.client_url.origin, at("client.url"));
     let text = format!("{:?} {:?}", s.entries(), s);
     assert!(!text.contains(secret), "{text}");
-    // A blank variable is no token: the config's file is used.
+    assert!(!s.api_token_blank);
+    // A blank variable is no token: the config's file is used (the client warns that it ignored it).
     let s = resolve(&Flags::default(), &[("BREADBOARD_API_TOKEN", "  ")], &cfg);
+    assert!(s.api_token_blank);
     assert_eq!(
         *s.client_token.get().unwrap(),
         TokenSource::File(PathBuf::from("/h/tok"))
