@@ -226,8 +226,11 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
             }
         }
         Command::Upgrade(args) => {
+            // No Ctx: a config that does not parse is left to the engine step to report, its values to the
+            // defaults here.
             let paths = Paths::from_env()?;
-            let settings = settings_without_ctx(&paths);
+            let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
+            let settings = Settings::without_command(&paths, config.as_ref());
             settings.print_verbose(printer);
             upgrade::run(printer, &paths, &settings, &cli.global, &args)
         }
@@ -237,17 +240,12 @@ pub fn run(cli: Cli, printer: &Printer) -> anyhow::Result<u8> {
     }
 }
 
-/// The settings of a command that builds no [`Ctx`] (doctor, upgrade): a config that does not parse is left to the
-/// command to report, and its values to the defaults here.
-fn settings_without_ctx(paths: &Paths) -> Settings {
-    let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
-    Settings::without_command(paths, config.as_ref())
-}
-
-/// With `-v`, the settings of a command that builds no [`Ctx`], printed as a [`Ctx`] prints them.
+/// With `-v`, the settings of doctor, which builds no [`Ctx`], printed as a [`Ctx`] prints them; a config that does
+/// not parse is left to doctor to report, its values to the defaults here.
 fn print_settings(paths: &Paths, printer: &Printer) {
     if printer.verbose() {
-        settings_without_ctx(paths).print_verbose(printer);
+        let config = crate::config::Config::load_quiet(&paths.config_file()).ok();
+        crate::settings::print_entries(printer, &Settings::report(paths, config.as_ref()));
     }
 }
 

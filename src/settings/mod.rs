@@ -378,6 +378,11 @@ impl Settings {
         Settings::resolve(&Flags::default(), &Env::process(), source, &paths.home)
     }
 
+    /// The settings as `engine doctor` shows them (see [`Settings::without_command`]).
+    pub(crate) fn report(paths: &crate::paths::Paths, config: Option<&Config>) -> Vec<Entry> {
+        Settings::without_command(paths, config).entries()
+    }
+
     /// Every setting as `key`, its value (`invalid: why` for an invalid one) and where it came from. A token is
     /// never shown, only where it comes from; credentials in an index URL are masked.
     pub(crate) fn entries(&self) -> Vec<Entry> {
