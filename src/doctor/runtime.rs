@@ -153,7 +153,6 @@ fn stale_instance(paths: &Paths, reg: &Registration, crash: Option<LastExit>) ->
         ),
     )
     .fix("breadboard engine stop   # cleans it up; a live unrelated process with that pid is never signalled");
-    // Removing the registration would forget which processes to end: only `engine stop` does both, in order.
     if leftovers.is_none() {
         stale = stale.repair(Repair::RemoveStale {
             instance_id: Some(reg.instance_id.clone()),
