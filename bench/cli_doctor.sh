@@ -3,7 +3,8 @@
 # running, each with uv in view (BREADBOARD_UV) and without any (no BREADBOARD_UV, no uv on PATH: the dependency check
 # then uses the pinned uv `engine install` set up under the home). Against the floor any doctor has to pay in the same
 # run: one start of the engine venv's Python asking the engine its version (`python -m breadboard_engine version
-# --json`, which doctor also runs).
+# --json`, which doctor also runs), and with the engine stopped against importing Ray in the venv (doctor's slowest
+# probe, which a running engine's own report of its Ray replaces).
 # Usage: bench/cli_doctor.sh [runs]   (builds the release binary; installs engine 0.1.1 from target/fixtures)
 # Needs hyperfine (apt-get install -y hyperfine).
 set -euo pipefail
@@ -42,13 +43,15 @@ healthy() { # label, command...
 timed() { # name of the markdown table, then hyperfine's arguments
   local table=$1
   shift
-  hyperfine --style basic -N --warmup 2 --runs "$runs" --export-markdown "$work/$table.md" "$@"
+  hyperfine --style basic -N --warmup 2 --runs "$runs" --export-markdown "$work/$table.md" \
+    --export-json "$work/$table.json" "$@"
 }
 
 healthy "installed, uv in view" "$bin"
 healthy "installed, no uv" "${no_uv[@]}" "$bin"
 timed installed -n "doctor (installed, uv in view)" "$bin engine doctor --json" \
-  -n "doctor (installed, no uv)" "${no_uv[*]} $bin engine doctor --json"
+  -n "doctor (installed, no uv)" "${no_uv[*]} $bin engine doctor --json" \
+  -n "python -c 'import ray'" "$py -c 'import ray'"
 
 "$bin" -q engine start --port auto >/dev/null
 healthy "running, uv in view" "$bin"
@@ -58,3 +61,11 @@ timed running -n "doctor (running, uv in view)" "$bin engine doctor --json" \
   -n "python -m breadboard_engine version --json" "$py -m breadboard_engine version --json"
 cat "$work/installed.md"
 tail -n +3 "$work/running.md"
+# Medians too: on a shared machine a few slow runs move the mean more than the median.
+python3 - "$work/installed.json" "$work/running.json" <<'PY'
+import json, sys
+print("\n| Command | Median [ms] | Min [ms] | Max [ms] |\n|:---|---:|---:|---:|")
+for path in sys.argv[1:]:
+    for r in json.load(open(path))["results"]:
+        print(f"| `{r['command']}` | {r['median'] * 1000:.1f} | {r['min'] * 1000:.1f} | {r['max'] * 1000:.1f} |")
+PY
