@@ -214,7 +214,8 @@ const SECTIONS: [&str; 7] = [
 
 /// Every check, grouped by section. The instance is probed first (milliseconds): when the engine runs and reports
 /// its Ray, that answer replaces importing Ray in a second process. The slow probes (each a Python process with a
-/// deadline) run in parallel, so a healthy setup is checked in well under a second.
+/// deadline) run in parallel, so a healthy setup with its engine running is checked in well under a second; with the
+/// engine stopped, importing Ray (most of a second by itself) sets the pace.
 pub(crate) fn all_checks(setup: &Setup) -> Vec<Finding> {
     let runtime = runtime::runtime_checks(setup);
     let engine_has_ray = runtime
@@ -244,7 +245,7 @@ pub(crate) fn all_checks(setup: &Setup) -> Vec<Finding> {
     out
 }
 
-/// The checks that run the venv's Python, each a process of its own: run side by side, they cost one start.
+/// The checks that run the venv's Python, each a process of its own: side by side, they take as long as the slowest.
 fn venv_probes(setup: &Setup, store: &Store, import_ray: bool) -> Vec<Finding> {
     std::thread::scope(|scope| {
         let identity = scope.spawn(|| venv::engine_identity_check(store));

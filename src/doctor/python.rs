@@ -54,8 +54,8 @@ pub(super) fn uv_check(setup: &Setup) -> Finding {
     )
 }
 
-/// The interpreter the venv of engine `version` was built on (`path`, `pinned` when installed): a venv links to it,
-/// so removing or replacing it breaks the venv.
+/// The interpreter the venv of engine `version` was built on (`path`, at version `pinned` then): a venv runs on it,
+/// so it must still be there and new enough; a patch upgrade of it keeps the venv working.
 pub(super) fn base_python_check(path: &Path, pinned: &str, version: &str) -> Finding {
     let rebuild = rebuild_command(version);
     if std::fs::symlink_metadata(path).is_ok() && std::fs::metadata(path).is_err() {
