@@ -1,8 +1,8 @@
 //! The CLI section: this binary's version, the engines and protocol it supports, and how it was installed.
 
 use crate::compat;
-use crate::selfupdate::install_receipt::{self, Foreign, InstallMethod};
 use crate::paths::Paths;
+use crate::selfupdate::install_receipt::{self, Foreign, InstallMethod};
 
 use super::Finding;
 

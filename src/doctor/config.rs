@@ -1,6 +1,9 @@
-//! The Config section: config.toml parses, has no unknown keys, and holds only values the commands accept.
+//! The Config section: config.toml parses, has no unknown keys, and holds only values the commands accept; and
+//! where each setting that is not at its default came from (flag, environment, config file).
 
 use crate::config::Config;
+use crate::paths::Paths;
+use crate::settings::{ConfigSource, Env, Flags, Settings};
 
 use super::{Finding, Setup};
 
@@ -10,7 +13,7 @@ pub(super) fn check(setup: &Setup) -> Finding {
     let file = setup.paths.config_file();
     match &setup.config {
         Ok(config) => {
-            let invalid = invalid_values(config);
+            let invalid = invalid_values(&settings_of(setup.paths, config));
             if invalid.is_empty() {
                 keys_check(config, &file)
             } else {
@@ -30,23 +33,51 @@ pub(super) fn check(setup: &Setup) -> Finding {
     }
 }
 
-/// The settings' values, checked by the same functions the commands use: a value they refuse is an error here
-/// rather than a surprise at the next `start` or `install`.
-fn invalid_values(config: &Config) -> Vec<(String, Option<String>)> {
+/// The settings as the commands resolve them, from this environment and `config` (doctor takes no flags).
+pub(super) fn settings_of(paths: &Paths, config: &Config) -> Settings {
+    let file = paths.config_file();
+    let source = ConfigSource {
+        config,
+        file: &file,
+    };
+    Settings::resolve(&Flags::default(), &Env::process(), source, &paths.home)
+}
+
+/// The settings' values, checked as the commands read them: a value they refuse is an error here rather than a
+/// surprise at the next `start`, `install` or `ask`.
+fn invalid_values(settings: &Settings) -> Vec<(String, Option<String>)> {
     let errors = [
-        crate::config::resolve_installer(None, config).err(),
-        crate::engine::configured_port(config).err(),
-        crate::engine::protocol_mode(None, config).err(),
-        crate::engine::restart_policy(config).err(),
+        settings.installer.get().err(),
+        settings.port.get().err(),
+        settings.protocol.get().err(),
+        settings.restart.get().err(),
+        settings.tls.files().err(),
+        settings.client_url.get().err(),
+        settings.lock_timeout.get().err(),
     ];
     errors
         .into_iter()
         .flatten()
-        .map(|e| match e.downcast_ref::<crate::error::CliError>() {
-            Some(ce) => (ce.message.clone(), ce.hint.clone()),
-            None => (format!("{e:#}"), None),
-        })
+        .map(|e| (e.message, e.hint))
         .collect()
+}
+
+/// Where the settings that are not at their default came from; the list is the detail (`-v`, `--json`).
+pub(super) fn origins(setup: &Setup) -> Finding {
+    let default = Config::default();
+    let config = setup.config.as_ref().unwrap_or(&default);
+    let set: Vec<String> = settings_of(setup.paths, config)
+        .entries()
+        .into_iter()
+        .filter(|e| e.origin != "default")
+        .map(|e| format!("{} = {} ({})", e.key, e.value, e.origin))
+        .collect();
+    let title = match set.len() {
+        0 => "every setting is at its default".to_owned(),
+        1 => "1 setting is set; the rest are defaults".to_owned(),
+        n => format!("{n} settings are set; the rest are defaults"),
+    };
+    Finding::ok(SECTION, "config.settings", title, set.join("; "))
 }
 
 fn refused(invalid: &[(String, Option<String>)]) -> Finding {

@@ -1,7 +1,7 @@
 //! The Engine section's look for processes that outlived their engine: Ray workers after a `kill -9`, a session
 //! whose leader is gone. Found and named here; `engine stop` and `--fix` end them.
 
-use crate::engine::{self, Probe};
+use crate::engine::{self, Diagnosis};
 use crate::paths::Paths;
 use crate::procfs;
 use crate::registration::Registration;
@@ -13,11 +13,11 @@ use super::{Finding, Repair};
 /// Processes of an earlier engine of this home that outlived it (e.g. Ray workers after a `kill -9` of `engine start
 /// --foreground`), found by the engine mark in their environment, whoever their parent is now. Not judged while a
 /// supervisor holds the lock without a registration: its engine's are indistinguishable then.
-pub(super) fn orphans_check(paths: &Paths, probe: &Probe) -> Option<Finding> {
-    let live = match probe {
-        Probe::Live { reg: None, .. } => return None,
-        Probe::Live { reg: Some(r), .. } => Some(r.instance_id.as_str()),
-        Probe::Down { .. } => None,
+pub(super) fn orphans_check(paths: &Paths, diagnosis: &Diagnosis) -> Option<Finding> {
+    let live = match diagnosis {
+        Diagnosis::Unregistered => return None,
+        Diagnosis::Live(l) => Some(l.reg.instance_id.as_str()),
+        _ => None,
     };
     let left = engine::marked_leftovers(paths, live);
     if left.is_empty() {
@@ -45,7 +45,7 @@ pub(super) fn orphans_check(paths: &Paths, probe: &Probe) -> Option<Finding> {
 
 /// The processes still in a dead instance's session, when there are any.
 pub(super) fn of_dead_instance(reg: &Registration) -> Option<Finding> {
-    let left = session_members(reg);
+    let left = engine::session_leftovers(reg);
     if left.is_empty() {
         return None;
     }
@@ -59,21 +59,6 @@ pub(super) fn of_dead_instance(reg: &Registration) -> Option<Finding> {
         )
         .fix("breadboard engine stop"),
     )
-}
-
-/// Processes still in a dead instance's session: same guards as `engine stop` (our boot, session leader gone,
-/// started after the supervisor), so an unrelated process that reuses a pid is never reported as ours.
-fn session_members(reg: &Registration) -> Vec<Pid> {
-    let Some(sid) = reg.sid else {
-        return Vec::new();
-    };
-    if reg.boot_id != procfs::boot_id() || procfs::alive(sid) || sid != reg.supervisor_pid {
-        return Vec::new();
-    }
-    procfs::session_members(sid, &[])
-        .into_iter()
-        .filter(|p| procfs::start_ticks(*p).is_some_and(|t| t >= reg.supervisor_start_ticks))
-        .collect()
 }
 
 /// A pid with the start of its command line: enough to recognise it, short enough for one line of the report.

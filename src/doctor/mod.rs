@@ -224,6 +224,7 @@ pub(crate) fn all_checks(setup: &Setup) -> Vec<Finding> {
     let mut out = vec![cli::version_check(setup.paths)];
     out.extend(home::checks(setup.paths));
     out.push(config::check(setup));
+    out.push(config::origins(setup));
     out.push(python::uv_check(setup));
     let store = Store::new(setup.paths);
     let installed = venv::install_checks(setup.paths, &store);

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::compat;
 use crate::crash::LastExit;
-use crate::engine::{self, Answer, Probe};
-use crate::engine_client::{ClientError, Health};
+use crate::engine::{self, Answer, Diagnosis, Live};
 use crate::paths::Paths;
 use crate::registration::Registration;
 
@@ -22,8 +21,9 @@ const DOCTOR_HEALTH_PATIENCE: Duration = Duration::from_secs(3);
 pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
     let paths = setup.paths;
     let mut out = run_file_checks(paths);
-    let probe = match engine::probe(paths, None, false) {
-        Ok(probe) => probe,
+    let diagnosis = match engine::diagnose(paths, None, false) {
+        // A busy engine (connected, no answer within the quick probe) gets a longer look before it is judged.
+        Ok(d) => d.patiently(paths, DOCTOR_HEALTH_PATIENCE),
         Err(e) => {
             out.push(
                 Finding::error(
@@ -37,14 +37,14 @@ pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             return out;
         }
     };
-    out.extend(leftover_processes::orphans_check(paths, &probe));
-    match probe {
-        Probe::Down { stale: None, crash } => out.extend(not_running(setup, crash)),
-        Probe::Down {
-            stale: Some(reg),
-            crash,
-        } => out.extend(stale_instance(paths, &reg, crash)),
-        Probe::Live { reg: None, .. } => out.push(
+    out.extend(leftover_processes::orphans_check(paths, &diagnosis));
+    match &diagnosis {
+        Diagnosis::Stopped => out.extend(not_running(setup)),
+        Diagnosis::Leftovers(reg) => out.extend(stale_instance(paths, reg, None)),
+        Diagnosis::Crashed(dead) | Diagnosis::Errored(dead) => {
+            out.extend(stale_instance(paths, &dead.reg, Some(&dead.exit)))
+        }
+        Diagnosis::Unregistered => out.push(
             Finding::error(
                 SECTION,
                 "engine.registration",
@@ -53,10 +53,7 @@ pub(crate) fn runtime_checks(setup: &Setup) -> Vec<Finding> {
             )
             .fix("breadboard engine restart"),
         ),
-        Probe::Live {
-            reg: Some(reg),
-            health,
-        } => out.extend(live_instance(paths, &reg, health)),
+        Diagnosis::Live(live) => out.extend(live_instance(live)),
     }
     out
 }
@@ -101,7 +98,7 @@ fn run_file_checks(paths: &Paths) -> Vec<Finding> {
 
 /// No engine runs: a registration left here does not parse (a readable one would be stale), and the port the next
 /// start would take should be free.
-fn not_running(setup: &Setup, crash: Option<LastExit>) -> Vec<Finding> {
+fn not_running(setup: &Setup) -> Vec<Finding> {
     let paths = setup.paths;
     let registration = if std::fs::metadata(paths.registration()).is_ok() {
         Finding::error(
@@ -121,7 +118,6 @@ fn not_running(setup: &Setup, crash: Option<LastExit>) -> Vec<Finding> {
         )
     };
     let mut out = vec![registration];
-    out.extend(crash.map(|c| crash_finding(paths, &c)));
     out.push(match setup.config.as_ref().map(engine::configured_port) {
         Ok(Ok(port)) => port_check(port),
         // A config that does not parse is its own finding; check the default port meanwhile.
@@ -139,7 +135,7 @@ fn not_running(setup: &Setup, crash: Option<LastExit>) -> Vec<Finding> {
 
 /// An engine registered and died without cleaning up: its registration, what of its session still runs, its crash
 /// record, and whether its port was taken since.
-fn stale_instance(paths: &Paths, reg: &Registration, crash: Option<LastExit>) -> Vec<Finding> {
+fn stale_instance(paths: &Paths, reg: &Registration, crash: Option<&LastExit>) -> Vec<Finding> {
     let leftovers = leftover_processes::of_dead_instance(reg);
     let mut stale = Finding::warn(
         SECTION,
@@ -160,18 +156,13 @@ fn stale_instance(paths: &Paths, reg: &Registration, crash: Option<LastExit>) ->
     }
     let mut out = vec![stale];
     out.extend(leftovers);
-    out.extend(crash.map(|c| crash_finding(paths, &c)));
+    out.extend(crash.map(|c| crash_finding(paths, c)));
     out.push(port_check(reg.port));
     out
 }
 
-fn live_instance(
-    paths: &Paths,
-    reg: &Registration,
-    health: Option<Result<Health, ClientError>>,
-) -> Vec<Finding> {
-    // A busy engine (connected, no answer within the quick probe) gets a longer look before it is judged.
-    let health = engine::health_patiently(reg, health, DOCTOR_HEALTH_PATIENCE);
+fn live_instance(live: &Live) -> Vec<Finding> {
+    let reg = &live.reg;
     let mut out = vec![Finding::ok(
         SECTION,
         "engine.registration",
@@ -181,16 +172,15 @@ fn live_instance(
             reg.supervisor_pid, reg.pid
         ),
     )];
-    let answer = engine::answer(paths, reg, health);
-    if matches!(answer, Answer::Ready(_) | Answer::Incompatible(..)) {
+    if matches!(live.answer, Answer::Ready(_) | Answer::Incompatible(..)) {
         out.push(ray::engine_check(reg));
     }
-    out.push(health_finding(reg, answer));
+    out.push(health_finding(reg, &live.answer));
     out
 }
 
 /// What answered `/health` at the registered address, and the command that gets a working engine back.
-fn health_finding(reg: &Registration, answer: Answer) -> Finding {
+fn health_finding(reg: &Registration, answer: &Answer) -> Finding {
     let not_answering = |detail: String| {
         Finding::error(
             SECTION,
