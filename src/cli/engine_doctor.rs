@@ -36,6 +36,8 @@ struct Summary {
 struct Report<'a> {
     summary: Summary,
     checks: &'a [Finding],
+    /// Every setting with its value and where it came from (no secret is ever in a value).
+    settings: Vec<crate::settings::Entry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     repairs: Vec<String>,
 }
@@ -56,9 +58,11 @@ pub fn run(paths: &Paths, printer: &Printer, args: &DoctorArgs) -> anyhow::Resul
         .count();
     let warnings = findings.iter().filter(|f| f.status == Status::Warn).count();
     if args.json {
+        let config = Config::load_quiet(&paths.config_file()).ok();
         printer.json(&Report {
             summary: Summary { errors, warnings },
             checks: &findings,
+            settings: crate::settings::Settings::report(paths, config.as_ref()),
             repairs,
         });
     } else {
@@ -185,11 +189,9 @@ fn file_repair(
         Repair::RemoveStale { instance_id } => {
             // The findings were made before the lock was ours (slow checks ran in between): an `engine start` may
             // have registered a live engine since. Look again, and clean only the same dead instance.
-            match engine::probe(paths, Some(printer), true)? {
-                engine::Probe::Down { stale, .. }
-                    if stale.as_ref().map(|r| &r.instance_id) == instance_id.as_ref() =>
-                {
-                    engine::clean_stale(paths, stale.as_ref(), printer);
+            match engine::diagnose(paths, Some(printer), true)? {
+                d if !d.is_live() && d.stale().map(|r| &r.instance_id) == instance_id.as_ref() => {
+                    engine::clean_stale(paths, d.stale(), printer);
                     match instance_id {
                         Some(id) => {
                             format!("removed the stale registration of engine instance {id}")
@@ -208,10 +210,10 @@ fn file_repair(
         Repair::RebuildVenv { .. } => return Ok(None),
         Repair::EndLeftovers => {
             // Looked at again under the lock: the running instance (if any) may have changed since.
-            let live = match engine::probe(paths, None, false)? {
-                engine::Probe::Live { reg: Some(r), .. } => Some(r.instance_id),
-                engine::Probe::Live { reg: None, .. } => return Ok(None),
-                engine::Probe::Down { .. } => None,
+            let live = match engine::diagnose(paths, None, false)? {
+                engine::Diagnosis::Live(l) => Some(l.reg.instance_id),
+                engine::Diagnosis::Unregistered => return Ok(None),
+                _ => None,
             };
             let left = engine::marked_leftovers(paths, live.as_deref());
             engine::end_marked_leftovers(paths, printer, live.as_deref());

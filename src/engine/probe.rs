@@ -135,19 +135,6 @@ pub(crate) fn answer(
     }
 }
 
-/// Asks `/health` again, with a longer read timeout, of an engine that connected but did not answer in time (busy,
-/// e.g. while a local Ray connects). Other answers are returned as they are.
-pub(crate) fn health_patiently(
-    reg: &Registration,
-    first: Option<Result<Health, ClientError>>,
-    patience: Duration,
-) -> Option<Result<Health, ClientError>> {
-    match first {
-        Some(Err(ClientError::Slow(_))) => client_for(reg, patience).map(|c| c.health()),
-        other => other,
-    }
-}
-
 /// Health matches the registration's instance, and its pid is the engine the supervisor spawned or, for a shell
 /// snippet (`engine.command = "cd X && cmd"`), a process of that engine's process group.
 ///

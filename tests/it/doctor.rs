@@ -750,3 +750,88 @@ fn an_unreadable_session_index_is_reported_and_its_fixes_work() {
     assert_eq!(code, 0, "{doc:#}");
     engine.cmd(&["engine", "stop"]).assert().success();
 }
+
+/// Doctor says where each setting came from: the config file (with its key), the environment (with the variable),
+/// or the default; a value a command would refuse is an error naming its origin's fix; a token is never shown.
+#[test]
+fn settings_are_reported_with_their_origins_and_no_token() {
+    let ctx = TestContext::new();
+    std::fs::create_dir_all(&ctx.home).unwrap();
+    std::fs::write(
+        ctx.home.join("config.toml"),
+        "[engine]\nport = 9417\nrestart = \"on-failure\"\n",
+    )
+    .unwrap();
+    let secret = "t0ken-that-must-never-show";
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = ctx.cmd(&["engine", "doctor", "--json"]);
+        cmd.env("BREADBOARD_PROTOCOL_STRICT", "0")
+            .env("BREADBOARD_API_TOKEN", secret);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !text.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret),
+            "the token shows: {text}"
+        );
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let doc = run(&[]);
+    let origin = |doc: &serde_json::Value, key: &str| {
+        let s = doc["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("no setting {key} in {doc}"))
+            .clone();
+        (
+            s["value"].as_str().unwrap().to_owned(),
+            s["origin"].as_str().unwrap().to_owned(),
+        )
+    };
+    let config_file = ctx.home.join("config.toml");
+    assert_eq!(
+        origin(&doc, "engine.port"),
+        (
+            "9417".to_owned(),
+            format!("config {}:engine.port", config_file.display())
+        )
+    );
+    assert_eq!(
+        origin(&doc, "protocol.mode"),
+        (
+            "soft".to_owned(),
+            "env BREADBOARD_PROTOCOL_STRICT".to_owned()
+        )
+    );
+    assert_eq!(origin(&doc, "client.url").1, "default");
+    assert_eq!(
+        origin(&doc, "client.token"),
+        (
+            "(not shown)".to_owned(),
+            "env BREADBOARD_API_TOKEN".to_owned()
+        )
+    );
+    let listed = check(&doc, "config.settings");
+    assert_eq!(listed["status"], "ok");
+    let detail = listed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("engine.restart = on-failure (config "),
+        "{detail}"
+    );
+    // The environment wins over the file; a value the commands refuse is the config check's error.
+    let doc = run(&[("BREADBOARD_CLI_PORT", "not-a-port")]);
+    assert_eq!(origin(&doc, "engine.port").1, "env BREADBOARD_CLI_PORT");
+    let refused = check(&doc, "config.parse");
+    assert_eq!(refused["status"], "error", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("BREADBOARD_CLI_PORT"),
+        "{refused}"
+    );
+}
