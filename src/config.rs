@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use crate::error::{CliError, ErrorKind};
 use crate::printer::Printer;
-use crate::settings::ConfigSource;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -279,23 +278,6 @@ pub(crate) fn sourced_python(
         From::Config { .. } | From::Default => Origin::Config,
     };
     Some(Sourced { value, origin })
-}
-
-/// The forced installer: flag > BREADBOARD_INSTALLER > `[engine] installer`; `None` means uv when found, else pip.
-pub(crate) fn resolve_installer(
-    flag: Option<crate::venv::store::InstallerKind>,
-    config: &Config,
-) -> anyhow::Result<Option<crate::venv::store::InstallerKind>> {
-    let flags = crate::settings::Flags {
-        installer: flag,
-        ..Default::default()
-    };
-    let installer = crate::settings::installer(
-        &flags,
-        &crate::settings::Env::process(),
-        ConfigSource::unnamed(config),
-    );
-    Ok(*installer.get()?)
 }
 
 /// A remote engine's base URL: `http://HOST:PORT` or `https://HOST:PORT` (a path prefix allowed, no query), without

@@ -297,8 +297,13 @@ pub(crate) fn start_local(
     }
     ctx.printer.info(why);
     // As `breadboard engine start` with no flags would, but where and how the engine that died served. The client
-    // commands' settings hold no start flags, but `--protocol`: that one is the client's handshake, not the start's.
+    // commands' settings hold no start flags, but `--protocol`: that one is the client's handshake, not the start's,
+    // whose mode is the one without it.
     let settings = &ctx.settings;
+    let start_protocol = match settings.protocol.origin {
+        Origin::Flag(_) => *settings::without_flags(&ctx.config).protocol.get()?,
+        _ => *settings.protocol.get()?,
+    };
     let opts = engine::StartOpts {
         port: match prev {
             Some(r) => engine::PortSpec::Fixed(r.port),
@@ -308,7 +313,7 @@ pub(crate) fn start_local(
         ray_address: settings.ray_address.get()?.clone(),
         timeout: Duration::from_secs(60),
         foreground: false,
-        protocol: engine::protocol_mode(None, &ctx.config)?,
+        protocol: start_protocol,
         allow_remote: false,
         tls: match prev.and_then(|r| r.tls.clone()) {
             Some(tls) => Some(tls),

@@ -58,18 +58,6 @@ pub enum ProtocolMode {
     Soft,
 }
 
-/// flag > BREADBOARD_PROTOCOL_STRICT > config `protocol.mode` > strict, for the callers that have only a config
-/// (doctor); a command reads `ctx.settings.protocol`.
-pub(crate) fn protocol_mode(
-    flag: Option<ProtocolMode>,
-    config: &crate::config::Config,
-) -> anyhow::Result<ProtocolMode> {
-    match flag {
-        Some(m) => Ok(m),
-        None => Ok(*crate::settings::without_flags(config).protocol.get()?),
-    }
-}
-
 /// The error of a failed strict handshake (the engine has been, or is being, stopped).
 /// `stop_failed`: why the engine that failed its handshake could not be stopped (else it was).
 pub(super) fn handshake_error(

@@ -8,11 +8,6 @@ use crate::error::{CliError, ErrorKind};
 use crate::registration::TlsFiles;
 use crate::settings;
 
-/// `[engine] restart` of config.toml: the supervisor's restart policy (doctor checks it with the same code).
-pub(crate) fn restart_policy(config: &crate::config::Config) -> anyhow::Result<&'static str> {
-    Ok(settings::without_flags(config).restart.get().copied()?)
-}
-
 #[derive(Debug, Clone)]
 pub enum PortSpec {
     Auto,

@@ -512,4 +512,4 @@ mod resolve;
 mod tests;
 
 use resolve::*;
-pub(crate) use resolve::{installer, requested_home, tls_pair};
+pub(crate) use resolve::{requested_home, tls_pair};

@@ -208,7 +208,7 @@ pub(super) fn python(flags: &Flags, env: &Env, config: ConfigSource<'_>) -> Valu
     }
 }
 
-pub(crate) fn installer(
+pub(super) fn installer(
     flags: &Flags,
     env: &Env,
     config: ConfigSource<'_>,
