@@ -74,7 +74,12 @@ pub fn run(paths: &Paths, printer: &Printer, args: &DoctorArgs) -> anyhow::Resul
 
 fn check(paths: &Paths) -> Vec<Finding> {
     let config = Config::load_quiet(&paths.config_file()).map_err(|e| format!("{e:#}"));
-    let setup = Setup { paths, config };
+    let settings = crate::settings::Settings::without_command(paths, config.as_ref().ok());
+    let setup = Setup {
+        paths,
+        config,
+        settings,
+    };
     doctor::all_checks(&setup)
 }
 

@@ -2,8 +2,7 @@
 //! where each setting that is not at its default came from (flag, environment, config file).
 
 use crate::config::Config;
-use crate::paths::Paths;
-use crate::settings::{ConfigSource, Env, Flags, Settings};
+use crate::settings::Settings;
 
 use super::{Finding, Setup};
 
@@ -13,7 +12,7 @@ pub(super) fn check(setup: &Setup) -> Finding {
     let file = setup.paths.config_file();
     match &setup.config {
         Ok(config) => {
-            let invalid = invalid_values(&settings_of(setup.paths, config));
+            let invalid = invalid_values(&setup.settings);
             if invalid.is_empty() {
                 keys_check(config, &file)
             } else {
@@ -31,16 +30,6 @@ pub(super) fn check(setup: &Setup) -> Finding {
             file.display()
         )),
     }
-}
-
-/// The settings as the commands resolve them, from this environment and `config` (doctor takes no flags).
-pub(super) fn settings_of(paths: &Paths, config: &Config) -> Settings {
-    let file = paths.config_file();
-    let source = ConfigSource {
-        config,
-        file: &file,
-    };
-    Settings::resolve(&Flags::default(), &Env::process(), source, &paths.home)
 }
 
 /// The settings' values, checked as the commands read them: a value they refuse is an error here rather than a
@@ -64,9 +53,8 @@ fn invalid_values(settings: &Settings) -> Vec<(String, Option<String>)> {
 
 /// Where the settings that are not at their default came from; the list is the detail (`-v`, `--json`).
 pub(super) fn origins(setup: &Setup) -> Finding {
-    let default = Config::default();
-    let config = setup.config.as_ref().unwrap_or(&default);
-    let set: Vec<String> = settings_of(setup.paths, config)
+    let set: Vec<String> = setup
+        .settings
         .entries()
         .into_iter()
         .filter(|e| e.origin != "default")

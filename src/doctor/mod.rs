@@ -199,6 +199,8 @@ pub(crate) struct Setup<'a> {
     pub paths: &'a Paths,
     /// `Err` carries the parse error (with file, line and column).
     pub config: Result<Config, String>,
+    /// Every setting as the commands resolve it (no flags; the defaults where the config does not parse).
+    pub settings: crate::settings::Settings,
 }
 
 /// The report's sections, in the order they are printed; each file names its own.

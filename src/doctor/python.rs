@@ -27,19 +27,13 @@ pub(super) fn uv_check(setup: &Setup) -> Finding {
         );
     }
     // The next install sets up the pinned uv by itself; only a configured pip keeps installs slow.
-    let configured = crate::env_vars::get(crate::env_vars::BREADBOARD_INSTALLER).or_else(|| {
-        setup
-            .config
-            .as_ref()
-            .ok()
-            .and_then(|c| c.engine.installer.clone())
-    });
-    if configured.as_deref() == Some("pip") {
+    let installer = &setup.settings.installer;
+    if let Ok(Some(crate::venv::store::InstallerKind::Pip)) = installer.get() {
         return Finding::warn(
             SECTION,
             "tools.uv",
             "installs use pip (configured), much slower than uv",
-            "[engine] installer or BREADBOARD_INSTALLER says pip",
+            format!("the installer is pip ({})", installer.origin),
         )
         .fix("breadboard engine install --installer uv   # sets up a pinned uv if none is found");
     }
