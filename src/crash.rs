@@ -84,7 +84,7 @@ impl LastExit {
             (Some(c), _) => format!("exit code {c}"),
             (None, Some(s)) => format!(
                 "killed by {} (signal {s}){}",
-                crate::sys::signal_name(s),
+                crate::os::sys::signal_name(s),
                 if self.core_dumped {
                     ", core dumped"
                 } else {

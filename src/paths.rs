@@ -125,7 +125,7 @@ impl Paths {
     pub fn ensure_private(&self, printer: &crate::printer::Printer) -> anyhow::Result<()> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         self.ensure_home()?;
-        let me = crate::sys::getuid();
+        let me = crate::os::sys::getuid();
         for dir in self.private_dirs() {
             let before = std::fs::metadata(&dir).ok();
             ensure_private_dir(&dir)?;
@@ -209,7 +209,7 @@ fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("could not read {}", dir.display()))?;
     let meta =
         std::fs::metadata(dir).with_context(|| format!("could not read {}", dir.display()))?;
-    let me = crate::sys::getuid();
+    let me = crate::os::sys::getuid();
     for m in [&link, &meta] {
         if m.uid() != me {
             return Err(CliError::new(

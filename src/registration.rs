@@ -154,8 +154,8 @@ pub(crate) fn peek(paths: &Paths) -> Option<Registration> {
 
 /// The registration a live supervisor was started with (its spec, in its environment), for when the file was lost
 /// or corrupted: what a restart should keep (port, Ray address). `pid` must be a verified supervisor of this home.
-pub(crate) fn from_supervisor(pid: crate::sys::Pid) -> Option<Registration> {
-    let json = crate::procfs::environ_var(pid, crate::supervisor::SPEC_ENV)?;
+pub(crate) fn from_supervisor(pid: crate::os::sys::Pid) -> Option<Registration> {
+    let json = crate::os::procfs::environ_var(pid, crate::supervisor::SPEC_ENV)?;
     serde_json::from_str::<Registration>(&json).ok()
 }
 

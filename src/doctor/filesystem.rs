@@ -75,7 +75,7 @@ fn filesystem_of(path: &Path) -> Option<(String, Option<String>)> {
             return Some((fstype, Some(point)));
         }
     }
-    crate::sys::filesystem_type(&canonical).map(|t| (t, None))
+    crate::os::sys::filesystem_type(&canonical).map(|t| (t, None))
 }
 
 pub(super) fn disk_check(path: &Path) -> Finding {

@@ -79,7 +79,7 @@ fn run_dir_check(paths: &Paths) -> Option<Finding> {
     let run = paths.run_dir();
     let meta = std::fs::metadata(&run).ok()?;
     let mode = meta.permissions().mode() & 0o777;
-    let me = crate::sys::getuid();
+    let me = crate::os::sys::getuid();
     Some(if meta.uid() != me {
         // Another user's run dir: its locks and token are not ours to trust (e.g. a home made by `sudo`).
         Finding::error(

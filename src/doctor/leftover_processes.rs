@@ -2,10 +2,10 @@
 //! whose leader is gone. Found and named here; `engine stop` and `--fix` end them.
 
 use crate::engine::{self, Diagnosis};
+use crate::os::procfs;
+use crate::os::sys::Pid;
 use crate::paths::Paths;
-use crate::procfs;
 use crate::registration::Registration;
-use crate::sys::Pid;
 
 use super::runtime::SECTION;
 use super::{Finding, Repair};

@@ -251,8 +251,8 @@ fn health_finding(reg: &Registration, answer: &Answer) -> Finding {
     }
 }
 
-fn stopped_by_signal(pid: crate::sys::Pid) -> bool {
-    crate::procfs::stat(pid).is_some_and(|s| s.state == 'T' || s.state == 't')
+fn stopped_by_signal(pid: crate::os::sys::Pid) -> bool {
+    crate::os::procfs::stat(pid).is_some_and(|s| s.state == 'T' || s.state == 't')
 }
 
 fn crash_finding(paths: &Paths, exit: &LastExit) -> Finding {
@@ -280,7 +280,7 @@ fn crash_finding(paths: &Paths, exit: &LastExit) -> Finding {
 }
 
 fn port_check(port: u16) -> Finding {
-    match crate::procfs::port_owner(port) {
+    match crate::os::procfs::port_owner(port) {
         Some((pid, cmd)) => Finding::warn(
             SECTION,
             "engine.port",
@@ -290,11 +290,11 @@ fn port_check(port: u16) -> Finding {
         .fix(format!(
             "breadboard engine start --port auto   # or stop pid {pid}"
         )),
-        None if crate::procfs::port_listening(port) => Finding::warn(
+        None if crate::os::procfs::port_listening(port) => Finding::warn(
             SECTION,
             "engine.port",
             format!("port {port} is in use"),
-            format!("by another process ({})", crate::procfs::UNNAMED_HOLDER),
+            format!("by another process ({})", crate::os::procfs::UNNAMED_HOLDER),
         )
         .fix("breadboard engine start --port auto"),
         None => Finding::ok(

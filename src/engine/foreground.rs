@@ -7,9 +7,9 @@ use crate::crash;
 use crate::engine_client::Health;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
+use crate::os::sys;
 use crate::registration::{self, Registration};
 use crate::supervisor;
-use crate::sys;
 
 use super::*;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::context::Ctx;
 use crate::engine_client::EngineClient;
 use crate::error::{CliError, ErrorKind};
-use crate::procfs;
+use crate::os::procfs;
 use crate::settings::EngineCommand;
 use crate::venv::store::Store;
 

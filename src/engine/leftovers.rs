@@ -6,11 +6,11 @@ use std::time::Duration;
 use crate::crash::{self, LastExit};
 use crate::env_vars;
 use crate::fsutil;
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::procfs;
 use crate::registration::{self, Registration};
-use crate::sys;
 
 use super::*;
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use crate::crash::{self, LastExit};
 use crate::engine_client::{ClientError, EngineClient, Health};
 use crate::fsutil;
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::procfs;
 use crate::registration::{self, Registration};
-use crate::sys;
 
 use super::handshake::{handshake_problems, pinned_version};
 

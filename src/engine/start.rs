@@ -11,11 +11,11 @@ use crate::context::Ctx;
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
 use crate::registration::{self, Registration};
 use crate::supervisor;
-use crate::sys;
 
 use super::*;
 

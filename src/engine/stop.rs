@@ -8,11 +8,11 @@ use crate::context::Ctx;
 use crate::crash::{self, LastExit};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::procfs;
 use crate::registration::{self, Registration};
-use crate::sys;
 
 use super::*;
 

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use crate::error::{CliError, ErrorKind};
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::procfs;
 use crate::registration;
-use crate::sys;
 
 use super::*;
 

@@ -58,7 +58,7 @@ fn pid_in(file: &Path) -> Option<i32> {
 
 /// Whether a process with this pid exists. EPERM (another user's process) counts as alive.
 fn alive(pid: i32) -> bool {
-    !matches!(crate::sys::kill(pid, 0), Ok(false))
+    !matches!(crate::os::sys::kill(pid, 0), Ok(false))
 }
 
 /// The pid of the waiter whose claim (`pid.taken.<pid>`) is in `lock`.
@@ -267,7 +267,7 @@ fn remove_claimed(home: &Path, lock: &Path) {
 
 impl Drop for InstallLock {
     fn drop(&mut self) {
-        let me = crate::sys::getpid();
+        let me = crate::os::sys::getpid();
         for _ in 0..300 {
             if pid_in(&self.dir.join("pid")) == Some(me) {
                 remove_claimed(&self.home, &self.dir);
@@ -306,7 +306,7 @@ impl InstallLock {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let dead = |pid: i32| pid != crate::sys::getpid() && !alive(pid);
+                let dead = |pid: i32| pid != crate::os::sys::getpid() && !alive(pid);
                 let leftover = prefixes
                     .iter()
                     .find_map(|p| name.strip_prefix(p))
@@ -385,7 +385,7 @@ mod tests {
         std::fs::write(lock.join(format!("{CLAIM_PREFIX}{}", dead_pid())), "1\n").unwrap();
         set_age(&lock, LOCK_STALE_AFTER + Duration::from_secs(1));
         let held = InstallLock::acquire_within(home.path(), &printer, no_wait).unwrap();
-        assert_eq!(pid_in(&lock.join("pid")), Some(crate::sys::getpid()));
+        assert_eq!(pid_in(&lock.join("pid")), Some(crate::os::sys::getpid()));
         drop(held);
         assert_eq!(
             names(home.path()),

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::{write_registration, ReadyHook, Sink, SPEC_ENV};
 use crate::fsutil;
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
-use crate::procfs;
 use crate::registration::Registration;
-use crate::sys;
 
 pub(super) fn spawn_engine(
     command: &[String],

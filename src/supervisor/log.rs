@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::fsutil;
-use crate::sys;
+use crate::os::sys;
 
 /// Where the engine's output goes.
 #[derive(Clone)]

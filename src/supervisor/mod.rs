@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use crate::crash::{self, LastExit};
 use crate::fsutil;
+use crate::os::procfs;
+use crate::os::sys;
 use crate::paths::Paths;
-use crate::procfs;
 use crate::registration::{self, Registration};
-use crate::sys;
 
 mod engine_process;
 mod instance_lock;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use super::Sink;
 use crate::crash::{self, CrashLoop, LastExit};
 use crate::fsutil;
+use crate::os::sys;
 use crate::paths::Paths;
 use crate::registration;
-use crate::sys;
 
 const CRASH_LOOP_CRASHES: usize = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);

@@ -521,7 +521,7 @@ fn ask_and_sessions_against_the_real_engine() {
         finished(&waking_out) >= 1
     });
     let pid = waking.id() as i32;
-    breadboard::sys::kill(pid, libc::SIGSTOP).unwrap();
+    breadboard::os::sys::kill(pid, libc::SIGSTOP).unwrap();
     let old_token = e.token();
     e.cmd(&["engine", "restart"]).assert().success();
     assert_ne!(
@@ -529,7 +529,7 @@ fn ask_and_sessions_against_the_real_engine() {
         old_token,
         "a restart gives the engine a new token"
     );
-    breadboard::sys::kill(pid, libc::SIGCONT).unwrap();
+    breadboard::os::sys::kill(pid, libc::SIGCONT).unwrap();
     assert_eq!(
         run(
             &e,
@@ -548,7 +548,7 @@ fn ask_and_sessions_against_the_real_engine() {
         "the follower ended: {}",
         waking_err.lines.lock().unwrap().join("\n")
     );
-    breadboard::sys::kill(pid, libc::SIGKILL).unwrap();
+    breadboard::os::sys::kill(pid, libc::SIGKILL).unwrap();
     let _ = waking.wait();
 
     let (mut follower, out, err) = spawn_collected(
@@ -589,7 +589,7 @@ fn ask_and_sessions_against_the_real_engine() {
             .any(|l| l.contains("run_finished"))
     });
     let pid = e.registration().unwrap()["pid"].as_i64().unwrap();
-    breadboard::sys::kill(pid as i32, 9).unwrap();
+    breadboard::os::sys::kill(pid as i32, 9).unwrap();
     // Bounded: a follow that retries forever fails here instead of hanging the suite.
     wait_for(
         "the remote follower to give up",
@@ -757,7 +757,7 @@ fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
         });
         let pid = e.registration().unwrap()["pid"].as_i64().unwrap();
         if i == 4 || i == 14 {
-            breadboard::sys::kill(pid as i32, 9).unwrap();
+            breadboard::os::sys::kill(pid as i32, 9).unwrap();
             wait_for("the supervisor's restart", Duration::from_secs(60), || {
                 e.registration()
                     .is_some_and(|r| r["pid"].as_i64() != Some(pid))
@@ -771,7 +771,7 @@ fn follow_json_across_20_disconnects_prints_every_seq_once_in_order() {
     wait_for("the follower to catch up", Duration::from_secs(60), || {
         out.seqs().last().copied() == Some(last)
     });
-    breadboard::sys::kill(follower.id() as i32, 2).unwrap();
+    breadboard::os::sys::kill(follower.id() as i32, 2).unwrap();
     let status = follower.wait().unwrap();
     let stderr = err.lines.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(0), "{stderr}");

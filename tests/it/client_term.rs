@@ -108,7 +108,7 @@ fn attach_ask_ctrl_c_and_the_restart_prompt_in_a_real_terminal() {
     let t = open(&e, "follow", &format!("sessions follow {id}"));
     t.wait_for_text("> hello attach");
     let reg = e.registration().unwrap();
-    breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+    breadboard::os::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
     t.wait_for_text("restart the engine? [Y/n]");
     let text = t.text();
     assert!(
@@ -137,7 +137,7 @@ fn attach_ask_ctrl_c_and_the_restart_prompt_in_a_real_terminal() {
     let t = open(&e, "follow2", &format!("sessions follow {id}"));
     t.wait_for_text("> after the restart");
     let reg = e.registration().unwrap();
-    breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+    breadboard::os::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
     t.wait_for_text("restart the engine? [Y/n]");
     t.keys(&["C-c"]);
     t.wait_for_text("EXIT=0");

@@ -51,7 +51,7 @@ fn kill_9_of_engine_and_supervisor_with_ray_leaves_no_orphans() {
     );
 
     // kill -9 the engine: the supervisor records it and ends everything of the session.
-    breadboard::sys::kill(pid, 9).unwrap();
+    breadboard::os::sys::kill(pid, 9).unwrap();
     wait_for("session empty", Duration::from_secs(20), || {
         session(sid).is_empty()
     });
@@ -81,10 +81,10 @@ fn kill_9_of_engine_and_supervisor_with_ray_leaves_no_orphans() {
     let sid = reg["sid"].as_i64().unwrap();
     let sup = reg["supervisor_pid"].as_i64().unwrap() as i32;
     let pid = reg["pid"].as_i64().unwrap() as i32;
-    breadboard::sys::kill(sup, 9).unwrap();
+    breadboard::os::sys::kill(sup, 9).unwrap();
     if LINUX_EXTRAS {
         wait_for("engine gone", Duration::from_secs(10), || {
-            !breadboard::procfs::alive(pid)
+            !breadboard::os::procfs::alive(pid)
         });
     }
     let out = e
@@ -128,7 +128,7 @@ fn engine_survives_sighup_of_the_launching_terminal() {
         Duration::from_secs(10),
         || processes_mentioning(&script_path).is_empty(),
     );
-    assert!(breadboard::procfs::alive(pid));
+    assert!(breadboard::os::procfs::alive(pid));
     let (code, st) = e.status();
     assert_eq!(code, 0, "{st}");
 }
@@ -140,10 +140,10 @@ fn crash_prompt_in_a_real_terminal_answered_both_ways() {
         e.start();
         let reg = e.registration().unwrap();
         let id = reg["instance_id"].as_str().unwrap().to_owned();
-        breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+        breadboard::os::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
         wait_for("crash recorded", Duration::from_secs(10), || {
             last_exit(&e).is_some_and(|x| x["instance_id"] == id.as_str())
-                && !breadboard::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
+                && !breadboard::os::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
         });
         let t = Term::open(
             &e.command(),
@@ -192,7 +192,7 @@ fn foreground_runs_attached_and_ctrl_c_stops_it_cleanly() {
     assert_eq!(reg["supervisor_pid"].as_i64(), Some(i64::from(child.id())));
     let (code, _) = e.status();
     assert_eq!(code, 0);
-    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    breadboard::os::sys::kill(child.id() as i32, 2).unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -201,7 +201,7 @@ fn foreground_runs_attached_and_ctrl_c_stops_it_cleanly() {
         "engine logs go to the terminal: {err}"
     );
     assert!(out.stdout.is_empty());
-    assert!(!breadboard::procfs::alive(pid));
+    assert!(!breadboard::os::procfs::alive(pid));
     let (code, st) = e.status();
     assert_eq!(code, 10, "{st}");
 }
@@ -240,7 +240,7 @@ fn uninstall_purge_asks_in_a_real_terminal_and_no_keeps_everything() {
 }
 
 fn marked(e: &Engine) -> Vec<i32> {
-    breadboard::procfs::marked_processes("BREADBOARD_ENGINE_MARK", &e.ctx.home)
+    breadboard::os::procfs::marked_processes("BREADBOARD_ENGINE_MARK", &e.ctx.home)
         .into_iter()
         .map(|m| m.pid)
         .collect()
@@ -311,7 +311,7 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     let before = marked(&e);
     // Everything the engine started, whoever is its parent now: its tree under the foreground CLI, and what carries
     // its mark (Ray's re-parented daemons and workers).
-    let mut tree = breadboard::procfs::descendants(fg.id() as i32);
+    let mut tree = breadboard::os::procfs::descendants(fg.id() as i32);
     tree.extend(
         before
             .iter()
@@ -320,7 +320,7 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     );
     let named: Vec<(i32, String)> = tree
         .iter()
-        .map(|p| (*p, breadboard::procfs::cmdline(*p).unwrap_or_default()))
+        .map(|p| (*p, breadboard::os::procfs::cmdline(*p).unwrap_or_default()))
         .collect();
     eprintln!("before the kill: {named:?}");
     // Ray's workers running the turns now (the first turn's worker may have been retired by Ray since).
@@ -330,7 +330,7 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
         .map(|(p, _)| *p)
         .collect();
 
-    breadboard::sys::kill(fg.id() as i32, 9).unwrap();
+    breadboard::os::sys::kill(fg.id() as i32, 9).unwrap();
     fg.wait().unwrap();
     if !LINUX_EXTRAS {
         // No parent-death signal (macOS, the portable build): the engine outlives its foreground supervisor until
@@ -341,8 +341,8 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
     loop {
         let left: Vec<(i32, String)> = tree
             .iter()
-            .filter(|p| breadboard::procfs::alive(**p))
-            .map(|p| (*p, breadboard::procfs::cmdline(*p).unwrap_or_default()))
+            .filter(|p| breadboard::os::procfs::alive(**p))
+            .map(|p| (*p, breadboard::os::procfs::cmdline(*p).unwrap_or_default()))
             .collect();
         if left.is_empty() {
             break;
@@ -353,7 +353,7 @@ fn kill_9_of_a_foreground_engine_leaves_no_ray_worker_behind() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!breadboard::procfs::alive(worker));
+    assert!(!breadboard::os::procfs::alive(worker));
     assert!(!workers.is_empty(), "no Ray worker ran a turn: {named:?}");
     assert!(
         workers.iter().all(|w| before.contains(w)),
@@ -418,7 +418,7 @@ fn leftovers_of_an_earlier_engine_are_found_by_their_mark_and_stop_ends_them() {
         ours.try_wait().unwrap().is_some()
     });
     assert!(
-        breadboard::procfs::alive(theirs.id() as i32),
+        breadboard::os::procfs::alive(theirs.id() as i32),
         "another home's process is left alone"
     );
     let _ = theirs.kill();

@@ -626,7 +626,7 @@ fn configured_port_held_by_another_process_names_it() {
     let me = if LINUX_EXTRAS {
         std::process::id().to_string()
     } else {
-        breadboard::procfs::UNNAMED_HOLDER.to_owned()
+        breadboard::os::procfs::UNNAMED_HOLDER.to_owned()
     };
     assert!(
         finding["detail"].as_str().unwrap().contains(&me),

@@ -111,11 +111,11 @@ fn stop_of_a_sigstopped_supervisor_continues_it_and_says_so() {
     let reg = e.registration().unwrap();
     let sup = reg["supervisor_pid"].as_i64().unwrap() as i32;
     let sid = reg["sid"].as_i64().unwrap();
-    breadboard::sys::kill(sup, libc::SIGSTOP).unwrap();
+    breadboard::os::sys::kill(sup, libc::SIGSTOP).unwrap();
     wait_for(
         "the supervisor to be stopped",
         Duration::from_secs(5),
-        || breadboard::procfs::stat(sup).is_some_and(|s| s.state == 'T'),
+        || breadboard::os::procfs::stat(sup).is_some_and(|s| s.state == 'T'),
     );
     let a = e.cmd(&["engine", "stop"]).assert().success();
     let err = stderr(&a);

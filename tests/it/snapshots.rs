@@ -151,11 +151,11 @@ fn status_crash_report_and_client_errors_of_a_real_engine() {
 
     // kill -9 of the engine (no automatic restart): the crash report, once, with the log's tail.
     let reg = e.registration().unwrap();
-    breadboard::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
+    breadboard::os::sys::kill(reg["pid"].as_i64().unwrap() as i32, 9).unwrap();
     // Polled on the record itself: a `status` here would already show (and so use up) the report.
     wait_for("the crash to be recorded", Duration::from_secs(20), || {
         ctx.home.join("run/last-exit.json").is_file()
-            && !breadboard::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
+            && !breadboard::os::procfs::alive(reg["supervisor_pid"].as_i64().unwrap() as i32)
     });
     let report = run(&["engine", "status"]);
     assert!(

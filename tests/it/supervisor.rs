@@ -123,14 +123,14 @@ impl Drop for Engine {
 }
 
 pub fn kill_session(sid: i32) {
-    for p in breadboard::procfs::session_members(sid, &[]) {
-        let _ = breadboard::sys::kill(p, 9);
+    for p in breadboard::os::procfs::session_members(sid, &[]) {
+        let _ = breadboard::os::sys::kill(p, 9);
     }
 }
 
 /// Live processes of a session.
 pub fn session(sid: i64) -> Vec<i32> {
-    breadboard::procfs::session_members(sid as i32, &[])
+    breadboard::os::procfs::session_members(sid as i32, &[])
 }
 
 pub fn health(url: &str, token: Option<&str>) -> Option<Value> {
@@ -192,7 +192,7 @@ fn start_status_logs_stop_on_the_real_engine() {
     assert!(health(&url, None).is_none(), "health must need the token");
     let h = health(&url, Some(&token)).unwrap();
     assert_eq!(h["instance_id"], reg["instance_id"]);
-    let engine_cmdline = breadboard::procfs::cmdline(pid as i32).unwrap();
+    let engine_cmdline = breadboard::os::procfs::cmdline(pid as i32).unwrap();
     assert!(engine_cmdline.contains("--fd"), "{engine_cmdline}");
     assert!(!engine_cmdline.contains(&token));
 
@@ -236,7 +236,7 @@ fn start_status_logs_stop_on_the_real_engine() {
         stdout(&stop)
     );
     assert!(session(sid).is_empty(), "left: {:?}", session(sid));
-    assert!(!breadboard::procfs::port_listening(port_of(&url)));
+    assert!(!breadboard::os::procfs::port_listening(port_of(&url)));
     assert!(e.registration().is_none());
     let exit: Value = serde_json::from_str(
         &std::fs::read_to_string(e.ctx.home.join("run/last-exit.json")).unwrap(),
@@ -326,13 +326,13 @@ fn port_held_by_another_process_fails_fast_naming_it() {
     let holder = if LINUX_EXTRAS {
         format!("pid {}", std::process::id())
     } else {
-        breadboard::procfs::UNNAMED_HOLDER.to_owned()
+        breadboard::os::procfs::UNNAMED_HOLDER.to_owned()
     };
     assert!(err.contains(&holder), "{err}");
     assert!(e.registration().is_none());
     assert!(processes_mentioning("__supervise")
         .iter()
-        .all(|p| !breadboard::procfs::cmdline(*p as i32)
+        .all(|p| !breadboard::os::procfs::cmdline(*p as i32)
             .unwrap_or_default()
             .contains(e.ctx.home.to_str().unwrap())));
 }
@@ -360,14 +360,14 @@ fn stop_ends_an_engine_that_ignores_shutdown_and_sigterm() {
     let leftovers: Vec<u32> = processes_mentioning("time.sleep(1000)")
         .into_iter()
         .filter(|p| {
-            breadboard::procfs::stat(*p as i32).is_some_and(|s| {
+            breadboard::os::procfs::stat(*p as i32).is_some_and(|s| {
                 s.ppid == reg["supervisor_pid"].as_i64().unwrap() as i32
                     || s.ppid == reg["pid"].as_i64().unwrap() as i32
             })
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(!breadboard::procfs::port_listening(port_of(
+    assert!(!breadboard::os::procfs::port_listening(port_of(
         started["url"].as_str().unwrap()
     )));
 }
@@ -461,7 +461,7 @@ fn eight_concurrent_starts_make_exactly_one_engine() {
     let sups: Vec<u32> = processes_mentioning("__supervise")
         .into_iter()
         .filter(|p| {
-            breadboard::procfs::cmdline(*p as i32)
+            breadboard::os::procfs::cmdline(*p as i32)
                 .unwrap_or_default()
                 .contains(&home)
         })
@@ -470,7 +470,7 @@ fn eight_concurrent_starts_make_exactly_one_engine() {
     let engines: Vec<u32> = processes_mentioning("breadboard_engine")
         .into_iter()
         .filter(|p| {
-            breadboard::procfs::cmdline(*p as i32)
+            breadboard::os::procfs::cmdline(*p as i32)
                 .unwrap_or_default()
                 .contains(&home)
                 && !sups.contains(p)
@@ -489,7 +489,7 @@ fn stale_and_corrupt_registration_and_corrupt_config() {
         .unwrap();
     let spid = sleeper.id() as i64;
     wait_for("sleep to exist", Duration::from_secs(5), || {
-        breadboard::procfs::alive(spid as i32)
+        breadboard::os::procfs::alive(spid as i32)
     });
     std::fs::create_dir_all(e.ctx.home.join("run")).unwrap();
     let fake = serde_json::json!({
@@ -505,17 +505,17 @@ fn stale_and_corrupt_registration_and_corrupt_config() {
     assert!(code == 14 || code == 10, "status {code}");
     e.cmd(&["engine", "stop"]).assert().success();
     assert!(
-        breadboard::procfs::alive(spid as i32),
+        breadboard::os::procfs::alive(spid as i32),
         "the unrelated process was signalled"
     );
     std::fs::write(e.ctx.home.join("run/engine.json"), fake.to_string()).unwrap();
     e.start();
     assert!(
-        breadboard::procfs::alive(spid as i32),
+        breadboard::os::procfs::alive(spid as i32),
         "the unrelated process was signalled"
     );
     e.cmd(&["engine", "stop"]).assert().success();
-    assert!(breadboard::procfs::alive(spid as i32));
+    assert!(breadboard::os::procfs::alive(spid as i32));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 
@@ -770,7 +770,7 @@ fn fake_children(e: &Engine) -> Vec<u32> {
     processes_mentioning("fake-engine-child")
         .into_iter()
         .filter(|p| {
-            breadboard::procfs::cmdline(*p as i32)
+            breadboard::os::procfs::cmdline(*p as i32)
                 .unwrap_or_default()
                 .contains(&home)
         })
@@ -804,7 +804,7 @@ fn on_failure_restarts_a_kill_9ed_engine_keeping_its_sessions_and_stop_is_final(
     let idle = create_session(&url, &token, serde_json::json!({"task": ""}));
 
     let t0 = Instant::now();
-    breadboard::sys::kill(pid as i32, 9).unwrap();
+    breadboard::os::sys::kill(pid as i32, 9).unwrap();
     // The same supervisor restarts it: a new engine pid with the same instance answers /health.
     wait_for(
         "the restarted engine to answer",
@@ -819,8 +819,8 @@ fn on_failure_restarts_a_kill_9ed_engine_keeping_its_sessions_and_stop_is_final(
     eprintln!("kill -9 to restarted and healthy: {:?}", t0.elapsed());
     let after = e.registration().unwrap();
     let new_pid = after["pid"].as_i64().unwrap();
-    assert!(breadboard::procfs::alive(new_pid as i32));
-    assert!(!breadboard::procfs::alive(pid as i32));
+    assert!(breadboard::os::procfs::alive(new_pid as i32));
+    assert!(!breadboard::os::procfs::alive(pid as i32));
     assert_eq!(after["supervisor_pid"].as_i64(), Some(sup));
     assert_eq!(after["instance_id"], reg["instance_id"]);
     assert_eq!(after["restarts"], 1);
@@ -872,7 +872,7 @@ fn on_failure_restarts_a_kill_9ed_engine_keeping_its_sessions_and_stop_is_final(
 
     // A requested stop is final: exit 0, the supervisor gone, nothing restarted, status stopped.
     e.cmd(&["engine", "stop"]).assert().success();
-    assert!(!breadboard::procfs::alive(sup as i32));
+    assert!(!breadboard::os::procfs::alive(sup as i32));
     assert!(session(sid).is_empty(), "left: {:?}", session(sid));
     let exit: Value = serde_json::from_str(
         &std::fs::read_to_string(e.ctx.home.join("run/last-exit.json")).unwrap(),
@@ -884,7 +884,7 @@ fn on_failure_restarts_a_kill_9ed_engine_keeping_its_sessions_and_stop_is_final(
     assert_eq!((code, st["state"].as_str()), (10, Some("stopped")), "{st}");
     let log = engine_log(&e);
     assert!(!log.contains("automatic restart 2"), "{log}");
-    assert!(!breadboard::procfs::port_listening(port_of(&url)));
+    assert!(!breadboard::os::procfs::port_listening(port_of(&url)));
 }
 
 #[test]
@@ -900,7 +900,7 @@ fn crash_loop_ends_in_errored_with_its_report_and_start_begins_afresh() {
 
     // Each engine exits 1 a second after it starts: restarted twice, then the third crash within 60 s gives up.
     wait_for("the supervisor to give up", Duration::from_secs(30), || {
-        !breadboard::procfs::alive(sup)
+        !breadboard::os::procfs::alive(sup)
     });
     eprintln!("start to errored: {:?}", t0.elapsed());
     let log = engine_log(&e);
@@ -1002,7 +1002,7 @@ fn a_stop_while_a_restart_is_pending_is_never_restarted() {
         t0.elapsed()
     );
     assert!(stdout(&a).contains("engine stopped"), "{}", stdout(&a));
-    assert!(!breadboard::procfs::alive(sup));
+    assert!(!breadboard::os::procfs::alive(sup));
     assert!(session(sid).is_empty(), "left: {:?}", session(sid));
     assert!(fake_children(&e).is_empty(), "{:?}", fake_children(&e));
     assert!(e.registration().is_none());
@@ -1092,11 +1092,11 @@ impl RayHead {
         processes_mentioning(&temp)
             .into_iter()
             .filter_map(|p| {
-                let cmd = breadboard::procfs::cmdline(p as i32)?;
+                let cmd = breadboard::os::procfs::cmdline(p as i32)?;
                 (cmd.contains("gcs_server") || cmd.contains("raylet/raylet")).then(|| {
                     (
                         p as i32,
-                        breadboard::procfs::start_ticks(p as i32).unwrap_or(0),
+                        breadboard::os::procfs::start_ticks(p as i32).unwrap_or(0),
                     )
                 })
             })
@@ -1123,13 +1123,14 @@ impl RayHead {
 impl Drop for RayHead {
     fn drop(&mut self) {
         let temp = self.temp.path().display().to_string();
-        let mut victims: Vec<i32> = breadboard::procfs::session_members(self.sid, &[]);
+        let mut victims: Vec<i32> = breadboard::os::procfs::session_members(self.sid, &[]);
         victims.extend(processes_mentioning(&temp).into_iter().map(|p| p as i32));
         for p in &victims {
-            let _ = breadboard::sys::kill(*p, 9);
+            let _ = breadboard::os::sys::kill(*p, 9);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && victims.iter().any(|p| breadboard::procfs::alive(*p)) {
+        while Instant::now() < deadline && victims.iter().any(|p| breadboard::os::procfs::alive(*p))
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -1240,7 +1241,7 @@ fn ray_address_joins_an_external_cluster_and_stop_leaves_it_running() {
     let worker = msg["payload"]["worker_pid"].as_i64().unwrap() as i32;
     assert_ne!(i64::from(worker), reg["pid"].as_i64().unwrap());
     // The worker belongs to the external cluster (its session), not to the engine's.
-    match breadboard::procfs::stat(worker) {
+    match breadboard::os::procfs::stat(worker) {
         Some(w) => assert_eq!(w.sid, head.sid, "worker {worker} is not the cluster's"),
         None => eprintln!("worker {worker} already exited; its session is not checked"),
     }
@@ -1248,7 +1249,7 @@ fn ray_address_joins_an_external_cluster_and_stop_leaves_it_running() {
     let own_ray: Vec<i32> = session(engine_sid)
         .into_iter()
         .filter(|p| {
-            breadboard::procfs::cmdline(*p)
+            breadboard::os::procfs::cmdline(*p)
                 .unwrap_or_default()
                 .contains("raylet")
         })
@@ -1268,7 +1269,7 @@ fn ray_address_joins_an_external_cluster_and_stop_leaves_it_running() {
     let still: Vec<(i32, u64)> = cluster
         .iter()
         .copied()
-        .filter(|(p, t)| breadboard::procfs::same_process(*p, *t))
+        .filter(|(p, t)| breadboard::os::procfs::same_process(*p, *t))
         .collect();
     assert_eq!(still, cluster, "stopping the engine stopped the cluster");
     assert!(
@@ -1484,7 +1485,7 @@ fn a_registration_corrupted_under_a_running_engine_still_lets_stop_end_it() {
         Duration::from_secs(20),
         || session(sid).is_empty(),
     );
-    assert!(!breadboard::procfs::alive(pid));
+    assert!(!breadboard::os::procfs::alive(pid));
     assert!(supervisors_of(&e).is_empty());
     let (code, _) = e.status();
     assert_eq!(code, 10);
@@ -1686,7 +1687,7 @@ fn a_stop_that_leaves_the_port_listening_fails_naming_the_holder() {
         assert!(
             err.contains(&format!(
                 "port {port} is still listening (by a process: {})",
-                breadboard::procfs::UNNAMED_HOLDER
+                breadboard::os::procfs::UNNAMED_HOLDER
             )) && err.contains("every process of the engine ended"),
             "{err}"
         );
@@ -1815,7 +1816,7 @@ fn foreground_json_prints_one_start_document_once_ready() {
     assert_eq!(doc["pid"], reg["pid"], "{doc}");
     assert_eq!(doc["supervisor_pid"].as_i64(), Some(i64::from(child.id())));
     assert_eq!(doc["instance_id"], reg["instance_id"], "{doc}");
-    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    breadboard::os::sys::kill(child.id() as i32, 2).unwrap();
     let status = child.wait().unwrap();
     reader.join().unwrap();
     let rest: Vec<String> = rx.try_iter().collect();
@@ -1902,7 +1903,7 @@ fn upgrade_uses_the_configured_protocol_mode_and_leaves_a_foreground_engine_runn
         (13, Some("incompatible")),
         "{st}"
     );
-    breadboard::sys::kill(child.id() as i32, 2).unwrap();
+    breadboard::os::sys::kill(child.id() as i32, 2).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
@@ -2070,7 +2071,7 @@ fn engine_command_as_an_argv_list_and_as_a_shell_snippet_both_run_the_real_engin
         assert_eq!(code, 0, "form {i}: {st}");
         let h = health(&url, Some(&e.token())).unwrap();
         let engine_pid = h["pid"].as_i64().unwrap() as i32;
-        let cmdline = breadboard::procfs::cmdline(engine_pid).unwrap();
+        let cmdline = breadboard::os::procfs::cmdline(engine_pid).unwrap();
         assert!(
             cmdline.contains("breadboard_engine serve"),
             "form {i}: {cmdline}"
@@ -2089,7 +2090,7 @@ fn engine_command_as_an_argv_list_and_as_a_shell_snippet_both_run_the_real_engin
             Duration::from_secs(20),
             || session(sid).is_empty(),
         );
-        assert!(!breadboard::procfs::alive(engine_pid), "form {i}");
+        assert!(!breadboard::os::procfs::alive(engine_pid), "form {i}");
     }
 }
 

@@ -65,12 +65,12 @@ fn an_engine_without_our_identity_field_starts_restarts_stops_and_crashes_cleanl
     let new_pid = restarted["pid"].as_i64().unwrap();
     assert_ne!(new_pid, pid);
     assert!(
-        !breadboard::procfs::alive(pid as i32),
+        !breadboard::os::procfs::alive(pid as i32),
         "the old engine survived the restart"
     );
 
     // kill -9: the crash report names how it ended.
-    let _ = breadboard::sys::kill(new_pid as i32, 9);
+    let _ = breadboard::os::sys::kill(new_pid as i32, 9);
     wait_for("status to see the crash", Duration::from_secs(20), || {
         e.status().1["state"] == "crashed"
     });

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sysinfo::{ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
 
 use super::Stat;
-use crate::sys::Pid;
+use crate::os::sys::Pid;
 
 fn state_letter(status: ProcessStatus) -> char {
     match status {
@@ -29,8 +29,8 @@ fn to_stat(pid: Pid, p: &sysinfo::Process) -> Stat {
         pid,
         state: state_letter(p.status()),
         ppid: p.parent().map_or(0, |pp| pp.as_u32() as Pid),
-        pgid: crate::sys::pgid_of(pid).unwrap_or(0),
-        sid: crate::sys::sid_of(pid).unwrap_or(0),
+        pgid: crate::os::sys::pgid_of(pid).unwrap_or(0),
+        sid: crate::os::sys::sid_of(pid).unwrap_or(0),
         // Whole seconds: a pid reused within the second it was freed would pass for the old process. Accepted
         // here: pids cycle slowly on macOS, and the Linux extras keep clock ticks.
         start_ticks: p.start_time(),

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
-use crate::sys::Pid;
+use crate::os::sys::Pid;
 
 #[cfg(linux_extras)]
 mod linux;
@@ -104,8 +104,8 @@ pub struct Marked {
 /// Live processes of our uid whose environment holds `name=<something> <home>` (the engine mark), with the something
 /// (the instance id).
 pub fn marked_processes(name: &str, home: &Path) -> Vec<Marked> {
-    let uid = crate::sys::getuid();
-    let me = crate::sys::getpid();
+    let uid = crate::os::sys::getuid();
+    let me = crate::os::sys::getpid();
     let home = home.to_string_lossy();
     all()
         .into_iter()
@@ -125,7 +125,7 @@ pub fn marked_processes(name: &str, home: &Path) -> Vec<Marked> {
 
 /// Every live process of our uid.
 pub fn own_processes() -> Vec<Pid> {
-    let uid = crate::sys::getuid();
+    let uid = crate::os::sys::getuid();
     all()
         .into_iter()
         .filter(|s| backend::uid_of(s.pid) == Some(uid))
@@ -138,7 +138,7 @@ pub fn group_members(pgid: Pid) -> Vec<Pid> {
     if pgid <= 1 {
         return Vec::new();
     }
-    let uid = crate::sys::getuid();
+    let uid = crate::os::sys::getuid();
     all()
         .into_iter()
         .filter(|s| s.pgid == pgid && backend::uid_of(s.pid) == Some(uid))
@@ -151,7 +151,7 @@ pub fn session_members(sid: Pid, exclude: &[Pid]) -> Vec<Pid> {
     if sid <= 1 {
         return Vec::new();
     }
-    let uid = crate::sys::getuid();
+    let uid = crate::os::sys::getuid();
     all()
         .into_iter()
         .filter(|s| {
@@ -189,13 +189,13 @@ mod tests {
 
     #[test]
     fn own_process_is_found_with_its_identity() {
-        let me = crate::sys::getpid();
+        let me = crate::os::sys::getpid();
         let ticks = start_ticks(me).unwrap();
         assert!(same_process(me, ticks));
         assert!(!same_process(me, ticks + 1));
         let s = stat(me).unwrap();
-        assert_eq!(s.sid, crate::sys::getsid());
-        assert_eq!(Some(s.pgid), crate::sys::pgid_of(me));
+        assert_eq!(s.sid, crate::os::sys::getsid());
+        assert_eq!(Some(s.pgid), crate::os::sys::pgid_of(me));
         assert_eq!(s.ppid, std::os::unix::process::parent_id() as Pid);
         assert!(cmdline(me).is_some());
     }
@@ -214,7 +214,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let seen = (
-            descendants(crate::sys::getpid()).contains(&pid),
+            descendants(crate::os::sys::getpid()).contains(&pid),
             cmdline(pid),
             environ_var(pid, "BREADBOARD_PROCFS_TEST"),
             alive(pid),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::Stat;
-use crate::sys::Pid;
+use crate::os::sys::Pid;
 
 pub fn stat(pid: Pid) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -182,7 +182,7 @@ mod tests {
         let path = dir.path().join("engine.lock");
         let file = std::fs::File::create(&path).unwrap();
         file.lock().unwrap();
-        assert_eq!(flock_holder(&path), Some(crate::sys::getpid()));
+        assert_eq!(flock_holder(&path), Some(crate::os::sys::getpid()));
         // A file nobody holds a lock on.
         let other = dir.path().join("other.lock");
         std::fs::File::create(&other).unwrap();
