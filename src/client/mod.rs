@@ -8,6 +8,7 @@
 
 mod backoff;
 mod connect;
+pub mod conversation;
 mod follow;
 pub mod realtime;
 pub mod render;

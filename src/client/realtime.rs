@@ -220,62 +220,76 @@ async fn watch_once(
         quiet_until = tokio::time::Instant::now() + PING_EVERY;
         let text = match frame {
             Message::Text(t) => t,
-            Message::Close(close) => {
-                let why = match close {
-                    Some(c) if c.code == CloseCode::from(CLOSE_FELL_BEHIND) => {
-                        format!(
-                            "the engine closed the bus: this watcher fell behind ({})",
-                            c.reason
-                        )
-                    }
-                    Some(c) => format!(
-                        "the engine closed the bus ({}: {})",
-                        u16::from(c.code),
-                        c.reason
-                    ),
-                    None => "the engine closed the bus".to_owned(),
-                };
-                return Dropped::Retry(why);
-            }
+            Message::Close(close) => return Dropped::Retry(closed_why(close)),
             _ => continue,
         };
-        let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else {
-            continue;
-        };
-        match (incoming.kind.as_str(), incoming.topic.as_deref()) {
-            ("snapshot", Some("sessions")) => {
-                backoff.reset();
-                let list = match incoming.payload {
-                    Value::Array(list) => list,
-                    _ => Vec::new(),
-                };
-                on(SessionsUpdate::Snapshot {
-                    raw: text.to_string(),
-                    list,
-                });
-            }
-            ("event", Some("sessions")) => {
-                if let Ok(change) = Change::deserialize(&incoming.payload) {
-                    on(SessionsUpdate::Change {
-                        raw: text.to_string(),
-                        change,
-                    });
-                }
-            }
-            ("error", _) => {
-                let why = incoming.message.unwrap_or_default();
-                if incoming.topic.as_deref() == Some("sessions") {
-                    return Dropped::Fatal(
-                        CliError::new(
-                            ErrorKind::Failure,
-                            format!("the engine refused the sessions topic: {why}"),
-                        )
-                        .into(),
-                    );
-                }
-                client.ctx.printer.warn(&format!("the bus says: {why}"));
-            }
-            _ => {}
+        if let Some(dropped) = handle_text(client, &text, on, backoff) {
+            return dropped;
         }
     }
+}
+
+/// Why the engine closed the bus, as the watcher says it before reconnecting.
+fn closed_why(close: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    match close {
+        Some(c) if c.code == CloseCode::from(CLOSE_FELL_BEHIND) => {
+            format!(
+                "the engine closed the bus: this watcher fell behind ({})",
+                c.reason
+            )
+        }
+        Some(c) => format!(
+            "the engine closed the bus ({}: {})",
+            u16::from(c.code),
+            c.reason
+        ),
+        None => "the engine closed the bus".to_owned(),
+    }
+}
+
+/// One text frame of the bus: a snapshot or a change of the sessions topic goes to `on`; an error on that topic
+/// ends the watch (`Some`), any other is a warning.
+fn handle_text(
+    client: &Client<'_>,
+    text: &str,
+    on: &mut impl FnMut(SessionsUpdate),
+    backoff: &mut super::backoff::Backoff,
+) -> Option<Dropped> {
+    let incoming = serde_json::from_str::<Incoming>(text).ok()?;
+    match (incoming.kind.as_str(), incoming.topic.as_deref()) {
+        ("snapshot", Some("sessions")) => {
+            backoff.reset();
+            let list = match incoming.payload {
+                Value::Array(list) => list,
+                _ => Vec::new(),
+            };
+            on(SessionsUpdate::Snapshot {
+                raw: text.to_string(),
+                list,
+            });
+        }
+        ("event", Some("sessions")) => {
+            if let Ok(change) = Change::deserialize(&incoming.payload) {
+                on(SessionsUpdate::Change {
+                    raw: text.to_string(),
+                    change,
+                });
+            }
+        }
+        ("error", _) => {
+            let why = incoming.message.unwrap_or_default();
+            if incoming.topic.as_deref() == Some("sessions") {
+                return Some(Dropped::Fatal(
+                    CliError::new(
+                        ErrorKind::Failure,
+                        format!("the engine refused the sessions topic: {why}"),
+                    )
+                    .into(),
+                ));
+            }
+            client.ctx.printer.warn(&format!("the bus says: {why}"));
+        }
+        _ => {}
+    }
+    None
 }

@@ -51,23 +51,8 @@ pub(super) async fn attempt<F>(
 where
     F: FnMut(&Incoming<'_>) -> anyhow::Result<Flow>,
 {
-    let path = match (st.last, opts.start) {
-        (None, Start::Tail(n)) => format!("/v1/sessions/{id}/events?replay=true&limit={n}"),
-        _ => format!("/v1/sessions/{id}/events"),
-    };
-    let mut req = client
-        .request(reqwest::Method::GET, &path)
-        .header("Accept", "text/event-stream");
-    let resume = match (st.last, opts.start) {
-        (Some(s), _) => Some(s),
-        (None, Start::After(n)) => Some(n),
-        (None, Start::Tail(_)) => None,
-    };
-    if let Some(s) = resume {
-        req = req.header("Last-Event-ID", s.to_string());
-    }
     let resp = tokio::select! {
-        r = client.send(req) => r,
+        r = client.send(stream_request(client, id, opts, st)) => r,
         _ = st.sigint.recv() => {
             st.interrupts += 1;
             if let Some(ended) = interrupted(client, id, opts, st).await { return Ok(Ok(Attempt::Finished(ended))); }
@@ -110,51 +95,93 @@ where
         let Some(data) = ev.data.as_deref().filter(|d| !d.is_empty()) else {
             continue;
         };
-        // The SSE id is the seq too: an event the client cannot read still moves the resume point past it, or a
-        // closed session's stream would be resumed before it, forever.
         let sse_seq = ev.id.as_deref().and_then(|id| id.parse::<u64>().ok());
-        let Ok(head) = serde_json::from_str::<Head>(data) else {
-            client.ctx.printer.warn(&format!(
-                "skipped an event that is not a protocol 1.0 envelope: {}",
-                data.chars().take(200).collect::<String>()
-            ));
-            if let Some(seq) = sse_seq.filter(|s| st.last.is_none_or(|l| *s > l)) {
-                st.last = Some(seq);
-            }
-            continue;
-        };
-        let seq = head.seq.or(sse_seq);
-        if let Some(seq) = seq {
-            if st.last.is_some_and(|l| seq <= l) {
-                continue;
-            }
-        }
-        let finished = head.kind == "run_finished";
-        let flow = on_event(&Incoming {
-            seq,
-            kind: head.kind,
-            raw: data,
-        })?;
-        if let Some(seq) = seq {
-            st.last = Some(seq);
-        }
-        st.last_finished = finished;
-        if flow == Flow::Stop {
-            return Ok(Ok(Attempt::Finished(if st.stop_deadline.is_some() {
-                Ended::Interrupted
-            } else {
-                Ended::Done
-            })));
-        }
-        if finished && st.stop_deadline.is_some() {
-            return Ok(Ok(Attempt::Finished(Ended::Interrupted)));
-        }
-        if let Some(target) = st.idle_at {
-            if st.last.unwrap_or(0) >= target && st.last_finished {
-                return Ok(Ok(Attempt::Finished(Ended::Done)));
-            }
+        if let Some(ended) = deliver(client, st, data, sse_seq, on_event)? {
+            return Ok(Ok(Attempt::Finished(ended)));
         }
     }
+}
+
+/// The stream's request: from the resume point (`Last-Event-ID`: the last seq delivered, or `--from-seq`), or the
+/// last N events (`--tail`) on the first connection.
+fn stream_request(
+    client: &Client<'_>,
+    id: &str,
+    opts: &FollowOpts,
+    st: &State,
+) -> reqwest::RequestBuilder {
+    let path = match (st.last, opts.start) {
+        (None, Start::Tail(n)) => format!("/v1/sessions/{id}/events?replay=true&limit={n}"),
+        _ => format!("/v1/sessions/{id}/events"),
+    };
+    let req = client
+        .request(reqwest::Method::GET, &path)
+        .header("Accept", "text/event-stream");
+    let resume = match (st.last, opts.start) {
+        (Some(s), _) => Some(s),
+        (None, Start::After(n)) => Some(n),
+        (None, Start::Tail(_)) => None,
+    };
+    match resume {
+        Some(s) => req.header("Last-Event-ID", s.to_string()),
+        None => req,
+    }
+}
+
+/// One event's data (`sse_seq`: its SSE id, which is its seq too): read its head, drop a repeat, hand it to the
+/// caller, move the resume point. `Some` when the follow ends with it.
+fn deliver<F>(
+    client: &Client<'_>,
+    st: &mut State,
+    data: &str,
+    sse_seq: Option<u64>,
+    on_event: &mut F,
+) -> anyhow::Result<Option<Ended>>
+where
+    F: FnMut(&Incoming<'_>) -> anyhow::Result<Flow>,
+{
+    let Ok(head) = serde_json::from_str::<Head>(data) else {
+        client.ctx.printer.warn(&format!(
+            "skipped an event that is not a protocol 1.0 envelope: {}",
+            data.chars().take(200).collect::<String>()
+        ));
+        // An event the client cannot read still moves the resume point past it, or a closed session's stream
+        // would be resumed before it, forever.
+        if let Some(seq) = sse_seq.filter(|s| st.last.is_none_or(|l| *s > l)) {
+            st.last = Some(seq);
+        }
+        return Ok(None);
+    };
+    let seq = head.seq.or(sse_seq);
+    if seq.is_some_and(|seq| st.last.is_some_and(|l| seq <= l)) {
+        return Ok(None);
+    }
+    let finished = head.kind == "run_finished";
+    let flow = on_event(&Incoming {
+        seq,
+        kind: head.kind,
+        raw: data,
+    })?;
+    if let Some(seq) = seq {
+        st.last = Some(seq);
+    }
+    st.last_finished = finished;
+    Ok(if flow == Flow::Stop {
+        Some(if st.stop_deadline.is_some() {
+            Ended::Interrupted
+        } else {
+            Ended::Done
+        })
+    } else if finished && st.stop_deadline.is_some() {
+        Some(Ended::Interrupted)
+    } else if st
+        .idle_at
+        .is_some_and(|target| st.last.unwrap_or(0) >= target && st.last_finished)
+    {
+        Some(Ended::Done)
+    } else {
+        None
+    })
 }
 
 /// A Ctrl-C: `Some` when the follow ends now.
