@@ -25,23 +25,7 @@ pub async fn run(
     let mut disconnected = false;
     let printer = ctx.printer;
     let code = watch_sessions(client, |update| {
-        // One warning per outage, not one per attempt; its end is said too.
-        match &update {
-            SessionsUpdate::Disconnected(why) if !disconnected => {
-                disconnected = true;
-                printer.warn(&format!(
-                    "lost the engine's realtime bus ({why}); reconnecting"
-                ));
-            }
-            SessionsUpdate::Disconnected(why) => {
-                printer.debug(&format!("still reconnecting: {why}"))
-            }
-            SessionsUpdate::Snapshot { .. } if disconnected => {
-                disconnected = false;
-                printer.info("reconnected to the engine's realtime bus: the list is fresh");
-            }
-            _ => {}
-        }
+        say_outage(printer, &update, &mut disconnected);
         if !terminal {
             if let SessionsUpdate::Snapshot { raw, .. } | SessionsUpdate::Change { raw, .. } =
                 &update
@@ -55,29 +39,7 @@ pub async fn run(
                 sessions = list;
                 note = None;
             }
-            SessionsUpdate::Change { change, .. } => {
-                let at = sessions.iter().position(|s| {
-                    s.get("session_id").and_then(Value::as_str) == Some(&change.session_id)
-                });
-                match (change.kind.as_str(), at, change.summary) {
-                    ("deleted", Some(i), _) => {
-                        sessions.remove(i);
-                    }
-                    (_, Some(i), Some(summary)) => sessions[i] = summary,
-                    (_, None, Some(summary)) => sessions.push(summary),
-                    ("activity", Some(i), None) => {
-                        if let Some(obj) = sessions[i].as_object_mut() {
-                            if let Some(seq) = change.last_seq {
-                                obj.insert("last_seq".into(), seq.into());
-                            }
-                            if let Some(t) = change.last_activity_at {
-                                obj.insert("last_activity_at".into(), t.into());
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            SessionsUpdate::Change { change, .. } => change.apply_to(&mut sessions),
             SessionsUpdate::Disconnected(why) => {
                 note = Some(format!("reconnecting: {why}"));
                 // No ticks while disconnected: say it now.
@@ -100,6 +62,24 @@ pub async fn run(
         draw(&sessions, status, None);
     }
     Ok(code)
+}
+
+/// One warning per outage, not one per attempt; its end is said too.
+fn say_outage(printer: &crate::printer::Printer, update: &SessionsUpdate, disconnected: &mut bool) {
+    match update {
+        SessionsUpdate::Disconnected(why) if !*disconnected => {
+            *disconnected = true;
+            printer.warn(&format!(
+                "lost the engine's realtime bus ({why}); reconnecting"
+            ));
+        }
+        SessionsUpdate::Disconnected(why) => printer.debug(&format!("still reconnecting: {why}")),
+        SessionsUpdate::Snapshot { .. } if *disconnected => {
+            *disconnected = false;
+            printer.info("reconnected to the engine's realtime bus: the list is fresh");
+        }
+        _ => {}
+    }
 }
 
 fn print_line(value: &str) {

@@ -55,6 +55,34 @@ pub struct Change {
     pub last_activity_at: Option<String>,
 }
 
+impl Change {
+    /// Applies the change to a list of session summaries as the engine sent them (a snapshot's, kept up to date):
+    /// a deletion removes it, a summary replaces or adds it, an activity without one updates its seq and time.
+    pub fn apply_to(self, sessions: &mut Vec<Value>) {
+        let at = sessions
+            .iter()
+            .position(|s| s.get("session_id").and_then(Value::as_str) == Some(&self.session_id));
+        match (self.kind.as_str(), at, self.summary) {
+            ("deleted", Some(i), _) => {
+                sessions.remove(i);
+            }
+            (_, Some(i), Some(summary)) => sessions[i] = summary,
+            (_, None, Some(summary)) => sessions.push(summary),
+            ("activity", Some(i), None) => {
+                if let Some(obj) = sessions[i].as_object_mut() {
+                    if let Some(seq) = self.last_seq {
+                        obj.insert("last_seq".into(), seq.into());
+                    }
+                    if let Some(t) = self.last_activity_at {
+                        obj.insert("last_activity_at".into(), t.into());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Incoming {
     #[serde(rename = "type")]
@@ -292,4 +320,38 @@ fn handle_text(
         _ => {}
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: &str, id: &str, summary: Option<Value>, seq: Option<u64>) -> Change {
+        Change {
+            kind: kind.to_owned(),
+            session_id: id.to_owned(),
+            summary,
+            last_seq: seq,
+            last_activity_at: seq.map(|s| format!("t{s}")),
+        }
+    }
+
+    #[test]
+    fn changes_keep_a_snapshot_list_up_to_date() {
+        let summary = |id: &str, status: &str| serde_json::json!({"session_id": id, "status": status, "last_seq": 0});
+        let mut list = vec![summary("a", "idle"), summary("b", "idle")];
+        change("created", "c", Some(summary("c", "idle")), None).apply_to(&mut list);
+        change("status", "a", Some(summary("a", "running")), None).apply_to(&mut list);
+        change("activity", "b", None, Some(7)).apply_to(&mut list);
+        change("deleted", "c", None, None).apply_to(&mut list);
+        // A change of a session the list does not have, without its summary, cannot be shown: ignored.
+        change("activity", "zz", None, Some(3)).apply_to(&mut list);
+        assert_eq!(
+            list,
+            vec![
+                summary("a", "running"),
+                serde_json::json!({"session_id": "b", "status": "idle", "last_seq": 7, "last_activity_at": "t7"}),
+            ]
+        );
+    }
 }
