@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Ctx;
-use crate::engine::{self, Probe};
+use crate::engine::{self, Diagnosis};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::lock::ControlLock;
@@ -32,8 +32,10 @@ struct UninstallJson {
 /// Refuses while an engine runs: its venv (and, with `--purge`, its data) would be deleted under it. Like rustup
 /// and uv, the user stops it first; nothing is stopped implicitly, not even with `--yes`.
 fn refuse_if_running(ctx: &Ctx) -> anyhow::Result<()> {
-    let Probe::Live { reg, .. } = engine::probe(&ctx.paths, None, false)? else {
-        return Ok(());
+    let reg = match engine::diagnose(&ctx.paths, None, false)? {
+        Diagnosis::Live(live) => Some(live.reg),
+        Diagnosis::Unregistered => None,
+        _ => return Ok(()),
     };
     let what = match &reg {
         Some(r) => format!(
