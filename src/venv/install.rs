@@ -42,6 +42,26 @@ pub(crate) struct Outcome {
     pub receipt: Receipt,
 }
 
+impl Outcome {
+    /// `old` is what `current` pointed at before the switch (`None`: it already pointed here, or nowhere); the
+    /// outcome's `previous` falls back to the `previous` link, so a report can still name where the user came from.
+    fn new(
+        store: &Store,
+        action: &'static str,
+        version: String,
+        old: Option<String>,
+        receipt: Receipt,
+    ) -> Outcome {
+        Outcome {
+            action,
+            path: store.dir(&version),
+            version,
+            previous: old.or_else(|| store.previous()),
+            receipt,
+        }
+    }
+}
+
 /// `engine install`: under the control lock, installs `requested` (else the newest in range) from the resolved
 /// source, with the resolved interpreter and installer.
 pub(crate) fn install(
@@ -179,17 +199,12 @@ pub(crate) fn install_locked(ctx: &Ctx, store: &Store, mut plan: Plan) -> anyhow
         config::remember_source(&ctx.paths.config_file(), &plan.source)?;
     }
     steps.finish();
-    Ok(Outcome {
-        action: if existing.is_some() {
-            "reinstalled"
-        } else {
-            "installed"
-        },
-        path: store.dir(&v),
-        version: v,
-        previous: old.or_else(|| store.previous()),
-        receipt,
-    })
+    let action = if existing.is_some() {
+        "reinstalled"
+    } else {
+        "installed"
+    };
+    Ok(Outcome::new(store, action, v, old, receipt))
 }
 
 /// An installed `version`: a healthy one is made current (the outcome); a broken one is refused without `--force`.
@@ -205,17 +220,12 @@ fn keep_installed(
     match store.health(&v) {
         Ok(()) if !plan.force => {
             let old = store.switch_to(&v)?;
-            Ok(Some(Outcome {
-                action: if old.is_some() {
-                    "switched"
-                } else {
-                    "unchanged"
-                },
-                path: store.dir(&v),
-                version: v,
-                previous: old.or_else(|| store.previous()),
-                receipt: receipt.clone(),
-            }))
+            let action = if old.is_some() {
+                "switched"
+            } else {
+                "unchanged"
+            };
+            Ok(Some(Outcome::new(store, action, v, old, receipt.clone())))
         }
         Err(why) if !plan.force => Err(CliError::new(ErrorKind::Validation, format!("the venv of engine {v} is broken: {why}"))
             .hint(format!(
