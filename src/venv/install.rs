@@ -227,13 +227,16 @@ fn keep_installed(
             };
             Ok(Some(Outcome::new(store, action, v, old, receipt.clone())))
         }
-        Err(why) if !plan.force => Err(CliError::new(ErrorKind::Validation, format!("the venv of engine {v} is broken: {why}"))
-            .hint(format!(
-                "rebuild it from its receipt: breadboard engine install --version {v} --force   (add --python PATH \
-                 if its interpreter {} is gone for good)",
-                receipt.python.path.display()
-            ))
-            .into()),
+        Err(why) if !plan.force => {
+            let broken = format!("the venv of engine {v} is broken: {why}");
+            Err(CliError::new(ErrorKind::Validation, broken)
+                .hint(format!(
+                    "rebuild it from its receipt: breadboard engine install --version {v} --force   (add --python \
+                     PATH if its interpreter {} is gone for good)",
+                    receipt.python.path.display()
+                ))
+                .into())
+        }
         _ => {
             if plan.installer.is_none() {
                 plan.installer = Some(receipt.installer);
@@ -245,7 +248,10 @@ fn keep_installed(
             if !package_index::available_versions(&plan.source)?.contains(version) {
                 return Err(CliError::new(
                     ErrorKind::Source,
-                    format!("cannot rebuild engine {v}: {} no longer offers it", plan.source.describe()),
+                    format!(
+                        "cannot rebuild engine {v}: {} no longer offers it",
+                        plan.source.describe()
+                    ),
                 )
                 .hint("point --index-url/--find-links/--source at a source that has it")
                 .into());
@@ -265,6 +271,44 @@ fn build(
     steps: &Steps,
 ) -> anyhow::Result<Receipt> {
     let v = version.to_string();
+    let (installer, interpreter) = tools(ctx, store, plan, &v, existing)?;
+    let requirement = requirement(&ctx.paths, plan, &v, steps)?;
+
+    // The dir is about to be torn down: never leave `current` pointing into it, so a crash leaves it absent.
+    let dir = store.dir(&v);
+    if store.current().as_deref() == Some(v.as_str()) {
+        store.unlink_current()?;
+    }
+    fsutil::remove_dir_if_exists(&dir)?;
+    Paths::ensure_dir(&ctx.paths.versions_dir())?;
+    let venv = Venv {
+        installer: &installer,
+        interpreter: &interpreter,
+        dir: &dir,
+    };
+    match venv.build(plan, &v, requirement, steps) {
+        Ok(receipt) => {
+            store.write_receipt(&receipt)?;
+            Ok(receipt)
+        }
+        Err(e) => {
+            steps.finish();
+            // Best effort: the next run under the lock would delete it anyway (no receipt).
+            let _ = fsutil::remove_dir_if_exists(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// The installer (its log `install-<v>.log` started afresh, uv set up if it must be) and the base interpreter: the
+/// requested one, else the one the version or the current engine was built on, else one discovered.
+fn tools(
+    ctx: &Ctx,
+    store: &Store,
+    plan: &Plan,
+    v: &str,
+    existing: Option<&Receipt>,
+) -> anyhow::Result<(Installer, Interpreter)> {
     let printer = ctx.printer;
     let log = ctx.paths.logs_dir().join(format!("install-{v}.log"));
     ctx.paths.ensure_logs_dir()?;
@@ -285,51 +329,53 @@ fn build(
         interpreter.version
     ));
     installer.bootstrap_uv(&ctx.paths.home, &plan.source, printer)?;
-    let requirement = requirement(&ctx.paths, plan, &v, steps)?;
+    Ok((installer, interpreter))
+}
 
-    // The dir is about to be torn down: never leave `current` pointing into it, so a crash leaves it absent.
-    let dir = store.dir(&v);
-    if store.current().as_deref() == Some(v.as_str()) {
-        store.unlink_current()?;
-    }
-    fsutil::remove_dir_if_exists(&dir)?;
-    Paths::ensure_dir(&ctx.paths.versions_dir())?;
-    let built = (|| -> anyhow::Result<Receipt> {
+/// A venv being built at its final path.
+struct Venv<'a> {
+    installer: &'a Installer,
+    interpreter: &'a Interpreter,
+    dir: &'a Path,
+}
+
+impl Venv<'_> {
+    /// Creates the venv, installs `requirement` into it and validates it; the receipt that commits it (not written).
+    fn build(
+        &self,
+        plan: &Plan,
+        v: &str,
+        requirement: String,
+        steps: &Steps,
+    ) -> anyhow::Result<Receipt> {
+        let Venv {
+            installer,
+            interpreter,
+            dir,
+        } = self;
         steps.step(&format!(
             "creating the venv ({}, python {})",
             installer.kind, interpreter.version
         ));
-        installer.create_venv(&interpreter.path, &dir)?;
+        installer.create_venv(&interpreter.path, dir)?;
         steps.step(&format!(
             "installing {ENGINE_DIST} {v} from {}",
             plan.source.describe()
         ));
-        installer.install(&dir, &requirement, &plan.source)?;
+        installer.install(dir, &requirement, &plan.source)?;
         steps.step("verifying the engine");
-        let identity = installer::validate(&dir, &v)?;
+        let identity = installer::validate(dir, v)?;
         Ok(Receipt {
             schema: RECEIPT_SCHEMA,
-            engine_version: v.clone(),
+            engine_version: v.to_owned(),
             requirement,
             source: plan.source.record(),
-            python: interpreter.clone(),
+            python: (*interpreter).clone(),
             installer: installer.kind,
             protocol_version: identity.protocol_version,
             cli_version: crate::build_info::VERSION.to_owned(),
             installed_at: fsutil::now_rfc3339(),
         })
-    })();
-    match built {
-        Ok(receipt) => {
-            store.write_receipt(&receipt)?;
-            Ok(receipt)
-        }
-        Err(e) => {
-            steps.finish();
-            // Best effort: the next run under the lock would delete it anyway (no receipt).
-            let _ = fsutil::remove_dir_if_exists(&dir);
-            Err(e)
-        }
     }
 }
 
