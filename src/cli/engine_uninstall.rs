@@ -4,9 +4,8 @@
 use serde::Serialize;
 
 use super::Ctx;
-use crate::engine::{self, Probe};
+use crate::engine::{self, Diagnosis};
 use crate::error::{CliError, ErrorKind};
-use crate::fsutil;
 use crate::lock::ControlLock;
 use crate::venv::store::Store;
 
@@ -32,8 +31,10 @@ struct UninstallJson {
 /// Refuses while an engine runs: its venv (and, with `--purge`, its data) would be deleted under it. Like rustup
 /// and uv, the user stops it first; nothing is stopped implicitly, not even with `--yes`.
 fn refuse_if_running(ctx: &Ctx) -> anyhow::Result<()> {
-    let Probe::Live { reg, .. } = engine::probe(&ctx.paths, None, false)? else {
-        return Ok(());
+    let reg = match engine::diagnose(&ctx.paths, None, false)? {
+        Diagnosis::Live(live) => Some(live.reg),
+        Diagnosis::Unregistered => None,
+        _ => return Ok(()),
     };
     let what = match &reg {
         Some(r) => format!(
@@ -92,16 +93,7 @@ pub fn run(ctx: &Ctx, args: &UninstallArgs) -> anyhow::Result<u8> {
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine uninstall", ctx.printer)?;
     // Every start takes the control lock, so no engine can start from here on.
     refuse_if_running(ctx)?;
-    let store = Store::new(&ctx.paths);
-    let removed: Vec<String> = store.list()?.into_iter().map(|i| i.version).collect();
-    // Links first: a crash midway then leaves no link to a half-deleted venv.
-    store.unlink_current()?;
-    fsutil::remove_file_if_exists(&ctx.paths.previous_link())?;
-    fsutil::remove_dir_if_exists(&ctx.paths.versions_dir())?;
-    let purged = args.purge && data.exists();
-    if purged {
-        fsutil::remove_dir_if_exists(&data)?;
-    }
+    let (removed, purged) = Store::new(&ctx.paths).remove_all(args.purge)?;
     if args.json {
         ctx.printer.json(&UninstallJson {
             removed_versions: removed,

@@ -8,14 +8,16 @@ use std::path::PathBuf;
 use semver::Version;
 use serde::Serialize;
 
-use super::engine_install::{self, Plan};
+use super::engine_install;
 use super::Ctx;
 use crate::compat::{self, SUPPORTED_ENGINE};
 use crate::config;
 use crate::engine::{self, PortSpec, ProtocolMode, StartOpts};
 use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
 use crate::lock::ControlLock;
-use crate::venv::index as package_index;
+use crate::registration::Registration;
+use crate::venv::index::{self as package_index, EngineSource};
+use crate::venv::install::{self, Plan};
 use crate::venv::store::{InstallerKind, Store};
 
 #[derive(Debug, clap::Args)]
@@ -53,7 +55,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     let _lock = ControlLock::acquire(&ctx.paths, "breadboard engine upgrade", ctx.printer)?;
     store.clean_leftovers(ctx.printer)?;
     let current = current_or_error(&store)?;
-    let (source, _) = engine_install::source_or_receipt(ctx, &ctx.settings.source, &store);
+    let (source, _) = install::source_or_receipt(ctx, &ctx.settings.source, &store);
     let requested = match &args.version {
         Some(v) => Some(compat::parse_engine_version(v).ok_or_else(|| {
             CliError::new(
@@ -61,42 +63,10 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
                 format!("--version {v:?} is not a release version like 0.1.1"),
             )
         })?),
-        None => {
-            let offered = package_index::available_versions(&source)?;
-            let Some(latest) = newest_in_range(&offered) else {
-                return Err(CliError::new(
-                    ErrorKind::Source,
-                    format!(
-                        "{} offers no engine version in the supported range {SUPPORTED_ENGINE}",
-                        source.describe()
-                    ),
-                )
-                .into());
-            };
-            if Some(&latest) <= compat::parse_engine_version(&current).as_ref()
-                && store.health(&current).is_ok()
-            {
-                if args.json {
-                    // Same document as `install --json`, with action "unchanged".
-                    let unchanged = Plan {
-                        requested: compat::parse_engine_version(&current),
-                        source,
-                        remember_source: false,
-                        python: None,
-                        installer: None,
-                        force: false,
-                    };
-                    let outcome = engine_install::install_locked(ctx, &store, unchanged)?;
-                    engine_install::report(ctx.printer, &outcome, true);
-                } else {
-                    ctx.printer.result(&format!(
-                        "engine {current} is up to date (newest in range: {latest})"
-                    ));
-                }
-                return Ok(0);
-            }
-            Some(latest)
-        }
+        None => match newest_or_report(ctx, &store, &source, &current, args.json)? {
+            Some(latest) => Some(latest),
+            None => return Ok(0),
+        },
     };
     let plan = Plan {
         requested,
@@ -109,15 +79,15 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     // A running engine is restarted onto the new version (and rolled back if that fails its handshake), with the
     // protocol mode `engine start` would use (resolved now: a bad setting fails before anything is installed). A
     // foreground engine belongs to its terminal: it is not replaced by a detached one, the user restarts it.
-    let running = match engine::probe(&ctx.paths, Some(ctx.printer), false)? {
-        engine::Probe::Live { reg: Some(reg), .. } => Some(reg),
+    let running = match engine::diagnose(&ctx.paths, Some(ctx.printer), false)? {
+        engine::Diagnosis::Live(live) => Some(live.reg),
         _ => None,
     };
     let protocol = match &running {
         Some(reg) if !reg.foreground => Some(*ctx.settings.protocol.get()?),
         _ => None,
     };
-    let outcome = engine_install::install_locked(ctx, &store, plan)?;
+    let outcome = install::install_locked(ctx, &store, plan)?;
     engine_install::report(ctx.printer, &outcome, args.json);
     match (running, protocol) {
         (Some(reg), Some(protocol)) => restart_onto_new(ctx, &store, &reg, &current, protocol),
@@ -141,7 +111,7 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
 fn restart_onto_new(
     ctx: &Ctx,
     store: &Store,
-    reg: &crate::registration::Registration,
+    reg: &Registration,
     old: &str,
     protocol: ProtocolMode,
 ) -> anyhow::Result<u8> {
@@ -196,9 +166,54 @@ fn restart_onto_new(
     }
 }
 
+/// The newest version in range, to upgrade to; `None` when `current` already is (and is healthy), which is reported
+/// here.
+fn newest_or_report(
+    ctx: &Ctx,
+    store: &Store,
+    source: &EngineSource,
+    current: &str,
+    json: bool,
+) -> anyhow::Result<Option<Version>> {
+    let offered = package_index::available_versions(source)?;
+    let Some(latest) = newest_in_range(&offered) else {
+        return Err(CliError::new(
+            ErrorKind::Source,
+            format!(
+                "{} offers no engine version in the supported range {SUPPORTED_ENGINE}",
+                source.describe()
+            ),
+        )
+        .into());
+    };
+    if Some(&latest) > compat::parse_engine_version(current).as_ref()
+        || store.health(current).is_err()
+    {
+        return Ok(Some(latest));
+    }
+    if json {
+        // Same document as `install --json`, with action "unchanged".
+        let unchanged = Plan {
+            requested: compat::parse_engine_version(current),
+            source: source.clone(),
+            remember_source: false,
+            python: None,
+            installer: None,
+            force: false,
+        };
+        let outcome = install::install_locked(ctx, store, unchanged)?;
+        engine_install::report(ctx.printer, &outcome, true);
+    } else {
+        ctx.printer.result(&format!(
+            "engine {current} is up to date (newest in range: {latest})"
+        ));
+    }
+    Ok(None)
+}
+
 fn check(ctx: &Ctx, store: &Store, json: bool) -> anyhow::Result<u8> {
     let current = current_or_error(store)?;
-    let (source, _) = engine_install::source_or_receipt(ctx, &ctx.settings.source, store);
+    let (source, _) = install::source_or_receipt(ctx, &ctx.settings.source, store);
     let offered = package_index::available_versions(&source)?;
     let latest = newest_in_range(&offered);
     let available = match (&latest, compat::parse_engine_version(&current)) {

@@ -18,8 +18,11 @@ mod leftover_processes;
 mod privacy;
 mod python;
 mod ray;
+mod repair;
 mod runtime;
 mod venv;
+
+pub(crate) use repair::repair;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what runs as the engine), [`start`],
 //! [`ready`] (the wait for its handshake), [`foreground`], [`stop`] (verify, record the intent, run the [`ladder`],
 //! say what is true), [`unregistered`] (a supervisor without its registration), [`leftovers`] (what a dead instance
-//! left).
+//! left), [`logs`] (reading and following its log).
 
 mod diagnosis;
 mod foreground;
@@ -13,6 +13,7 @@ mod handshake;
 mod ladder;
 mod launch;
 mod leftovers;
+mod logs;
 mod options;
 mod probe;
 mod ready;
@@ -26,6 +27,7 @@ pub(crate) use handshake::*;
 use ladder::*;
 pub(crate) use launch::*;
 pub(crate) use leftovers::*;
+pub(crate) use logs::{follow_log, read_log};
 pub(crate) use options::*;
 pub(crate) use probe::*;
 use ready::*;

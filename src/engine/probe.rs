@@ -15,7 +15,7 @@ use crate::registration::{self, Registration};
 use super::handshake::{handshake_problems, pinned_version};
 
 /// What a probe found.
-pub(crate) enum Probe {
+pub(super) enum Probe {
     /// The instance lock is free: no supervisor lives. `stale` is a registration left behind; without a stop
     /// request it means the engine died unasked (`crash` then says how).
     Down {
@@ -43,7 +43,7 @@ pub(crate) fn client_for(reg: &Registration, timeout: Duration) -> Option<Engine
 }
 
 /// Probes the instance. `mutate` moves a corrupt registration aside (with a warning); read-only callers peek.
-pub(crate) fn probe(
+pub(super) fn probe(
     paths: &Paths,
     printer: Option<&Printer>,
     mutate: bool,

@@ -263,4 +263,20 @@ impl<'a> Store<'a> {
     pub(crate) fn unlink_current(&self) -> anyhow::Result<()> {
         fsutil::remove_file_if_exists(&self.paths.current_link())
     }
+
+    /// `engine uninstall`, under the control lock with no engine running: removes every version and both links, and
+    /// with `purge` the engine's data dir. Returns the versions removed and whether data was deleted.
+    pub(crate) fn remove_all(&self, purge: bool) -> anyhow::Result<(Vec<String>, bool)> {
+        let removed: Vec<String> = self.list()?.into_iter().map(|i| i.version).collect();
+        // Links first: a crash midway then leaves no link to a half-deleted venv.
+        self.unlink_current()?;
+        fsutil::remove_file_if_exists(&self.paths.previous_link())?;
+        fsutil::remove_dir_if_exists(&self.paths.versions_dir())?;
+        let data = self.paths.data_dir();
+        let purged = purge && data.exists();
+        if purged {
+            fsutil::remove_dir_if_exists(&data)?;
+        }
+        Ok((removed, purged))
+    }
 }
