@@ -12,10 +12,9 @@ use super::engine_install;
 use super::Ctx;
 use crate::compat::{self, SUPPORTED_ENGINE};
 use crate::config;
-use crate::engine::{self, PortSpec, ProtocolMode, StartOpts};
+use crate::engine;
 use crate::error::{CliError, ErrorKind, EXIT_UPGRADE_AVAILABLE};
 use crate::lock::ControlLock;
-use crate::registration::Registration;
 use crate::venv::index::{self as package_index, EngineSource};
 use crate::venv::install::{self, Plan};
 use crate::venv::store::{InstallerKind, Store};
@@ -90,7 +89,10 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
     let outcome = install::install_locked(ctx, &store, plan)?;
     engine_install::report(ctx.printer, &outcome, args.json);
     match (running, protocol) {
-        (Some(reg), Some(protocol)) => restart_onto_new(ctx, &store, &reg, &current, protocol),
+        (Some(reg), Some(protocol)) => {
+            engine::restart_onto_new(ctx, &store, &reg, &current, protocol)?;
+            Ok(0)
+        }
         (Some(reg), None) => {
             let new = store.current().unwrap_or_default();
             if new != current {
@@ -103,66 +105,6 @@ pub fn run(ctx: &Ctx, args: &UpgradeArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         (None, _) => Ok(0),
-    }
-}
-
-/// Restarts the running engine onto the new current version; if the new one fails to start or to pass its
-/// handshake, switches back to `old` and starts it again (exit 1, naming the log).
-fn restart_onto_new(
-    ctx: &Ctx,
-    store: &Store,
-    reg: &Registration,
-    old: &str,
-    protocol: ProtocolMode,
-) -> anyhow::Result<u8> {
-    let opts = StartOpts {
-        port: PortSpec::Fixed(reg.port),
-        host: reg.host.clone(),
-        ray_address: reg.ray_address.clone(),
-        timeout: std::time::Duration::from_secs(60),
-        // Only a detached engine is restarted (see `run`).
-        foreground: false,
-        protocol,
-        allow_remote: !engine::is_loopback(&reg.host),
-        tls: reg.tls.clone(),
-    };
-    let new = store.current().unwrap_or_default();
-    ctx.printer
-        .info(&format!("restarting the running engine onto {new}"));
-    engine::stop_locked(ctx, std::time::Duration::from_secs(20), false, true)?;
-    let log = ctx.paths.engine_log();
-    match engine::start_locked(ctx, &opts) {
-        Ok(started) => {
-            let line = format!(
-                "engine restarted at {} (pid {}, engine {new})",
-                started.reg.url, started.reg.pid
-            );
-            // stdout holds one result, the install report above (one document with --json): the restart that
-            // follows it is progress.
-            ctx.printer.info(&line);
-            Ok(0)
-        }
-        Err(e) => {
-            ctx.printer.error(&e, None);
-            ctx.printer.warn(&format!(
-                "engine {new} failed to start; rolling back to {old}"
-            ));
-            // The failed start's log is rotated away by the next start: name where it went.
-            store.swap(old, Some(&new))?;
-            let failed_log = std::path::PathBuf::from(format!("{}.1", log.display()));
-            let started = engine::start_locked(ctx, &opts)?;
-            Err(CliError::new(
-                ErrorKind::Failure,
-                format!(
-                    "upgrade to {new} rolled back: engine {old} is running again at {} (pid {}); the failed start's log is {}",
-                    started.reg.url,
-                    started.reg.pid,
-                    failed_log.display()
-                ),
-            )
-            .hint(format!("breadboard engine logs -n 200; inspect {}", failed_log.display()))
-            .into())
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what runs as the engine), [`start`],
 //! [`ready`] (the wait for its handshake), [`foreground`], [`stop`] (verify, record the intent, run the [`ladder`],
 //! say what is true), [`unregistered`] (a supervisor without its registration), [`leftovers`] (what a dead instance
-//! left), [`logs`] (reading and following its log).
+//! left), [`logs`] (reading and following its log), [`upgrade_restart`] (`engine upgrade` onto a running engine).
 
 mod diagnosis;
 mod foreground;
@@ -20,6 +20,7 @@ mod ready;
 mod start;
 mod stop;
 mod unregistered;
+mod upgrade_restart;
 
 pub(crate) use diagnosis::*;
 pub(crate) use foreground::*;
@@ -34,6 +35,7 @@ use ready::*;
 pub(crate) use start::*;
 pub(crate) use stop::*;
 pub(crate) use unregistered::*;
+pub(crate) use upgrade_restart::restart_onto_new;
 
 #[cfg(test)]
 mod tests;
