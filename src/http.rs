@@ -163,23 +163,59 @@ where
     })
 }
 
-/// The error's causes on one line (reqwest says "error sending request" and keeps the reason in its sources).
+/// Why a request failed, on one line, for a message that already says which URL. reqwest's own text ("error sending
+/// request for url (...)", "client error (Connect)") only says where; the reason is in its sources ("tcp connect
+/// error: Connection refused", a TLS refusal, a DNS failure), each said once, without the OS's error number.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
     while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
+        let text = c.to_string();
+        let text = strip_os_error(&text);
+        let wrapper = (text.starts_with("error sending request")
+            || text.starts_with("client error ("))
+            && c.source().is_some();
+        let said = parts.iter().any(|p| p.contains(text));
+        if !wrapper && !said {
+            parts.push(text.to_owned());
         }
         cause = c.source();
     }
-    text
+    parts.join(": ")
+}
+
+/// "Connection refused (os error 111)" -> "Connection refused": the number differs between systems and says
+/// nothing more.
+fn strip_os_error(text: &str) -> &str {
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_request_says_its_reason_once_without_the_wrappers() {
+        let refused = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get("http://127.0.0.1:1/health")
+            .send()
+            .unwrap_err();
+        let text = super::error_chain(&refused);
+        assert!(text.contains("Connection refused"), "{text}");
+        assert!(
+            !text.contains("error sending request") && !text.contains("os error"),
+            "{text}"
+        );
+        assert_eq!(
+            super::strip_os_error("No such file (os error 2)"),
+            "No such file"
+        );
+    }
+
     #[test]
     fn loopback_urls_are_told_from_remote_ones() {
         for url in [

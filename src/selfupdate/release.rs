@@ -349,10 +349,7 @@ fn fetch_manifest(
 fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
     CliError::new(
         ErrorKind::Source,
-        format!(
-            "could not reach {url}: {}",
-            crate::venv::index::error_chain(e)
-        ),
+        format!("could not reach {url}: {}", crate::http::error_chain(e)),
     )
     .hint("check your network or proxy (https_proxy), or point BREADBOARD_RELEASES_URL at a mirror")
     .into()
@@ -398,7 +395,7 @@ pub(crate) fn download_verified(
                     format!(
                         "the download of {url} broke off after {received} of {} bytes: {}",
                         artifact.size,
-                        crate::venv::index::error_chain(&e)
+                        crate::http::error_chain(&e)
                     ),
                 )
                 .hint("nothing was changed; run breadboard upgrade again")

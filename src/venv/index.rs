@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compat::{self, ENGINE_DIST};
 use crate::error::{CliError, ErrorKind};
+use crate::http::error_chain;
 
 pub(crate) const PYPI_SIMPLE: &str = "https://pypi.org/simple/";
 
@@ -251,20 +252,6 @@ fn http_get_with(
         .text()
         .map(Some)
         .map_err(|e| unreachable(error_chain(&e)))
-}
-
-/// reqwest's Display hides the cause ("error sending request"); the innermost source says "Connection refused".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[derive(Deserialize)]

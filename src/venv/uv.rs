@@ -179,7 +179,7 @@ fn find_on_page(
         .map_err(|e| {
             anyhow::anyhow!(
                 "could not reach {page}: {}",
-                super::index::error_chain(&e)
+                crate::http::error_chain(&e)
             )
         })?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {

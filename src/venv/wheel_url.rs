@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::index::error_chain;
 use crate::error::{CliError, ErrorKind};
+use crate::http::error_chain;
 
 /// True for an `http(s)://` source (a wheel to download) rather than a local path.
 pub(crate) fn is_url(source: &Path) -> bool {

@@ -90,6 +90,24 @@ fn errors_without_an_engine() {
         &ctx,
         &run(&["ask", "--url", "https://me:hunter2@127.0.0.1:1", "hello"]),
     );
+    // What a new user meets first, before anything is installed: each names the command that gets them further.
+    snap("stop_nothing_running", &ctx, &run(&["engine", "stop"]));
+    snap("logs_no_log_yet", &ctx, &run(&["engine", "logs"]));
+    snap(
+        "rollback_nothing_installed",
+        &ctx,
+        &run(&["engine", "rollback"]),
+    );
+    snap(
+        "follow_nothing_installed",
+        &ctx,
+        &run(&["sessions", "follow", "some-session"]),
+    );
+    snap(
+        "attach_remote_unreachable",
+        &ctx,
+        &run(&["sessions", "attach", "s1", "--url", "http://127.0.0.1:1"]),
+    );
     std::fs::create_dir_all(&ctx.home).unwrap();
     std::fs::write(ctx.home.join("config.toml"), "[engine\nport = 1\n").unwrap();
     snap(
