@@ -21,8 +21,9 @@ pub fn run(ctx: &Ctx, args: &RestartArgs) -> anyhow::Result<u8> {
     let mut opts = engine_start::opts(ctx, &args.start)?;
     // Keep the running engine's port, Ray cluster and TLS unless told otherwise (from its supervisor's own spec when the
     // registration file was lost).
-    let prev = crate::registration::peek(&ctx.paths).or_else(|| {
-        engine::unregistered_supervisor(&ctx.paths).and_then(crate::registration::from_supervisor)
+    let prev = crate::engine::registration::peek(&ctx.paths).or_else(|| {
+        engine::unregistered_supervisor(&ctx.paths)
+            .and_then(crate::engine::registration::from_supervisor)
     });
     if let Some(prev) = prev {
         if args.start.port.is_none() {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::engine::registration::Registration;
 use crate::engine::{self, PortSpec, ProtocolMode, StartOpts, Started};
 use crate::error::{CliError, ErrorKind};
 use crate::lock::ControlLock;
-use crate::registration::Registration;
 
 #[derive(Debug, clap::Args, Clone)]
 pub struct StartArgs {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::crash::{self, LastExit};
+use crate::engine::crash::{self, LastExit};
+use crate::engine::registration::Registration;
 use crate::engine::{self, Answer, Diagnosis, Live, Pending, State};
 use crate::fsutil;
 use crate::paths::Paths;
-use crate::registration::Registration;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -178,7 +178,7 @@ fn live_detail(live: &Live) -> Option<String> {
             reg.url, h.pid, h.instance_id
         )),
         // Our token is what it refuses: say which file, since that is what changed.
-        (Answer::TokenRefused(_), None) => Some(match crate::registration::token(reg) {
+        (Answer::TokenRefused(_), None) => Some(match crate::engine::registration::token(reg) {
             None => format!(
                 "it refuses requests without its token, and {} is missing or empty; \
                  `breadboard engine restart` issues a new one",

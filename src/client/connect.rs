@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use super::wire::Health;
 use super::{http_client, Client, Endpoint};
 use crate::context::Ctx;
-use crate::crash::LastExit;
+use crate::engine::crash::LastExit;
+use crate::engine::registration::{self, Registration};
 use crate::engine::{self, Answer, Diagnosis, Pending, ProtocolMode};
 use crate::env_vars::{self, BREADBOARD_API_TOKEN};
 use crate::error::{CliError, ErrorKind};
-use crate::registration::{self, Registration};
 use crate::settings::{self, Origin, TokenSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,11 +1,11 @@
 //! The Engine section's look for processes that outlived their engine: Ray workers after a `kill -9`, a session
 //! whose leader is gone. Found and named here; `engine stop` and `--fix` end them.
 
+use crate::engine::registration::Registration;
 use crate::engine::{self, Diagnosis};
 use crate::os::procfs;
 use crate::os::sys::Pid;
 use crate::paths::Paths;
-use crate::registration::Registration;
 
 use super::runtime::SECTION;
 use super::{Finding, Repair};

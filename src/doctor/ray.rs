@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::registration::Registration;
+use crate::engine::registration::Registration;
 use crate::venv::store::Store;
 
 use super::venv::venv_python;

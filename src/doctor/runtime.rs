@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::compat;
-use crate::crash::LastExit;
+use crate::engine::crash::LastExit;
+use crate::engine::registration::Registration;
 use crate::engine::{self, Answer, Diagnosis, Live};
 use crate::paths::Paths;
-use crate::registration::Registration;
 
 use super::{leftover_processes, ray, Finding, Repair, Setup};
 
@@ -262,7 +262,7 @@ fn crash_finding(paths: &Paths, exit: &LastExit) -> Finding {
         exit.ended_at,
         paths.engine_log().display()
     );
-    if crate::crash::acknowledged(paths, &exit.instance_id) {
+    if crate::engine::crash::acknowledged(paths, &exit.instance_id) {
         return Finding::ok(
             SECTION,
             "engine.crash",

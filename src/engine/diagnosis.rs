@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::crash::{self, LastExit};
+use crate::engine::crash::{self, LastExit};
+use crate::engine::registration::{Registration, RestartPending};
 use crate::error::ExitStatus;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration::{Registration, RestartPending};
 
 use super::probe::{answer, client_for, probe, Answer, Probe};
 

@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use crate::context::Ctx;
-use crate::crash;
+use crate::engine::crash;
+use crate::engine::registration::{self, Registration};
 use crate::engine_client::Health;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::os::sys;
-use crate::registration::{self, Registration};
 use crate::supervisor;
 
 use super::*;

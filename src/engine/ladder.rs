@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use crate::engine::registration::{self, Registration};
 use crate::engine_client::ClientError;
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration::{self, Registration};
 
 use super::*;
 

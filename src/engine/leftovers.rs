@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use crate::crash::{self, LastExit};
+use crate::engine::crash::{self, LastExit};
+use crate::engine::registration::{self, Registration};
 use crate::env_vars;
 use crate::fsutil;
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration::{self, Registration};
 
 use super::*;
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::crash::{self, TAIL_WINDOW};
+use crate::engine::crash::{self, TAIL_WINDOW};
 use crate::error::{CliError, ErrorKind};
 use crate::paths::Paths;
 

@@ -5,8 +5,11 @@
 //! [`handshake`], [`options`] (port, host, restart policy), [`launch`] (what runs as the engine), [`start`],
 //! [`ready`] (the wait for its handshake), [`foreground`], [`stop`] (verify, record the intent, run the [`ladder`],
 //! say what is true), [`unregistered`] (a supervisor without its registration), [`leftovers`] (what a dead instance
-//! left), [`logs`] (reading and following its log), [`upgrade_restart`] (`engine upgrade` onto a running engine).
+//! left), [`logs`] (reading and following its log), [`upgrade_restart`] (`engine upgrade` onto a running engine),
+//! [`registration`] (`run/engine.json`: what the supervisor records of a live instance) and [`crash`] (how the last
+//! instance ended, and the report of it).
 
+pub(crate) mod crash;
 mod diagnosis;
 mod foreground;
 mod handshake;
@@ -17,6 +20,7 @@ mod logs;
 mod options;
 mod probe;
 mod ready;
+pub(crate) mod registration;
 mod start;
 mod stop;
 mod unregistered;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use crate::context::Ctx;
+use crate::engine::registration::TlsFiles;
 use crate::error::{CliError, ErrorKind};
-use crate::registration::TlsFiles;
 use crate::settings;
 
 #[derive(Debug, Clone)]

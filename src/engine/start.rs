@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use crate::compat;
 use crate::context::Ctx;
+use crate::engine::registration::{self, Registration};
 use crate::env_vars;
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration::{self, Registration};
 use crate::supervisor;
 
 use super::*;
@@ -29,7 +29,7 @@ pub struct StartOpts {
     pub protocol: ProtocolMode,
     pub allow_remote: bool,
     /// Serve HTTPS with these.
-    pub tls: Option<crate::registration::TlsFiles>,
+    pub tls: Option<crate::engine::registration::TlsFiles>,
 }
 
 pub struct Started {

@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use crate::context::Ctx;
-use crate::crash::{self, LastExit};
+use crate::engine::crash::{self, LastExit};
+use crate::engine::registration::{self, Registration};
 use crate::error::{CliError, ErrorKind};
 use crate::fsutil;
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration::{self, Registration};
 
 use super::*;
 

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use crate::engine::registration;
 use crate::error::{CliError, ErrorKind};
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
 use crate::printer::Printer;
-use crate::registration;
 
 use super::*;
 

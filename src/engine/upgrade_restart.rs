@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{is_loopback, start_locked, stop_locked, PortSpec, ProtocolMode, StartOpts};
 use crate::context::Ctx;
+use crate::engine::registration::Registration;
 use crate::error::{CliError, ErrorKind};
-use crate::registration::Registration;
 use crate::venv::store::Store;
 
 /// Restarts the running engine onto the new current version; if the new one fails to start or to pass its

@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{write_registration, ReadyHook, Sink, SPEC_ENV};
+use crate::engine::registration::Registration;
 use crate::fsutil;
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
-use crate::registration::Registration;
 
 pub(super) fn spawn_engine(
     command: &[String],

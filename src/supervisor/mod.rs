@@ -18,12 +18,12 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::crash::{self, LastExit};
+use crate::engine::crash::{self, LastExit};
+use crate::engine::registration::{self, Registration};
 use crate::fsutil;
 use crate::os::procfs;
 use crate::os::sys;
 use crate::paths::Paths;
-use crate::registration::{self, Registration};
 
 mod engine_process;
 mod instance_lock;

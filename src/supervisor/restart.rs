@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use super::Sink;
-use crate::crash::{self, CrashLoop, LastExit};
+use crate::engine::crash::{self, CrashLoop, LastExit};
+use crate::engine::registration;
 use crate::fsutil;
 use crate::os::sys;
 use crate::paths::Paths;
-use crate::registration;
 
 const CRASH_LOOP_CRASHES: usize = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);

@@ -12,9 +12,9 @@ use crate::client::connect::{
     check_local_handshake, endpoint_of, local_state, not_running, start_local, LocalState,
 };
 use crate::client::{http_client, About, ApiError, Client};
-use crate::crash::LastExit;
+use crate::engine::crash::LastExit;
+use crate::engine::registration::Registration;
 use crate::error::{CliError, ErrorKind};
-use crate::registration::Registration;
 
 /// What comes after a stream ended or failed.
 pub(super) enum Next {
@@ -265,7 +265,7 @@ fn note_restart(client: &mut Client<'_>) {
     if let Some(reg) = client
         .endpoint
         .is_local()
-        .then(|| crate::registration::peek(&client.ctx.paths))
+        .then(|| crate::engine::registration::peek(&client.ctx.paths))
         .flatten()
     {
         report_restart(client, &reg);
@@ -280,7 +280,7 @@ pub(crate) fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<
     if !client.endpoint.is_local() {
         return Ok(false);
     }
-    let Some(reg) = crate::registration::peek(&client.ctx.paths) else {
+    let Some(reg) = crate::engine::registration::peek(&client.ctx.paths) else {
         return Ok(false);
     };
     let fresh = endpoint_of(&reg);
@@ -306,14 +306,15 @@ pub(crate) fn refresh_local_endpoint(client: &mut Client<'_>) -> anyhow::Result<
 }
 
 /// The supervisor restarted the engine after a crash (maybe before we saw it down): its crash report, once.
-fn report_restart(client: &Client<'_>, reg: &crate::registration::Registration) {
+fn report_restart(client: &Client<'_>, reg: &crate::engine::registration::Registration) {
     if Some(&reg.instance_id) != client.endpoint.instance_id.as_ref()
         || reg.restarts <= client.endpoint.restarts
     {
         return;
     }
     let ctx = client.ctx;
-    if let Some(exit) = crate::crash::read(&ctx.paths).filter(|x| x.instance_id == reg.instance_id)
+    if let Some(exit) =
+        crate::engine::crash::read(&ctx.paths).filter(|x| x.instance_id == reg.instance_id)
     {
         crate::engine::report_crash_once(&ctx.paths, ctx.printer, Some(reg), &exit);
     }

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::registration::Registration;
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::printer::{Printer, Style};
-use crate::registration::Registration;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub(crate) struct LastExit {
@@ -228,7 +228,7 @@ pub(crate) fn report(
     reg: Option<&Registration>,
     exit: &LastExit,
 ) {
-    let token = reg.and_then(crate::registration::token);
+    let token = reg.and_then(crate::engine::registration::token);
     let log = reg.map_or_else(|| paths.engine_log(), |r| r.log_path.clone());
     let tail = log_tail(&log, 30, token.as_deref());
     let mut out = Vec::new();
