@@ -43,41 +43,7 @@ pub fn run(paths: &Paths, printer: &Printer, args: &ListArgs) -> anyhow::Result<
         return Ok(0);
     }
     for item in &versions {
-        let marker = if item.current { "*" } else { " " };
-        let mut tags = Vec::new();
-        if item.current {
-            tags.push("current".to_owned());
-        }
-        if item.previous {
-            tags.push("previous".to_owned());
-        }
-        if !item.complete {
-            tags.push("incomplete".to_owned());
-        }
-        if item.broken.is_some() {
-            tags.push("broken".to_owned());
-        }
-        let tags = if tags.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", tags.join(", "))
-        };
-        let detail = match &item.receipt {
-            Some(r) => format!(
-                "  python {} {}  {}  {}",
-                r.python.version,
-                r.python.path.display(),
-                r.installer,
-                r.installed_at
-            ),
-            None => String::new(),
-        };
-        let version = if item.current {
-            printer.style(Style::Bold, &item.version)
-        } else {
-            item.version.clone()
-        };
-        printer.result(&format!("{marker} {version}{tags}{detail}"));
+        printer.result(&line(printer, item));
         if let Some(why) = &item.broken {
             printer.warn(&format!(
                 "engine {} is broken: {why}; rebuild it with `breadboard engine install --version {} --force`",
@@ -86,4 +52,38 @@ pub fn run(paths: &Paths, printer: &Printer, args: &ListArgs) -> anyhow::Result<
         }
     }
     Ok(0)
+}
+
+/// One installed version: `*` and bold when current, its tags, and the receipt's interpreter, installer and time.
+fn line(printer: &Printer, item: &Installed) -> String {
+    let marker = if item.current { "*" } else { " " };
+    let tags: Vec<&str> = [
+        (item.current, "current"),
+        (item.previous, "previous"),
+        (!item.complete, "incomplete"),
+        (item.broken.is_some(), "broken"),
+    ]
+    .into_iter()
+    .filter_map(|(on, tag)| on.then_some(tag))
+    .collect();
+    let tags = if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tags.join(", "))
+    };
+    let detail = item.receipt.as_ref().map_or_else(String::new, |r| {
+        format!(
+            "  python {} {}  {}  {}",
+            r.python.version,
+            r.python.path.display(),
+            r.installer,
+            r.installed_at
+        )
+    });
+    let version = if item.current {
+        printer.style(Style::Bold, &item.version)
+    } else {
+        item.version.clone()
+    };
+    format!("{marker} {version}{tags}{detail}")
 }

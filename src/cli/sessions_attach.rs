@@ -35,18 +35,7 @@ pub fn run(ctx: &Ctx, args: &AttachArgs) -> anyhow::Result<u8> {
     let wait = super::ask::DEFAULT_WAIT;
     client::block_on(async {
         let mut c = client::connect(ctx, args.connect.connect(start, wait)).await?;
-        let id = match &args.id {
-            Some(id) => id.clone(),
-            None => {
-                super::sessions_new::create_idle(
-                    &c,
-                    args.provider.as_deref(),
-                    args.model.as_deref(),
-                )
-                .await?
-                .session_id
-            }
-        };
+        let id = session_id(&c, args).await?;
         let summary = c.summary(&id).await?;
         if summary.closed() {
             return Err(super::ask::closed_error(&summary));
@@ -71,22 +60,7 @@ pub fn run(ctx: &Ctx, args: &AttachArgs) -> anyhow::Result<u8> {
                         continue;
                     }
                     let _ = editor.add_history_entry(line.as_str());
-                    let after = c.summary(&id).await?.last_seq;
-                    let input_id = c.input(&id, &line).await?;
-                    let mut render = Render::new(false, false, *ctx.printer);
-                    let input = Input {
-                        text: &line,
-                        input_id: input_id.as_deref(),
-                    };
-                    match stream_turn(&mut c, &id, after, Some(input), &mut render, None, wait)
-                        .await?
-                    {
-                        Outcome::Completed => {}
-                        Outcome::Interrupted => ctx.printer.info("(turn stopped)"),
-                        Outcome::Failed(why) => {
-                            ctx.printer.warn(&format!("the turn failed: {why}"))
-                        }
-                    }
+                    one_turn(ctx, &mut c, &id, &line, wait).await?;
                 }
                 Err(ReadlineError::Interrupted) => continue,
                 Err(ReadlineError::Eof) => break,
@@ -106,4 +80,41 @@ pub fn run(ctx: &Ctx, args: &AttachArgs) -> anyhow::Result<u8> {
         ctx.printer.info(&format!("detached from session {id} (it stays; attach again with `breadboard sessions attach {id}`)"));
         Ok(0)
     })?
+}
+
+/// The session to attach to: the one named, or a new idle one (`--new`).
+async fn session_id(c: &client::Client<'_>, args: &AttachArgs) -> anyhow::Result<String> {
+    match &args.id {
+        Some(id) => Ok(id.clone()),
+        None => Ok(super::sessions_new::create_idle(
+            c,
+            args.provider.as_deref(),
+            args.model.as_deref(),
+        )
+        .await?
+        .session_id),
+    }
+}
+
+/// One line typed: posted as an input, its turn streamed below it; a failed or stopped turn keeps the session.
+async fn one_turn(
+    ctx: &Ctx<'_>,
+    c: &mut client::Client<'_>,
+    id: &str,
+    line: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    let after = c.summary(id).await?.last_seq;
+    let input_id = c.input(id, line).await?;
+    let mut render = Render::new(false, false, *ctx.printer);
+    let input = Input {
+        text: line,
+        input_id: input_id.as_deref(),
+    };
+    match stream_turn(c, id, after, Some(input), &mut render, None, wait).await? {
+        Outcome::Completed => {}
+        Outcome::Interrupted => ctx.printer.info("(turn stopped)"),
+        Outcome::Failed(why) => ctx.printer.warn(&format!("the turn failed: {why}")),
+    }
+    Ok(())
 }

@@ -99,31 +99,6 @@ pub(crate) fn run(
         Change::Checked { latest, action } => {
             return check(printer, &engine, &exe, args, &latest, action)
         }
-        Change::UpToDate { latest } => {
-            if !args.json {
-                printer.result(&up_to_date_line(&latest, args.version.is_some()));
-            }
-            (
-                cli_json("unchanged", &latest, &exe, None),
-                Action::Unchanged,
-            )
-        }
-        Change::Moved {
-            action,
-            to,
-            previous,
-        } => {
-            if !args.json {
-                printer.result(&format!(
-                    "{} breadboard {VERSION} -> {to} at {} (the old binary is kept as {}: breadboard upgrade \
-                     --rollback)",
-                    action.done(),
-                    exe.display(),
-                    previous.display()
-                ));
-            }
-            (cli_json(action.done(), &to, &exe, Some(&previous)), action)
-        }
         Change::RolledBack { to, previous } => {
             if !args.json {
                 printer.result(&format!(
@@ -136,24 +111,74 @@ pub(crate) fn run(
             let cli = cli_json("rolled_back", &to, &exe, Some(&previous));
             return finish(printer, args.json, Some(cli), None, "skipped", 0);
         }
+        Change::UpToDate { latest } => up_to_date(printer, &exe, args, &latest),
+        Change::Moved {
+            action,
+            to,
+            previous,
+        } => moved(printer, &exe, args.json, action, &to, &previous),
     };
     if args.cli_only {
         return finish(printer, args.json, Some(cli), None, "skipped", 0);
     }
-    // The engine, by the binary now installed at `exe`.
-    match engine.run(printer, &exe, false)? {
+    engine_step(printer, &engine, &exe, args.json, cli, action)
+}
+
+/// The binary was replaced (upgraded or downgraded): say so; the engine's step follows.
+fn moved(
+    printer: &Printer,
+    exe: &Path,
+    json: bool,
+    action: Action,
+    to: &str,
+    previous: &Path,
+) -> (CliJson, Action) {
+    if !json {
+        printer.result(&format!(
+            "{} breadboard {VERSION} -> {to} at {} (the old binary is kept as {}: breadboard upgrade --rollback)",
+            action.done(),
+            exe.display(),
+            previous.display()
+        ));
+    }
+    (cli_json(action.done(), to, exe, Some(previous)), action)
+}
+
+/// The binary stays as it is; the engine's step follows.
+fn up_to_date(
+    printer: &Printer,
+    exe: &Path,
+    args: &UpgradeArgs,
+    latest: &str,
+) -> (CliJson, Action) {
+    if !args.json {
+        printer.result(&up_to_date_line(latest, args.version.is_some()));
+    }
+    (cli_json("unchanged", latest, exe, None), Action::Unchanged)
+}
+
+/// The engine, upgraded by the binary now installed at `exe`.
+fn engine_step(
+    printer: &Printer,
+    engine: &EngineStep,
+    exe: &Path,
+    json: bool,
+    cli: CliJson,
+    action: Action,
+) -> anyhow::Result<u8> {
+    match engine.run(printer, exe, false)? {
         EngineOutcome::NoEngine => {
             printer.info(
                 "no engine is installed; skipping the engine step (breadboard engine install installs one)",
             );
-            finish(printer, args.json, Some(cli), None, "no_engine", 0)
+            finish(printer, json, Some(cli), None, "no_engine", 0)
         }
-        EngineOutcome::Ran { code: 0, json } => {
-            finish(printer, args.json, Some(cli), json, "ran", 0)
+        EngineOutcome::Ran { code: 0, json: doc } => {
+            finish(printer, json, Some(cli), doc, "ran", 0)
         }
-        EngineOutcome::Ran { code, json } => {
+        EngineOutcome::Ran { code, json: doc } => {
             let to = cli.to.clone();
-            let code = finish(printer, args.json, Some(cli), json, "failed", code)?;
+            let code = finish(printer, json, Some(cli), doc, "failed", code)?;
             let message = match action {
                 Action::Unchanged => format!(
                     "the engine step (`breadboard engine upgrade`) failed with exit code {code}"

@@ -194,20 +194,7 @@ impl<'a> Client<'a> {
     pub fn error(&self, e: ApiError, about: About<'_>) -> anyhow::Error {
         let at = self.endpoint.describe();
         match e {
-            ApiError::Unreachable(why) => CliError::new(
-                ErrorKind::EngineUnavailable,
-                format!("could not reach {at}: {why}"),
-            )
-            .hint(if why.contains("certificate") {
-                "the engine's TLS certificate is not trusted here: add its CA to the system's store, or point \
-                 SSL_CERT_FILE at it"
-                    .to_owned()
-            } else if self.endpoint.is_local() {
-                "breadboard engine status (and `breadboard engine start` if it is not running)".to_owned()
-            } else {
-                format!("check that the engine runs and that {} is its address", self.endpoint.base)
-            })
-            .into(),
+            ApiError::Unreachable(why) => self.unreachable(&why),
             ApiError::Status(401, _) => self.endpoint.token_refused(),
             ApiError::Status(404, _) => match about {
                 About::Session(id) => CliError::new(
@@ -218,37 +205,13 @@ impl<'a> Client<'a> {
                 .into(),
                 About::Engine => CliError::new(
                     ErrorKind::ProtocolMismatch,
-                    format!("{at} does not serve this route: is it a BreadBoard engine (protocol 1.0)?"),
+                    format!(
+                        "{at} does not serve this route: is it a BreadBoard engine (protocol 1.0)?"
+                    ),
                 )
                 .into(),
             },
-            ApiError::Status(409, body) if body.error == "resume_window_exceeded" => CliError::new(
-                ErrorKind::ResumeWindowExceeded,
-                format!(
-                    "{at} no longer has the events this stream would resume from (it has up to seq {})",
-                    body.last_seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
-                ),
-            )
-            .hint(format!(
-                "follow again from what it has: breadboard sessions follow {} --from-seq 0",
-                match about {
-                    About::Session(id) => id,
-                    About::Engine => "ID",
-                }
-            ))
-            .into(),
-            ApiError::Status(409, body) => {
-                let id = match about {
-                    About::Session(id) => id,
-                    About::Engine => "",
-                };
-                CliError::new(
-                    ErrorKind::SessionClosed,
-                    format!("session {id} takes no more input: {}", body.detail_text()),
-                )
-                .hint("start a new session: breadboard sessions new (or `breadboard ask` without --session)")
-                .into()
-            }
+            ApiError::Status(409, body) => conflict(&at, &body, about),
             ApiError::Status(code, body) => {
                 let kind = if code == 400 || code == 422 {
                     ErrorKind::Usage
@@ -266,6 +229,28 @@ impl<'a> Client<'a> {
                 .into()
             }
         }
+    }
+
+    fn unreachable(&self, why: &str) -> anyhow::Error {
+        let hint = if why.contains("certificate") {
+            "the engine's TLS certificate is not trusted here: add its CA to the system's store, or point \
+             SSL_CERT_FILE at it"
+                .to_owned()
+        } else if self.endpoint.is_local() {
+            "breadboard engine status (and `breadboard engine start` if it is not running)"
+                .to_owned()
+        } else {
+            format!(
+                "check that the engine runs and that {} is its address",
+                self.endpoint.base
+            )
+        };
+        CliError::new(
+            ErrorKind::EngineUnavailable,
+            format!("could not reach {}: {why}", self.endpoint.describe()),
+        )
+        .hint(hint)
+        .into()
     }
 
     pub async fn health(&self) -> anyhow::Result<Health> {
@@ -362,6 +347,34 @@ impl<'a> Client<'a> {
             .map_err(|e| self.error(e, About::Session(id)))?;
         Ok(())
     }
+}
+
+/// A 409: the stream's resume point is gone from the engine, or the session takes no more input.
+fn conflict(at: &str, body: &ErrorBody, about: About<'_>) -> anyhow::Error {
+    let id = match about {
+        About::Session(id) => id,
+        About::Engine => "ID",
+    };
+    if body.error == "resume_window_exceeded" {
+        return CliError::new(
+            ErrorKind::ResumeWindowExceeded,
+            format!(
+                "{at} no longer has the events this stream would resume from (it has up to seq {})",
+                body.last_seq
+                    .map_or_else(|| "?".to_owned(), |s| s.to_string())
+            ),
+        )
+        .hint(format!(
+            "follow again from what it has: breadboard sessions follow {id} --from-seq 0"
+        ))
+        .into();
+    }
+    CliError::new(
+        ErrorKind::SessionClosed,
+        format!("session {id} takes no more input: {}", body.detail_text()),
+    )
+    .hint("start a new session: breadboard sessions new (or `breadboard ask` without --session)")
+    .into()
 }
 
 #[cfg(test)]

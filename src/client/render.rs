@@ -210,17 +210,7 @@ pub async fn stream_turn(
         match event {
             Event::Error { message } => failure = Some(message.to_owned()),
             Event::RunFinished { completed, reason } => {
-                outcome = Some(if completed {
-                    Outcome::Completed
-                } else if reason == "stopped" {
-                    Outcome::Failed("it was stopped (the engine's stop command)".to_owned())
-                } else {
-                    Outcome::Failed(
-                        failure
-                            .clone()
-                            .unwrap_or_else(|| format!("it ended: {reason}")),
-                    )
-                });
+                outcome = Some(turn_outcome(completed, &reason, failure.take()));
                 return Ok(Flow::Stop);
             }
             _ => {}
@@ -236,17 +226,7 @@ pub async fn stream_turn(
             Ok(r) => r?,
             Err(_) => {
                 render.end_line();
-                // Do not leave the turn running behind the user's back.
-                let _ = client.command(id, "stop", serde_json::json!({})).await;
-                return Err(CliError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the turn did not finish within {}s; it was stopped",
-                        t.as_secs_f64()
-                    ),
-                )
-                .hint("raise --timeout")
-                .into());
+                return Err(stop_timed_out_turn(client, id, t).await);
             }
         },
         None => run.await?,
@@ -261,4 +241,33 @@ pub async fn stream_turn(
         None if render.closed() => Outcome::Completed,
         None => Outcome::Failed("the session closed before the turn finished".to_owned()),
     })
+}
+
+/// How a turn ended, from its `run_finished` and the last `error` event before it.
+fn turn_outcome(completed: bool, reason: &str, failure: Option<String>) -> Outcome {
+    if completed {
+        Outcome::Completed
+    } else if reason == "stopped" {
+        Outcome::Failed("it was stopped (the engine's stop command)".to_owned())
+    } else {
+        Outcome::Failed(failure.unwrap_or_else(|| format!("it ended: {reason}")))
+    }
+}
+
+/// `--timeout` ran out: the turn is stopped rather than left running behind the user's back, and the error says
+/// whether the engine took the stop.
+async fn stop_timed_out_turn(client: &mut Client<'_>, id: &str, limit: Duration) -> anyhow::Error {
+    let stopped = match client.command(id, "stop", serde_json::json!({})).await {
+        Ok(_) => "it was stopped".to_owned(),
+        Err(e) => format!("stopping it failed too ({e:#}): breadboard sessions stop {id}"),
+    };
+    CliError::new(
+        ErrorKind::Timeout,
+        format!(
+            "the turn did not finish within {}s; {stopped}",
+            limit.as_secs_f64()
+        ),
+    )
+    .hint("raise --timeout")
+    .into()
 }

@@ -247,28 +247,8 @@ pub(crate) fn report(
         exit.ended_at
     ));
     out.push(format!("  exit: {}, no stop was requested", exit.how()));
-    if let Some(cl) = &exit.crash_loop {
-        out.push(format!("  {}", cl.summary(exit.restarts)));
-        for h in &cl.history {
-            out.push(format!("    - {h}"));
-        }
-    } else if exit.restarts > 0 {
-        out.push(format!(
-            "  the on-failure policy had restarted it {} time{} before",
-            exit.restarts,
-            if exit.restarts == 1 { "" } else { "s" }
-        ));
-    }
-    if let Some(r) = reg {
-        out.push(format!(
-            "  engine {} · protocol {} · venv {}",
-            r.engine_version.as_deref().unwrap_or("(command override)"),
-            r.protocol_version,
-            r.venv
-                .as_ref()
-                .map_or_else(|| r.command.join(" "), |v| v.display().to_string())
-        ));
-    }
+    out.extend(restart_lines(exit));
+    out.extend(reg.map(what_ran));
     out.push(format!("  log: {}", log.display()));
     out.push(format!(
         "  ─── last {} lines of {} ───",
@@ -291,6 +271,34 @@ pub(crate) fn report(
             .to_owned()
     });
     printer.info_always(&out.join("\n"));
+}
+
+/// What the restart policy had done before this end: the crash loop that stopped it, or how often it restarted.
+fn restart_lines(exit: &LastExit) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(cl) = &exit.crash_loop {
+        out.push(format!("  {}", cl.summary(exit.restarts)));
+        out.extend(cl.history.iter().map(|h| format!("    - {h}")));
+    } else if exit.restarts > 0 {
+        out.push(format!(
+            "  the on-failure policy had restarted it {} time{} before",
+            exit.restarts,
+            if exit.restarts == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}
+
+/// The engine that ran: its version, protocol and venv (or its command, for an override).
+fn what_ran(r: &Registration) -> String {
+    format!(
+        "  engine {} · protocol {} · venv {}",
+        r.engine_version.as_deref().unwrap_or("(command override)"),
+        r.protocol_version,
+        r.venv
+            .as_ref()
+            .map_or_else(|| r.command.join(" "), |v| v.display().to_string())
+    )
 }
 
 pub(crate) fn human_duration(secs: f64) -> String {

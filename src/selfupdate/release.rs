@@ -364,7 +364,30 @@ pub(crate) fn download_verified(
     out: &mut std::fs::File,
 ) -> anyhow::Result<()> {
     let mut response = client.get(url).send().map_err(|e| unreachable(url, &e))?;
-    let status = response.status();
+    refuse_status(url, artifact, response.status())?;
+    let (received, actual) = copy_hashed(&mut response, out, url, artifact)?;
+    if received != artifact.size {
+        return Err(integrity(format!(
+            "incomplete download of {}: got {received} of {} bytes from {url}",
+            artifact.name, artifact.size
+        )));
+    }
+    if !actual.eq_ignore_ascii_case(artifact.sha256.trim()) {
+        return Err(integrity(format!(
+            "checksum mismatch for {}: the manifest says sha256 {}, the download has {actual}",
+            artifact.name, artifact.sha256
+        )));
+    }
+    out.sync_all()?;
+    Ok(())
+}
+
+/// A download that did not start: the artifact is missing from the release (404), or the server failed.
+fn refuse_status(
+    url: &str,
+    artifact: &Artifact,
+    status: reqwest::StatusCode,
+) -> anyhow::Result<()> {
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(CliError::new(
             ErrorKind::Source,
@@ -381,6 +404,17 @@ pub(crate) fn download_verified(
         .hint("try again later: breadboard upgrade")
         .into());
     }
+    Ok(())
+}
+
+/// Copies the body into `out` as it arrives, hashing it and refusing more than `artifact.size` bytes; returns the
+/// bytes received and their sha256 (hex).
+fn copy_hashed(
+    response: &mut reqwest::blocking::Response,
+    out: &mut std::fs::File,
+    url: &str,
+    artifact: &Artifact,
+) -> anyhow::Result<(u64, String)> {
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut received: u64 = 0;
     let mut buf = vec![0u8; 64 * 1024];
@@ -413,26 +447,13 @@ pub(crate) fn download_verified(
         // A bare io::Error: the caller explains write failures (full disk, read-only dir) with the fix.
         out.write_all(&buf[..n])?;
     }
-    if received != artifact.size {
-        return Err(integrity(format!(
-            "incomplete download of {}: got {received} of {} bytes from {url}",
-            artifact.name, artifact.size
-        )));
-    }
-    let actual: String = hasher
+    let hex = hasher
         .finish()
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    if !actual.eq_ignore_ascii_case(artifact.sha256.trim()) {
-        return Err(integrity(format!(
-            "checksum mismatch for {}: the manifest says sha256 {}, the download has {actual}",
-            artifact.name, artifact.sha256
-        )));
-    }
-    out.sync_all()?;
-    Ok(())
+    Ok((received, hex))
 }
 
 fn integrity(message: String) -> anyhow::Error {
