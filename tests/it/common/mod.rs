@@ -466,8 +466,7 @@ fn parse_http(raw: &[u8]) -> Option<(u16, String)> {
 }
 
 /// A real terminal: `breadboard <args>` in a tmux session on a tmux server of its own (`-L`, named after the
-/// session), so no other tmux use can touch it; the server ends with the value. (crash.rs keeps an older copy of
-/// these helpers on the default server.)
+/// session), so no other tmux use can touch it; the server ends with the value.
 pub struct Term(String);
 
 impl Term {
